@@ -1,0 +1,78 @@
+//! The admin HTTP listener: `/healthz` (the process runs its loops), `/readyz`
+//! (a primary is known and reachable), `/metrics` (Prometheus text format).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::app::Context;
+use crate::backend::health::PrimaryState;
+
+fn respond(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    if let Ok(v) = hyper::header::HeaderValue::from_str(content_type) {
+        r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+/// Readiness: can this pgsplit serve writes right now?
+pub fn readiness(ctx: &Context) -> Result<(), String> {
+    match ctx.health.get().primary {
+        PrimaryState::Known(_) => Ok(()),
+        PrimaryState::Unknown => Err("primary not probed yet".into()),
+        PrimaryState::None => Err("no reachable primary".into()),
+        PrimaryState::Fenced => Err("more than one server claims to be primary (fenced)".into()),
+    }
+}
+
+async fn handle(
+    ctx: Arc<Context>,
+    req: Request<hyper::body::Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let text = "text/plain; charset=utf-8";
+    Ok(match req.uri().path() {
+        "/healthz" => respond(StatusCode::OK, text, "ok\n".into()),
+        "/readyz" => match readiness(&ctx) {
+            Ok(()) => respond(StatusCode::OK, text, "ready\n".into()),
+            Err(why) => respond(
+                StatusCode::SERVICE_UNAVAILABLE,
+                text,
+                format!("not ready: {why}\n"),
+            ),
+        },
+        "/metrics" => respond(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            ctx.metrics.render(),
+        ),
+        _ => respond(StatusCode::NOT_FOUND, text, "not found\n".into()),
+    })
+}
+
+pub async fn serve(listener: TcpListener, ctx: Arc<Context>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let (tcp, _) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(_) => continue,
+            },
+            _ = stop.changed() => return,
+        };
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| handle(ctx.clone(), req));
+            let conn = hyper::server::conn::http1::Builder::new()
+                .header_read_timeout(std::time::Duration::from_secs(5))
+                .serve_connection(TokioIo::new(tcp), service);
+            let _ = conn.await;
+        });
+    }
+}

@@ -1,0 +1,375 @@
+//! One authenticated connection to a PostgreSQL server, owned by a pool and lent
+//! to one client session at a time. pgsplit speaks the protocol on it directly
+//! (tokio-postgres would hide the byte stream the session forwards).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use postgres_protocol::authentication::md5_hash;
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::BackendError;
+use crate::config::ServerUrl;
+use crate::net::Stream;
+use crate::protocol::{Frame, TxStatus, build, decode_frame, fields, tag};
+
+/// PostgreSQL never sends a message larger than 1 GiB (MaxAllocSize).
+pub const MAX_SERVER_MESSAGE: usize = 1 << 30;
+
+pub use crate::server::ServerId;
+
+/// A server as configured: where it is and how to log in.
+#[derive(Debug)]
+pub struct ServerTarget {
+    pub id: ServerId,
+    pub url: ServerUrl,
+    /// `host:port`: the label in logs and metrics.
+    pub name: String,
+}
+
+impl ServerTarget {
+    pub fn new(id: ServerId, url: ServerUrl) -> Arc<Self> {
+        let name = url.addr();
+        Arc::new(ServerTarget { id, url, name })
+    }
+}
+
+/// What the session needs to send a cancel request for this connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CancelKey {
+    pub pid: i32,
+    pub secret: i32,
+}
+
+pub struct ServerConn {
+    pub(crate) stream: Stream,
+    pub(crate) rbuf: BytesMut,
+    pub target: Arc<ServerTarget>,
+    /// ParameterStatus values as last reported by the server.
+    pub params: HashMap<Vec<u8>, Vec<u8>>,
+    pub key: CancelKey,
+    pub status: TxStatus,
+    /// Set when the connection's state is unknown (I/O error, a client vanished
+    /// mid-statement): the pool then drops it instead of lending it again.
+    pub broken: bool,
+    /// Named prepared statements that exist on this connection, by name, with
+    /// a hash of the Parse message that created them.
+    pub prepared: HashMap<Bytes, u64>,
+    /// Text hash of the unnamed statement last parsed here, if any.
+    pub unnamed: Option<u64>,
+}
+
+impl std::fmt::Debug for ServerConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ServerConn({} pid {})", self.target.name, self.key.pid)
+    }
+}
+
+/// Login details for a pool's connections.
+#[derive(Debug, Clone)]
+pub struct Login {
+    pub user: String,
+    pub database: String,
+}
+
+impl ServerConn {
+    pub async fn connect(
+        target: Arc<ServerTarget>,
+        login: &Login,
+        timeout: Duration,
+    ) -> Result<ServerConn, BackendError> {
+        match tokio::time::timeout(timeout, Self::connect_inner(target.clone(), login)).await {
+            Ok(r) => r,
+            Err(_) => Err(BackendError::ConnectTimeout(target.name.clone())),
+        }
+    }
+
+    async fn connect_inner(
+        target: Arc<ServerTarget>,
+        login: &Login,
+    ) -> Result<ServerConn, BackendError> {
+        let tcp = TcpStream::connect((target.url.host.as_str(), target.url.port))
+            .await
+            .map_err(|source| BackendError::Connect {
+                server: target.name.clone(),
+                source,
+            })?;
+        // Small request/response messages: Nagle would add a delay per round trip.
+        let _ = tcp.set_nodelay(true);
+        let mut conn = ServerConn {
+            stream: Stream::Plain(tcp),
+            rbuf: BytesMut::with_capacity(16 * 1024),
+            target,
+            params: HashMap::new(),
+            key: CancelKey { pid: 0, secret: 0 },
+            status: TxStatus::Idle,
+            broken: false,
+            prepared: HashMap::new(),
+            unnamed: None,
+        };
+        let app = conn
+            .target
+            .url
+            .application_name
+            .clone()
+            .unwrap_or_else(|| "pgsplit".into());
+        conn.write(&build::startup_message(&[
+            ("user", login.user.as_str()),
+            ("database", login.database.as_str()),
+            ("application_name", app.as_str()),
+            ("client_encoding", "UTF8"),
+        ]))
+        .await?;
+        conn.authenticate(login).await?;
+        loop {
+            let frame = conn.read_frame().await?;
+            match frame.tag {
+                tag::backend::PARAMETER_STATUS => conn.note_parameter(&frame)?,
+                tag::backend::BACKEND_KEY_DATA => {
+                    let (pid, secret) =
+                        fields::backend_key_data(frame.body()).map_err(|e| conn.protocol(e))?;
+                    conn.key = CancelKey { pid, secret };
+                }
+                tag::backend::READY_FOR_QUERY => {
+                    conn.status =
+                        fields::ready_for_query(frame.body()).map_err(|e| conn.protocol(e))?;
+                    return Ok(conn);
+                }
+                tag::backend::ERROR_RESPONSE => return Err(conn.server_error(&frame)),
+                tag::backend::NOTICE_RESPONSE | tag::backend::NEGOTIATE_PROTOCOL_VERSION => {}
+                other => {
+                    return Err(conn.protocol(crate::protocol::ProtocolError::UnexpectedTag(
+                        char::from(other),
+                    )));
+                }
+            }
+        }
+    }
+
+    async fn authenticate(&mut self, login: &Login) -> Result<(), BackendError> {
+        let password = self.target.url.password.clone().unwrap_or_default();
+        let mut scram: Option<ScramSha256> = None;
+        loop {
+            let frame = self.read_frame().await?;
+            match frame.tag {
+                tag::backend::AUTHENTICATION => {}
+                tag::backend::ERROR_RESPONSE => {
+                    let err = self.server_error(&frame);
+                    return Err(match err {
+                        BackendError::Server { code, message } if code.starts_with("28") => {
+                            BackendError::Auth {
+                                server: self.target.name.clone(),
+                                message,
+                            }
+                        }
+                        other => other,
+                    });
+                }
+                other => {
+                    return Err(self.protocol(crate::protocol::ProtocolError::UnexpectedTag(
+                        char::from(other),
+                    )));
+                }
+            }
+            let (code, data) =
+                fields::authentication(frame.body()).map_err(|e| self.protocol(e))?;
+            match code {
+                0 => return Ok(()),
+                3 => {
+                    let mut msg = password.as_bytes().to_vec();
+                    msg.push(0);
+                    self.write(&build::password_message(&msg)).await?;
+                }
+                5 => {
+                    let salt: [u8; 4] =
+                        data.get(..4)
+                            .and_then(|s| s.try_into().ok())
+                            .ok_or_else(|| {
+                                self.protocol(crate::protocol::ProtocolError::Malformed(
+                                    "AuthenticationMD5Password",
+                                ))
+                            })?;
+                    let mut msg =
+                        md5_hash(login.user.as_bytes(), password.as_bytes(), salt).into_bytes();
+                    msg.push(0);
+                    self.write(&build::password_message(&msg)).await?;
+                }
+                10 => {
+                    let offered = data.split(|&b| b == 0).any(|m| m == b"SCRAM-SHA-256");
+                    if !offered {
+                        return Err(
+                            self.auth_error("server offers no SASL mechanism pgsplit supports")
+                        );
+                    }
+                    let s = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
+                    self.write(&build::sasl_initial_response("SCRAM-SHA-256", s.message()))
+                        .await?;
+                    scram = Some(s);
+                }
+                11 => {
+                    let s = scram
+                        .as_mut()
+                        .ok_or_else(|| self.auth_error("unexpected SASL continue"))?;
+                    s.update(data)
+                        .map_err(|e| self.auth_error(&format!("SCRAM: {e}")))?;
+                    let msg = build::password_message(s.message());
+                    self.write(&msg).await?;
+                }
+                12 => {
+                    let mut s = scram
+                        .take()
+                        .ok_or_else(|| self.auth_error("unexpected SASL final"))?;
+                    s.finish(data)
+                        .map_err(|e| self.auth_error(&format!("SCRAM server signature: {e}")))?;
+                }
+                other => {
+                    return Err(self.auth_error(&format!(
+                        "server asks for authentication method {other}, which pgsplit does not support"
+                    )));
+                }
+            }
+        }
+    }
+
+    fn auth_error(&self, message: &str) -> BackendError {
+        BackendError::Auth {
+            server: self.target.name.clone(),
+            message: message.to_owned(),
+        }
+    }
+
+    pub(crate) fn protocol(&self, source: crate::protocol::ProtocolError) -> BackendError {
+        BackendError::Protocol {
+            server: self.target.name.clone(),
+            source,
+        }
+    }
+
+    pub(crate) fn io(&self, source: std::io::Error) -> BackendError {
+        BackendError::Io {
+            server: self.target.name.clone(),
+            source,
+        }
+    }
+
+    fn server_error(&self, frame: &Frame) -> BackendError {
+        match fields::error_fields(frame.body()) {
+            Ok(f) => BackendError::Server {
+                code: f.code_str().to_owned(),
+                message: format!("server {}: {}", self.target.name, f.message_lossy()),
+            },
+            Err(e) => self.protocol(e),
+        }
+    }
+
+    pub(crate) fn note_parameter(&mut self, frame: &Frame) -> Result<(), BackendError> {
+        let (k, v) = fields::parameter_status(frame.body()).map_err(|e| self.protocol(e))?;
+        self.params.insert(k.to_vec(), v.to_vec());
+        Ok(())
+    }
+
+    pub async fn write(&mut self, bytes: &[u8]) -> Result<(), BackendError> {
+        if let Err(e) = self.stream.write_all(bytes).await {
+            self.broken = true;
+            return Err(self.io(e));
+        }
+        Ok(())
+    }
+
+    /// Reads more bytes into the buffer; end of stream is an error.
+    pub async fn fill(&mut self) -> Result<usize, BackendError> {
+        match self.stream.read_buf(&mut self.rbuf).await {
+            Ok(0) => {
+                self.broken = true;
+                Err(BackendError::Closed(self.target.name.clone()))
+            }
+            Ok(n) => Ok(n),
+            Err(e) => {
+                self.broken = true;
+                Err(self.io(e))
+            }
+        }
+    }
+
+    pub async fn read_frame(&mut self) -> Result<Frame, BackendError> {
+        loop {
+            match decode_frame(&mut self.rbuf, MAX_SERVER_MESSAGE) {
+                Ok(Some(f)) => return Ok(f),
+                Ok(None) => {
+                    self.fill().await?;
+                }
+                Err(e) => {
+                    self.broken = true;
+                    return Err(self.protocol(e));
+                }
+            }
+        }
+    }
+
+    /// Runs SQL pgsplit issues itself (session replay, reset) and consumes every
+    /// reply up to ReadyForQuery, so the connection is ready for the next unit
+    /// whatever happened. `Ok(Err(..))` is an error the server reported for it.
+    pub async fn run_internal(
+        &mut self,
+        sql: &[u8],
+    ) -> Result<Result<(), BackendError>, BackendError> {
+        self.write(&build::query(sql)).await?;
+        let mut result = Ok(());
+        loop {
+            let frame = self.read_frame().await?;
+            match frame.tag {
+                tag::backend::READY_FOR_QUERY => {
+                    self.status =
+                        fields::ready_for_query(frame.body()).map_err(|e| self.protocol(e))?;
+                    return Ok(result);
+                }
+                tag::backend::ERROR_RESPONSE => {
+                    if result.is_ok() {
+                        result = Err(self.server_error(&frame));
+                    }
+                }
+                tag::backend::PARAMETER_STATUS => self.note_parameter(&frame)?,
+                tag::backend::COPY_IN_RESPONSE
+                | tag::backend::COPY_OUT_RESPONSE
+                | tag::backend::COPY_BOTH_RESPONSE => {
+                    // Internal statements never copy; a server that starts one is
+                    // in a state we cannot vouch for.
+                    self.broken = true;
+                    return Err(self.protocol(crate::protocol::ProtocolError::UnexpectedTag(
+                        char::from(frame.tag),
+                    )));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Returns the connection to a clean state for the next client: `DISCARD ALL`
+    /// drops prepared statements, temp tables, advisory locks, LISTENs and session
+    /// settings. Only an idle connection can be reset; anything else is broken.
+    pub async fn reset(&mut self) -> Result<(), BackendError> {
+        if self.broken || self.status != TxStatus::Idle || !self.rbuf.is_empty() {
+            self.broken = true;
+            return Ok(());
+        }
+        match self.run_internal(b"DISCARD ALL").await {
+            Ok(Ok(())) => {
+                self.prepared.clear();
+                self.unnamed = None;
+                Ok(())
+            }
+            Ok(Err(e)) | Err(e) => {
+                self.broken = true;
+                Err(e)
+            }
+        }
+    }
+
+    pub async fn terminate(mut self) {
+        let _ = self.stream.write_all(&build::terminate()).await;
+    }
+}

@@ -1,0 +1,196 @@
+//! The health monitor task: probes every configured server each
+//! `health_interval` over its own tokio-postgres connection, feeds the answers
+//! to [`HealthState`], publishes the snapshot and logs each change once. Also
+//! refreshes function volatility from the primary's `pg_proc`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_postgres::NoTls;
+
+use super::conn::ServerTarget;
+use super::health::{Health, HealthState, LagLimits, PrimaryState, Probe};
+use crate::route::catalog::{FunctionCatalog, LOAD_SQL};
+use crate::route::classify::Classifier;
+use crate::server::Lsn;
+
+const PROBE_SQL: &str = "SELECT pg_is_in_recovery(), \
+     (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text";
+
+fn pg_config(target: &ServerTarget, timeout: Duration) -> tokio_postgres::Config {
+    let url = &target.url;
+    let mut c = tokio_postgres::Config::new();
+    c.host(&url.host)
+        .port(url.port)
+        .user(url.user.as_deref().unwrap_or("postgres"))
+        .dbname(url.dbname.as_deref().unwrap_or("postgres"))
+        .application_name("pgsplit-monitor")
+        .connect_timeout(timeout);
+    if let Some(p) = &url.password {
+        c.password(p);
+    }
+    c
+}
+
+/// One server's probe connection, re-established after any failure.
+struct Prober {
+    target: Arc<ServerTarget>,
+    client: Option<tokio_postgres::Client>,
+    timeout: Duration,
+}
+
+impl Prober {
+    async fn probe(&mut self) -> Option<Probe> {
+        match tokio::time::timeout(self.timeout, self.probe_inner()).await {
+            Ok(Ok(p)) => Some(p),
+            Ok(Err(e)) => {
+                tracing::debug!(server = %self.target.name, error = %e, "health probe failed");
+                self.client = None;
+                None
+            }
+            Err(_) => {
+                tracing::debug!(server = %self.target.name, "health probe timed out");
+                self.client = None;
+                None
+            }
+        }
+    }
+
+    async fn probe_inner(&mut self) -> Result<Probe, tokio_postgres::Error> {
+        if self.client.as_ref().is_some_and(|c| c.is_closed()) {
+            self.client = None;
+        }
+        let client = match self.client.take() {
+            Some(c) => self.client.insert(c),
+            None => {
+                let (client, conn) = pg_config(&self.target, self.timeout).connect(NoTls).await?;
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                self.client.insert(client)
+            }
+        };
+        let row = client.query_one(PROBE_SQL, &[]).await?;
+        let in_recovery: bool = row.try_get(0)?;
+        let lsn: Option<String> = row.try_get(1)?;
+        Ok(Probe {
+            in_recovery,
+            lsn: lsn.as_deref().and_then(Lsn::parse),
+        })
+    }
+}
+
+pub struct MonitorConfig {
+    pub interval: Duration,
+    pub limits: LagLimits,
+}
+
+pub async fn run_monitor(
+    servers: Vec<Arc<ServerTarget>>,
+    config: MonitorConfig,
+    health: Arc<Health>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let names: Vec<_> = servers.iter().map(|s| (s.id, s.name.clone())).collect();
+    let mut state = HealthState::new(config.limits, &names);
+    // A probe may take at most the interval, but never less than a second:
+    // a loaded server should not be declared dead by a short interval alone.
+    let timeout = config.interval.max(Duration::from_secs(1));
+    let mut probers: Vec<Prober> = servers
+        .into_iter()
+        .map(|target| Prober {
+            target,
+            client: None,
+            timeout,
+        })
+        .collect();
+    let mut tick = tokio::time::interval(config.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let results = futures_util::future::join_all(probers.iter_mut().map(|p| async {
+            let id = p.target.id;
+            (id, p.probe().await)
+        }))
+        .await;
+        for change in state.observe(Instant::now(), &results) {
+            if change.contains("fenced") || change.contains("no server") {
+                tracing::error!("{change}");
+            } else {
+                tracing::info!("{change}");
+            }
+        }
+        health.publish(state.snapshot().clone());
+    }
+}
+
+/// Reloads function volatility from the primary every `every`, starting now.
+pub async fn run_catalog_refresh(
+    health: Arc<Health>,
+    servers: Vec<Arc<ServerTarget>>,
+    classifier: Arc<Classifier>,
+    extra_safe: Vec<String>,
+    force_primary: Vec<String>,
+    every: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut loaded_once = false;
+    loop {
+        let primary = match health.get().primary {
+            PrimaryState::Known(id) => servers.iter().find(|s| s.id == id).cloned(),
+            _ => None,
+        };
+        if let Some(target) = primary {
+            match load_catalog(&target, &extra_safe, &force_primary).await {
+                Ok(catalog) => {
+                    let n = catalog.len();
+                    if classifier.set_catalog(catalog) {
+                        tracing::info!(functions = n, "function volatility loaded from pg_proc");
+                    }
+                    loaded_once = true;
+                }
+                Err(e) => tracing::warn!(server = %target.name, error = %e, "cannot read pg_proc"),
+            }
+        }
+        // Until the first load, retry quickly: reads calling functions wait on it.
+        let wait = if loaded_once {
+            every
+        } else {
+            Duration::from_millis(200)
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+async fn load_catalog(
+    target: &ServerTarget,
+    extra_safe: &[String],
+    force_primary: &[String],
+) -> Result<FunctionCatalog, tokio_postgres::Error> {
+    let (client, conn) = pg_config(target, Duration::from_secs(5))
+        .connect(NoTls)
+        .await?;
+    let task = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let rows = client.query(LOAD_SQL, &[]).await;
+    drop(client);
+    let _ = task.await;
+    let rows = rows?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let schema: String = row.try_get(0)?;
+        let name: String = row.try_get(1)?;
+        let safe: bool = row.try_get(2)?;
+        out.push((schema, name, safe));
+    }
+    Ok(FunctionCatalog::from_rows(out, extra_safe, force_primary))
+}

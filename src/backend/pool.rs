@@ -1,0 +1,158 @@
+//! Pools of authenticated server connections (bb8), one per (server, user,
+//! database). A connection returns to its pool only clean: the session resets it
+//! first, and anything in an unknown state is marked broken so bb8 drops it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use thiserror::Error;
+
+use super::BackendError;
+use super::conn::{Login, ServerConn, ServerId, ServerTarget};
+use crate::config::PoolConfig;
+use crate::protocol::TxStatus;
+
+pub struct ServerManager {
+    target: Arc<ServerTarget>,
+    login: Login,
+    connect_timeout: Duration,
+}
+
+impl bb8::ManageConnection for ServerManager {
+    type Connection = ServerConn;
+    type Error = BackendError;
+
+    async fn connect(&self) -> Result<ServerConn, BackendError> {
+        ServerConn::connect(self.target.clone(), &self.login, self.connect_timeout).await
+    }
+
+    /// Cheap checks only, no round trip: the flags, and whether the server closed
+    /// the socket or sent something unprompted (e.g. "terminating connection due
+    /// to administrator command") while the connection sat idle.
+    async fn is_valid(&self, conn: &mut ServerConn) -> Result<(), BackendError> {
+        if conn.broken || conn.status != TxStatus::Idle || !conn.rbuf.is_empty() {
+            return Err(BackendError::Closed(conn.target.name.clone()));
+        }
+        let mut probe = [0u8; 1];
+        match conn.stream.tcp().try_read(&mut probe) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
+            _ => {
+                conn.broken = true;
+                Err(BackendError::Closed(conn.target.name.clone()))
+            }
+        }
+    }
+
+    fn has_broken(&self, conn: &mut ServerConn) -> bool {
+        conn.broken
+    }
+}
+
+/// Logs connection errors bb8 would otherwise swallow (its `build` and
+/// background replenishing hide the real cause).
+#[derive(Debug, Clone, Copy)]
+struct LogSink;
+
+impl bb8::ErrorSink<BackendError> for LogSink {
+    fn sink(&self, error: BackendError) {
+        tracing::warn!(%error, "server connection failed");
+    }
+
+    fn boxed_clone(&self) -> Box<dyn bb8::ErrorSink<BackendError>> {
+        Box::new(*self)
+    }
+}
+
+pub type Pooled = bb8::PooledConnection<'static, ServerManager>;
+
+#[derive(Debug, Error)]
+pub enum CheckoutError {
+    #[error(
+        "no connection to server {server} became free within {waited:?} (pool limit {size} reached)"
+    )]
+    Exhausted {
+        server: String,
+        size: u32,
+        waited: Duration,
+    },
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+}
+
+impl CheckoutError {
+    pub fn sqlstate(&self) -> &str {
+        match self {
+            CheckoutError::Exhausted { .. } => "53300",
+            CheckoutError::Backend(e) => e.sqlstate(),
+        }
+    }
+}
+
+type Key = (ServerId, String, String);
+
+pub struct Pools {
+    config: PoolConfig,
+    pools: Mutex<HashMap<Key, bb8::Pool<ServerManager>>>,
+}
+
+impl Pools {
+    pub fn new(config: PoolConfig) -> Self {
+        Pools {
+            config,
+            pools: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn pool(&self, target: &Arc<ServerTarget>, login: &Login) -> bb8::Pool<ServerManager> {
+        let key = (target.id, login.user.clone(), login.database.clone());
+        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        pools
+            .entry(key)
+            .or_insert_with(|| {
+                bb8::Pool::builder()
+                    .max_size(self.config.max_size)
+                    .min_idle(None)
+                    .connection_timeout(self.config.checkout_timeout)
+                    .idle_timeout(Some(self.config.idle_timeout))
+                    // Fail a checkout with the real error instead of retrying a
+                    // refused connection until the timeout hides why.
+                    .retry_connection(false)
+                    .error_sink(Box::new(LogSink))
+                    .build_unchecked(ServerManager {
+                        target: target.clone(),
+                        login: login.clone(),
+                        connect_timeout: self.config.connect_timeout,
+                    })
+            })
+            .clone()
+    }
+
+    pub async fn checkout(
+        &self,
+        target: &Arc<ServerTarget>,
+        login: &Login,
+    ) -> Result<Pooled, CheckoutError> {
+        let pool = self.pool(target, login);
+        pool.get_owned().await.map_err(|e| match e {
+            bb8::RunError::User(e) => CheckoutError::Backend(e),
+            bb8::RunError::TimedOut => CheckoutError::Exhausted {
+                server: target.name.clone(),
+                size: self.config.max_size,
+                waited: self.config.checkout_timeout,
+            },
+        })
+    }
+
+    /// Connections by (server name, idle, in use) for metrics.
+    pub fn stats(&self) -> Vec<(ServerId, u32, u32)> {
+        let pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        pools
+            .iter()
+            .map(|((id, _, _), p)| {
+                let s = p.state();
+                (*id, s.idle_connections, s.connections - s.idle_connections)
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,97 @@
+//! Cancel requests. Each client gets a (pid, secret) pair minted by pgsplit; a
+//! cancel with that pair is forwarded to the server connection currently running
+//! the client's statement, primary or replica, with that server's own key.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::backend::CancelKey;
+use crate::protocol::build;
+
+/// Where a cancel for this client should go right now.
+#[derive(Debug, Clone)]
+pub struct CancelTarget {
+    pub host: String,
+    pub port: u16,
+    pub key: CancelKey,
+}
+
+#[derive(Debug, Default)]
+pub struct CancelSlot(Mutex<Option<CancelTarget>>);
+
+impl CancelSlot {
+    pub fn set(&self, t: Option<CancelTarget>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = t;
+    }
+
+    fn get(&self) -> Option<CancelTarget> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+#[derive(Default)]
+pub struct CancelRegistry {
+    map: Mutex<HashMap<i32, (i32, Arc<CancelSlot>)>>,
+}
+
+/// Unregisters the client's key when its session ends.
+pub struct CancelGuard<'a> {
+    registry: &'a CancelRegistry,
+    pub pid: i32,
+    pub secret: i32,
+    pub slot: Arc<CancelSlot>,
+}
+
+impl Drop for CancelGuard<'_> {
+    fn drop(&mut self) {
+        let mut map = self.registry.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.remove(&self.pid);
+    }
+}
+
+impl CancelRegistry {
+    pub fn register(&self) -> CancelGuard<'_> {
+        let slot = Arc::new(CancelSlot::default());
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            let pid: i32 = rand::random::<i32>() & 0x7fff_ffff;
+            if pid == 0 || map.contains_key(&pid) {
+                continue;
+            }
+            let secret: i32 = rand::random();
+            map.insert(pid, (secret, slot.clone()));
+            return CancelGuard {
+                registry: self,
+                pid,
+                secret,
+                slot,
+            };
+        }
+    }
+
+    /// Forwards a client's cancel request. Unknown keys and wrong secrets are
+    /// ignored silently, as PostgreSQL does (the requester learns nothing).
+    pub async fn cancel(&self, pid: i32, secret: i32) {
+        let target = {
+            let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+            match map.get(&pid) {
+                // Compare without an early exit on the first differing bit.
+                Some((s, slot)) if (s ^ secret) == 0 => slot.get(),
+                _ => None,
+            }
+        };
+        let Some(t) = target else { return };
+        match TcpStream::connect((t.host.as_str(), t.port)).await {
+            Ok(mut s) => {
+                let _ = s
+                    .write_all(&build::cancel_request(t.key.pid, t.key.secret))
+                    .await;
+                let _ = s.shutdown().await;
+            }
+            Err(e) => tracing::warn!(server = %t.host, error = %e, "cannot forward cancel request"),
+        }
+    }
+}

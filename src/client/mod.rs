@@ -1,0 +1,70 @@
+//! The client side: handshake (startup, authentication, cancel), the session
+//! loop, and the relay of each unit to a server connection.
+
+pub mod auth;
+pub mod cancel;
+pub mod error;
+pub mod handshake;
+pub mod io;
+pub mod relay;
+pub mod session;
+pub mod state;
+pub mod unit;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpStream;
+
+pub use error::ClientError;
+pub use io::ClientIo;
+
+use crate::app::Context;
+use crate::net::Stream;
+use crate::protocol::build;
+use handshake::Outcome;
+
+/// Serves one accepted client connection from handshake to goodbye.
+pub async fn serve_client(ctx: Arc<Context>, tcp: TcpStream, peer: SocketAddr) {
+    let _ = tcp.set_nodelay(true);
+    let timeout = ctx.config.limits.handshake_timeout;
+    let hello =
+        match tokio::time::timeout(timeout, handshake::handshake(&ctx, Stream::Plain(tcp))).await {
+            Err(_) => {
+                tracing::info!(%peer, "client did not finish the handshake in time; closed");
+                ctx.metrics.error("08006");
+                return;
+            }
+            Ok(Ok(Outcome::Cancelled)) => return,
+            Ok(Ok(Outcome::Session(hello))) => hello,
+            Ok(Err((e, io))) => {
+                tracing::info!(%peer, code = e.sqlstate(), error = %e, "client refused");
+                ctx.metrics.error(e.sqlstate());
+                if let Some(mut io) = io
+                    && !matches!(e, ClientError::Gone(_))
+                {
+                    let msg = build::error_response(
+                        build::Severity::Fatal,
+                        e.sqlstate(),
+                        &e.client_message(),
+                    );
+                    let _ = io.write(&msg).await;
+                }
+                return;
+            }
+        };
+    let user = hello.user.clone();
+    let database = hello.database.clone();
+    tracing::info!(%peer, %user, %database, "client connected");
+    let guard = ctx.cancels.register();
+    let session = session::Session::new(ctx.clone(), hello, guard.slot.clone());
+    match session.run(guard.pid, guard.secret).await {
+        Ok(()) | Err(ClientError::Gone(_)) => {
+            tracing::info!(%peer, %user, "client disconnected");
+        }
+        Err(e) => {
+            tracing::info!(%peer, %user, code = e.sqlstate(), error = %e, "client session ended with an error");
+            ctx.metrics.error(e.sqlstate());
+        }
+    }
+}

@@ -1,0 +1,365 @@
+//! Forwarding a unit to a server connection and its replies back to the client.
+//!
+//! Staging rewrites nothing the client sent; it only *adds* messages: a Parse
+//! for a named statement the connection has not seen (prepared lazily where it
+//! runs), and a Close before re-using a name the connection holds with another
+//! text. Their replies (ParseComplete, CloseComplete) are swallowed on the way
+//! back, matched by order: each Parse yields exactly one ParseComplete unless an
+//! error ends the unit early.
+
+use std::collections::VecDeque;
+
+use bytes::{Buf, Bytes, BytesMut};
+
+use super::state::SessionState;
+use super::{ClientError, ClientIo};
+use crate::backend::conn::MAX_SERVER_MESSAGE;
+use crate::backend::{BackendError, ServerConn};
+use crate::protocol::{Frame, ProtocolError, TxStatus, build, fields, peek_frame, tag};
+
+#[derive(Debug)]
+struct ParseExpect {
+    /// `None` for the unnamed statement.
+    name: Option<Bytes>,
+    hash: u64,
+    injected: bool,
+}
+
+/// Replies owed for messages pgsplit added or must account for.
+#[derive(Debug, Default)]
+pub struct Expect {
+    parse: VecDeque<ParseExpect>,
+    close: VecDeque<bool>,
+}
+
+/// Appends `frame` to `out` for `conn`, adding what the connection lacks.
+pub fn stage(
+    frame: &Frame,
+    st: &mut SessionState,
+    conn: &mut ServerConn,
+    out: &mut BytesMut,
+    exp: &mut Expect,
+) -> Result<(), ProtocolError> {
+    let body = frame.body();
+    match frame.tag {
+        tag::PARSE => {
+            let (name, _) = fields::parse(body)?;
+            let hash = super::state::hash_bytes(body);
+            if name.is_empty() {
+                conn.unnamed = Some(hash);
+                exp.parse.push_back(ParseExpect {
+                    name: None,
+                    hash,
+                    injected: false,
+                });
+            } else {
+                let name = frame.bytes.slice_ref(name);
+                if conn.prepared.remove(&name).is_some() {
+                    out.extend_from_slice(&build::close_statement(&name));
+                    exp.close.push_back(true);
+                }
+                conn.prepared.insert(name.clone(), hash);
+                exp.parse.push_back(ParseExpect {
+                    name: Some(name),
+                    hash,
+                    injected: false,
+                });
+            }
+        }
+        tag::BIND => {
+            let (_, stmt) = fields::bind(body)?;
+            ensure_prepared(stmt, st, conn, out, exp);
+        }
+        tag::DESCRIBE => {
+            let (kind, name) = fields::target(body, "Describe")?;
+            if kind == b'S' {
+                ensure_prepared(name, st, conn, out, exp);
+            }
+        }
+        tag::CLOSE => {
+            let (kind, name) = fields::target(body, "Close")?;
+            if kind == b'S' {
+                if name.is_empty() {
+                    conn.unnamed = None;
+                } else {
+                    conn.prepared.remove(name);
+                }
+            }
+            exp.close.push_back(false);
+        }
+        tag::QUERY => conn.unnamed = None,
+        _ => {}
+    }
+    out.extend_from_slice(&frame.bytes);
+    Ok(())
+}
+
+/// Prepares `name` on `conn` from the session's registry when the connection
+/// lacks it (or holds an older statement under that name).
+fn ensure_prepared(
+    name: &[u8],
+    st: &SessionState,
+    conn: &mut ServerConn,
+    out: &mut BytesMut,
+    exp: &mut Expect,
+) {
+    let Some(stmt) = st.statement(name) else {
+        return;
+    };
+    if name.is_empty() {
+        if conn.unnamed == Some(stmt.hash) {
+            return;
+        }
+        conn.unnamed = Some(stmt.hash);
+        exp.parse.push_back(ParseExpect {
+            name: None,
+            hash: stmt.hash,
+            injected: true,
+        });
+    } else {
+        match conn.prepared.get(name) {
+            Some(h) if *h == stmt.hash => return,
+            Some(_) => {
+                out.extend_from_slice(&build::close_statement(name));
+                exp.close.push_back(true);
+            }
+            None => {}
+        }
+        let key = Bytes::copy_from_slice(name);
+        conn.prepared.insert(key.clone(), stmt.hash);
+        exp.parse.push_back(ParseExpect {
+            name: Some(key),
+            hash: stmt.hash,
+            injected: true,
+        });
+    }
+    out.extend_from_slice(&stmt.parse);
+}
+
+/// Undoes optimistic registry entries for Parses that never completed (an
+/// error ended the unit first): neither the connection nor, for the client's
+/// own Parse, the session has that statement.
+pub fn settle(exp: &mut Expect, st: &mut SessionState, conn: &mut ServerConn) {
+    for pe in exp.parse.drain(..) {
+        match pe.name {
+            None => {
+                if conn.unnamed == Some(pe.hash) {
+                    conn.unnamed = None;
+                }
+                if !pe.injected && st.unnamed.as_ref().is_some_and(|s| s.hash == pe.hash) {
+                    st.unnamed = None;
+                }
+            }
+            Some(name) => {
+                if conn.prepared.get(&name) == Some(&pe.hash) {
+                    conn.prepared.remove(&name);
+                }
+                if !pe.injected && st.statements.get(&name).is_some_and(|s| s.hash == pe.hash) {
+                    st.statements.remove(&name);
+                }
+            }
+        }
+    }
+    exp.close.clear();
+}
+
+/// What the server said about the unit.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub status: TxStatus,
+    /// SQLSTATE of the first ErrorResponse, if any.
+    pub error: Option<String>,
+    /// The last CommandComplete tag was ROLLBACK (a transaction ended without
+    /// committing, including a COMMIT of a failed transaction).
+    pub rolled_back: bool,
+    pub sent_to_client: bool,
+}
+
+pub enum RelayError {
+    Client(ClientError),
+    Server {
+        error: BackendError,
+        sent_to_client: bool,
+    },
+}
+
+/// ParameterStatus values that describe the server itself rather than the
+/// session; the client keeps the primary's view.
+fn server_only_param(name: &[u8]) -> bool {
+    name == b"in_hot_standby" || name == b"default_transaction_read_only"
+}
+
+/// Relays replies until the unit's ReadyForQuery. While the unit is still
+/// open (sent on Flush) or the server is copying in, client messages are read
+/// and forwarded too.
+pub async fn relay(
+    io: &mut ClientIo,
+    conn: &mut ServerConn,
+    st: &mut SessionState,
+    exp: &mut Expect,
+    mut complete: bool,
+    extended: bool,
+) -> Result<Outcome, RelayError> {
+    let mut out = Outcome {
+        status: TxStatus::Idle,
+        error: None,
+        rolled_back: false,
+        sent_to_client: false,
+    };
+    let mut copy_in = false;
+    loop {
+        let mut pos = 0;
+        let mut start = 0;
+        let mut done = false;
+        while !done {
+            let header = match peek_frame(&conn.rbuf[pos..], MAX_SERVER_MESSAGE) {
+                Ok(Some(h)) if conn.rbuf.len() - pos >= h.total => h,
+                Ok(_) => break,
+                Err(e) => {
+                    conn.broken = true;
+                    return Err(RelayError::Server {
+                        error: conn.protocol(e),
+                        sent_to_client: out.sent_to_client,
+                    });
+                }
+            };
+            let end = pos + header.total;
+            let body = &conn.rbuf[pos + 5..end];
+            let mut swallow = false;
+            match header.tag {
+                tag::backend::READY_FOR_QUERY => match fields::ready_for_query(body) {
+                    Ok(s) => {
+                        out.status = s;
+                        done = true;
+                    }
+                    Err(e) => {
+                        conn.broken = true;
+                        return Err(RelayError::Server {
+                            error: conn.protocol(e),
+                            sent_to_client: out.sent_to_client,
+                        });
+                    }
+                },
+                tag::backend::ERROR_RESPONSE => {
+                    if out.error.is_none() {
+                        let code = fields::error_fields(body)
+                            .map(|f| f.code_str().to_owned())
+                            .unwrap_or_else(|_| "XX000".into());
+                        out.error = Some(code);
+                    }
+                    copy_in = false;
+                }
+                tag::backend::COMMAND_COMPLETE => {
+                    out.rolled_back = fields::command_tag(body).is_ok_and(|t| t == b"ROLLBACK");
+                }
+                tag::backend::PARAMETER_STATUS => {
+                    if let Ok((k, v)) = fields::parameter_status(body) {
+                        swallow = server_only_param(k);
+                        conn.params.insert(k.to_vec(), v.to_vec());
+                    }
+                }
+                tag::backend::PARSE_COMPLETE => {
+                    swallow = exp.parse.pop_front().is_some_and(|p| p.injected);
+                }
+                tag::backend::CLOSE_COMPLETE => {
+                    swallow = exp.close.pop_front().unwrap_or(false);
+                }
+                tag::backend::COPY_IN_RESPONSE => {
+                    copy_in = true;
+                    // After an extended-protocol COPY the server waits for
+                    // another Sync (the one sent with the unit is ignored
+                    // during copy-in), so keep reading the client until then.
+                    if extended {
+                        complete = false;
+                    }
+                }
+                _ => {}
+            }
+            if swallow {
+                if start < pos {
+                    let r = write_client(io, &conn.rbuf[start..pos], &mut out).await;
+                    client_write(r, conn)?;
+                }
+                start = end;
+            }
+            pos = end;
+        }
+        if start < pos {
+            let r = write_client(io, &conn.rbuf[start..pos], &mut out).await;
+            client_write(r, conn)?;
+        }
+        conn.rbuf.advance(pos);
+        if done {
+            return Ok(out);
+        }
+        if copy_in || !complete {
+            tokio::select! {
+                r = conn.fill() => server_read(r, &out)?,
+                f = io.read_frame() => {
+                    let frame = match f {
+                        Ok(Some(f)) => f,
+                        Ok(None) => {
+                            conn.broken = true;
+                            return Err(RelayError::Client(ClientError::Gone(
+                                std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "client left mid-statement"),
+                            )));
+                        }
+                        Err(e) => {
+                            conn.broken = true;
+                            return Err(RelayError::Client(e));
+                        }
+                    };
+                    let mut buf = BytesMut::new();
+                    if copy_in {
+                        if matches!(frame.tag, tag::COPY_DONE | tag::COPY_FAIL) {
+                            copy_in = false;
+                        }
+                        buf.extend_from_slice(&frame.bytes);
+                    } else {
+                        if !super::unit::is_unit_message(frame.tag) && frame.tag != tag::COPY_DATA {
+                            conn.broken = true;
+                            return Err(RelayError::Client(
+                                ProtocolError::UnexpectedTag(char::from(frame.tag)).into(),
+                            ));
+                        }
+                        if matches!(frame.tag, tag::SYNC | tag::QUERY | tag::FUNCTION_CALL) {
+                            complete = true;
+                        }
+                        stage(&frame, st, conn, &mut buf, exp)
+                            .map_err(|e| RelayError::Client(e.into()))?;
+                    }
+                    conn.write(&buf).await.map_err(|error| RelayError::Server {
+                        error,
+                        sent_to_client: out.sent_to_client,
+                    })?;
+                }
+            }
+        } else {
+            server_read(conn.fill().await, &out)?;
+        }
+    }
+}
+
+fn server_read(r: Result<usize, BackendError>, out: &Outcome) -> Result<(), RelayError> {
+    r.map(|_| ()).map_err(|error| RelayError::Server {
+        error,
+        sent_to_client: out.sent_to_client,
+    })
+}
+
+async fn write_client(
+    io: &mut ClientIo,
+    bytes: &[u8],
+    out: &mut Outcome,
+) -> Result<(), ClientError> {
+    out.sent_to_client = true;
+    io.write(bytes).await
+}
+
+fn client_write(r: Result<(), ClientError>, conn: &mut ServerConn) -> Result<(), RelayError> {
+    r.map_err(|e| {
+        // The server is mid-reply; its state is unknown once we stop reading.
+        conn.broken = true;
+        RelayError::Client(e)
+    })
+}

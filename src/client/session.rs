@@ -1,0 +1,471 @@
+//! The session loop: read a unit, classify and route it, make sure the chosen
+//! server connection carries the session's state, forward, relay, learn.
+//!
+//! Session pooling: the session keeps each server connection it uses until the
+//! client leaves (the replica's only once it first reads). The seam for
+//! transaction pooling is [`Session::attach`], which hands out a connection per
+//! unit.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::time::Instant;
+
+use super::cancel::{CancelSlot, CancelTarget};
+use super::handshake::Hello;
+use super::relay::{self, Expect, Outcome, RelayError};
+use super::state::SessionState;
+use super::unit::{Unit, is_unit_message};
+use super::{ClientError, ClientIo};
+use crate::app::Context;
+use crate::backend::health::PrimaryState;
+use crate::backend::{Login, Pooled, ServerId};
+use crate::protocol::{Frame, ProtocolError, TxStatus, build, tag};
+use crate::route::class::{Kind, PinReason};
+use crate::route::router::{Reason, SessionView, Target, route};
+
+struct Held {
+    conn: Pooled,
+    /// How much of the session's replay log this connection has applied.
+    applied: usize,
+}
+
+pub struct Session {
+    ctx: Arc<Context>,
+    io: ClientIo,
+    login: Login,
+    st: SessionState,
+    conns: Vec<Held>,
+    cancel: Arc<CancelSlot>,
+    spin: usize,
+}
+
+/// Where a unit ran.
+struct Placement {
+    index: usize,
+    reason: Reason,
+}
+
+impl Session {
+    pub fn new(ctx: Arc<Context>, hello: Hello, cancel: Arc<CancelSlot>) -> Self {
+        let st = SessionState::new(hello.mode, &hello.settings);
+        Session {
+            login: Login {
+                user: hello.user,
+                database: hello.database,
+            },
+            io: hello.io,
+            st,
+            conns: Vec::new(),
+            cancel,
+            spin: rand::random::<u32>() as usize,
+            ctx,
+        }
+    }
+
+    /// Finishes the login: the primary's parameters and our cancel key, then
+    /// serves the client until it leaves. Server connections are reset and
+    /// returned to their pools on the way out, whatever happened.
+    pub async fn run(mut self, pid: i32, secret: i32) -> Result<(), ClientError> {
+        let result = self.serve(pid, secret).await;
+        if let Err(e) = &result
+            && !matches!(e, ClientError::Gone(_))
+        {
+            let msg =
+                build::error_response(build::Severity::Fatal, e.sqlstate(), &e.client_message());
+            let _ = self.io.write(&msg).await;
+        }
+        self.release().await;
+        result
+    }
+
+    async fn serve(&mut self, pid: i32, secret: i32) -> Result<(), ClientError> {
+        let primary = self.primary_id().await?;
+        let index = self.attach(primary).await?;
+        let mut hello = BytesMut::new();
+        let mut params: Vec<_> = self.conns[index].conn.params.iter().collect();
+        params.sort();
+        for (k, v) in params {
+            hello.extend_from_slice(&build::parameter_status(k, v));
+        }
+        hello.extend_from_slice(&build::backend_key_data(pid, secret));
+        hello.extend_from_slice(&build::ready_for_query(TxStatus::Idle));
+        self.io.write(&hello).await?;
+
+        while let Some(frame) = self.io.read_frame().await? {
+            match frame.tag {
+                tag::TERMINATE => return Ok(()),
+                t if is_unit_message(t) => {
+                    let unit = self.collect(frame).await?;
+                    self.run_unit(unit).await?;
+                }
+                // Copy messages after a COPY that already failed: PostgreSQL
+                // ignores them too.
+                tag::COPY_DATA | tag::COPY_DONE | tag::COPY_FAIL => {}
+                other => return Err(ProtocolError::UnexpectedTag(char::from(other)).into()),
+            }
+        }
+        Ok(())
+    }
+
+    async fn collect(&mut self, first: Frame) -> Result<Unit, ClientError> {
+        let mut unit = Unit::default();
+        let mut frame = first;
+        loop {
+            if unit.push(frame, &mut self.st, &self.ctx.classifier)? {
+                return Ok(unit);
+            }
+            frame = self.io.read_frame().await?.ok_or_else(|| {
+                ClientError::Gone(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "client left mid-unit",
+                ))
+            })?;
+            if !is_unit_message(frame.tag) {
+                if frame.tag == tag::TERMINATE {
+                    return Err(ClientError::Gone(std::io::Error::other(
+                        "terminated mid-unit",
+                    )));
+                }
+                return Err(ProtocolError::UnexpectedTag(char::from(frame.tag)).into());
+            }
+        }
+    }
+
+    /// The current primary, waiting up to `primary_wait` while there is none.
+    async fn primary_id(&self) -> Result<ServerId, ClientError> {
+        let deadline = Instant::now() + self.ctx.config.routing.primary_wait;
+        loop {
+            let state = self.ctx.health.get().primary;
+            match state {
+                PrimaryState::Known(id) => return Ok(id),
+                // Before the first probe, trust the configuration.
+                PrimaryState::Unknown => return Ok(self.ctx.configured_primary()),
+                PrimaryState::None | PrimaryState::Fenced => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        let why = if state == PrimaryState::Fenced {
+                            "more than one server claims to be primary; writes are refused until that is resolved"
+                        } else {
+                            "no primary server is available"
+                        };
+                        return Err(ClientError::refused(
+                            "57P03",
+                            format!("{why} (waited {:?})", self.ctx.config.routing.primary_wait),
+                        ));
+                    }
+                    let wait = (deadline - now).min(Duration::from_millis(100));
+                    let _ = tokio::time::timeout(wait, self.ctx.health.changed()).await;
+                }
+            }
+        }
+    }
+
+    /// A connection to server `id` carrying every session change so far.
+    async fn attach(&mut self, id: ServerId) -> Result<usize, ClientError> {
+        let index = match self.conns.iter().position(|h| h.conn.target.id == id) {
+            Some(i) => i,
+            None => {
+                let target = self.ctx.server(id).ok_or_else(|| {
+                    ClientError::refused(
+                        "08006",
+                        format!("server #{} is no longer configured", id.0),
+                    )
+                })?;
+                let conn = self.ctx.pools.checkout(&target, &self.login).await?;
+                self.conns.push(Held { conn, applied: 0 });
+                self.conns.len() - 1
+            }
+        };
+        if let Err(e) = self.sync(index).await {
+            // A connection that could not take the session's state is not used.
+            let held = self.conns.swap_remove(index);
+            drop(held);
+            return Err(e);
+        }
+        Ok(index)
+    }
+
+    /// Replays the session changes connection `index` has not applied yet, in
+    /// one round trip.
+    async fn sync(&mut self, index: usize) -> Result<(), ClientError> {
+        let held = &mut self.conns[index];
+        let log = &self.st.replay;
+        if held.applied >= log.len() {
+            return Ok(());
+        }
+        let mut sql = Vec::new();
+        let mut drops = false;
+        for entry in &log[held.applied..] {
+            if let Some((k, v)) = &entry.startup
+                && held
+                    .conn
+                    .params
+                    .iter()
+                    .any(|(pk, pv)| pk.eq_ignore_ascii_case(k.as_bytes()) && pv == v.as_bytes())
+            {
+                continue;
+            }
+            if !sql.is_empty() {
+                sql.extend_from_slice(b"; ");
+            }
+            sql.extend_from_slice(&entry.sql);
+            drops |= entry.drops_prepared;
+        }
+        let applied = log.len();
+        if !sql.is_empty() {
+            match held.conn.run_internal(&sql).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    held.conn.broken = true;
+                    return Err(e.into());
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if drops {
+            held.conn.prepared.clear();
+            held.conn.unnamed = None;
+        }
+        held.applied = applied;
+        Ok(())
+    }
+
+    fn held_replica(&self, primary: Option<ServerId>) -> Option<ServerId> {
+        self.conns
+            .iter()
+            .map(|h| h.conn.target.id)
+            .find(|id| Some(*id) != primary && *id != self.ctx.configured_primary())
+    }
+
+    /// Chooses the server for a unit and attaches to it, falling back to the
+    /// primary when a replica cannot be used.
+    async fn place(&mut self, unit: &Unit) -> Result<Placement, ClientError> {
+        if let Some(id) = self.st.txn {
+            if !self.conns.iter().any(|h| h.conn.target.id == id) {
+                self.st.txn = None;
+                return Err(ClientError::refused(
+                    "08006",
+                    "the server connection running this transaction was lost",
+                ));
+            }
+            let index = self.attach(id).await?;
+            return Ok(Placement {
+                index,
+                reason: Reason::Transaction,
+            });
+        }
+        let class = unit.class();
+        let (target, reason) = if !unit.complete {
+            // Sent before its Sync: later statements of the unit are unknown.
+            (Target::Primary, Reason::Write)
+        } else {
+            let snapshot = self.ctx.health.get();
+            let primary = match snapshot.primary {
+                PrimaryState::Known(id) => Some(id),
+                _ => None,
+            };
+            self.spin = self.spin.wrapping_add(1);
+            let view = SessionView {
+                txn: None,
+                pinned: self.st.pinned,
+                mode: self.st.mode,
+                floor: self.st.floor,
+                held_replica: self.held_replica(primary),
+                spin: self.spin,
+            };
+            route(&class, &view, &snapshot.replicas)
+        };
+        if let Target::Replica(id) = target {
+            match self.attach(id).await {
+                Ok(index) => return Ok(Placement { index, reason }),
+                Err(e) => {
+                    tracing::debug!(error = %e, "replica unavailable, reading from the primary");
+                }
+            }
+        }
+        let primary = self.primary_id().await?;
+        let index = self.attach(primary).await?;
+        let reason = if matches!(target, Target::Replica(_)) {
+            Reason::ReplicaDown
+        } else {
+            reason
+        };
+        Ok(Placement { index, reason })
+    }
+
+    async fn run_unit(&mut self, unit: Unit) -> Result<(), ClientError> {
+        let mut retried = false;
+        loop {
+            let placement = match self.place(&unit).await {
+                Ok(p) => p,
+                Err(e @ (ClientError::Gone(_) | ClientError::Protocol(_))) => return Err(e),
+                Err(e) => return self.fail_unit(&unit, &e).await,
+            };
+            let index = placement.index;
+            let started = Instant::now();
+            match self.forward(&unit, index).await {
+                Ok(outcome) => {
+                    self.learn(&unit, index, &outcome);
+                    self.ctx.metrics.unit(
+                        placement.reason,
+                        self.conns[index].conn.target.id == self.ctx.configured_primary()
+                            || Some(self.conns[index].conn.target.id) == self.current_primary(),
+                        started.elapsed(),
+                    );
+                    return Ok(());
+                }
+                Err(RelayError::Client(e)) => return Err(e),
+                Err(RelayError::Server {
+                    error,
+                    sent_to_client,
+                }) => {
+                    let id = self.conns[index].conn.target.id;
+                    let on_replica =
+                        Some(id) != self.current_primary() && id != self.ctx.configured_primary();
+                    // The broken connection goes; the pool discards it.
+                    self.conns.swap_remove(index);
+                    if self.st.txn == Some(id) {
+                        self.st.txn = None;
+                    }
+                    let may_retry = on_replica
+                        && !retried
+                        && !sent_to_client
+                        && unit.complete
+                        && unit.class().kind == Kind::Read;
+                    if may_retry {
+                        tracing::info!(server = %id.0, %error, "read failed on a replica before any reply; retrying on the primary");
+                        self.ctx.metrics.retry("replica_failed");
+                        retried = true;
+                        continue;
+                    }
+                    return Err(ClientError::Backend(error));
+                }
+            }
+        }
+    }
+
+    fn current_primary(&self) -> Option<ServerId> {
+        match self.ctx.health.get().primary {
+            PrimaryState::Known(id) => Some(id),
+            _ => None,
+        }
+    }
+
+    /// Sends the unit to connection `index` and relays the replies.
+    async fn forward(&mut self, unit: &Unit, index: usize) -> Result<Outcome, RelayError> {
+        let Session {
+            io,
+            conns,
+            st,
+            cancel,
+            ..
+        } = self;
+        let conn = &mut conns[index].conn;
+        let mut exp = Expect::default();
+        let mut out = BytesMut::with_capacity(unit.bytes + 64);
+        for frame in &unit.frames {
+            relay::stage(frame, st, conn, &mut out, &mut exp)
+                .map_err(|e| RelayError::Client(e.into()))?;
+        }
+        cancel.set(Some(CancelTarget {
+            host: conn.target.url.host.clone(),
+            port: conn.target.url.port,
+            key: conn.key,
+        }));
+        let extended = unit.frames.first().is_some_and(|f| f.tag != tag::QUERY);
+        let result = match conn.write(&out).await {
+            Ok(()) => relay::relay(io, conn, st, &mut exp, unit.complete, extended).await,
+            Err(error) => Err(RelayError::Server {
+                error,
+                sent_to_client: false,
+            }),
+        };
+        cancel.set(None);
+        relay::settle(&mut exp, st, conn);
+        result
+    }
+
+    /// Updates the session from a finished unit: transaction, session changes,
+    /// pins, prepared statements dropped.
+    fn learn(&mut self, unit: &Unit, index: usize, outcome: &Outcome) {
+        let class = unit.class();
+        let held = &mut self.conns[index];
+        held.conn.status = outcome.status;
+        let ok = outcome.error.is_none();
+        let was_applied = held.applied == self.st.replay.len();
+        if ok {
+            self.st.pending.extend(unit.session_changes.iter().cloned());
+        }
+        if outcome.status == TxStatus::Idle {
+            self.st.txn = None;
+            self.st.portals.clear();
+            self.st.end_transaction(!outcome.rolled_back);
+            // This connection ran the changes just logged.
+            if was_applied {
+                held.applied = self.st.replay.len();
+            }
+        } else {
+            self.st.txn = Some(held.conn.target.id);
+        }
+        if ok {
+            if let Some(pin) = class.pin
+                && pin != PinReason::Hint
+                && self.st.pinned.is_none()
+            {
+                tracing::debug!(reason = pin.as_str(), "session pinned to the primary");
+                self.st.pinned = Some(pin);
+            }
+            if class.session_effect && class.kind != Kind::Session && self.st.pinned.is_none() {
+                self.st.pinned = Some(PinReason::SessionChange);
+            }
+            if let Some(mode) = class.set_route {
+                self.st.mode = mode;
+            }
+            if class.drops_prepared {
+                self.st.statements.clear();
+                self.st.unnamed = None;
+                held.conn.prepared.clear();
+                held.conn.unnamed = None;
+            }
+        }
+    }
+
+    /// Tells the client a unit could not run and keeps the session going. An
+    /// unfinished extended unit is drained to its Sync first, as a server would.
+    async fn fail_unit(&mut self, unit: &Unit, e: &ClientError) -> Result<(), ClientError> {
+        tracing::warn!(code = e.sqlstate(), error = %e, "statement failed in pgsplit");
+        self.ctx.metrics.error(e.sqlstate());
+        if !unit.complete {
+            while let Some(f) = self.io.read_frame().await? {
+                if matches!(f.tag, tag::SYNC | tag::QUERY | tag::FUNCTION_CALL) {
+                    break;
+                }
+            }
+        }
+        let status = if self.st.txn.is_some() {
+            TxStatus::Failed
+        } else {
+            TxStatus::Idle
+        };
+        let mut msg = BytesMut::new();
+        msg.extend_from_slice(&build::error_response(
+            build::Severity::Error,
+            e.sqlstate(),
+            &e.client_message(),
+        ));
+        msg.extend_from_slice(&build::ready_for_query(status));
+        self.io.write(&msg).await
+    }
+
+    /// Resets and returns every server connection (or drops the ones whose
+    /// state is unknown).
+    async fn release(&mut self) {
+        for mut held in self.conns.drain(..) {
+            if let Err(e) = held.conn.reset().await {
+                tracing::debug!(error = %e, "server connection not reusable");
+            }
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! What a client session remembers so that every server connection it uses
+//! behaves like the one connection the application thinks it has: session
+//! settings to replay, prepared statements to re-create, the open transaction.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+
+use bytes::Bytes;
+
+use crate::route::class::{Class, PinReason, RouteMode};
+use crate::server::{Lsn, ServerId};
+
+/// Session log entries beyond which the session is pinned to the primary rather
+/// than replaying an ever-growing log onto each new connection.
+pub const MAX_REPLAY: usize = 256;
+
+/// One session-level change to replay on other server connections.
+#[derive(Debug, Clone)]
+pub struct ReplayEntry {
+    pub sql: Bytes,
+    /// For startup parameters: (name, value), so the replay can be skipped when
+    /// the connection already reports that value.
+    pub startup: Option<(String, String)>,
+    /// `DISCARD ALL` / `DEALLOCATE ALL`: clears the connection's prepared statements.
+    pub drops_prepared: bool,
+}
+
+/// A portal's class and, for a session-level statement, its text to replay.
+#[derive(Debug, Clone)]
+pub struct Portal {
+    pub class: Class,
+    pub text: Option<Bytes>,
+}
+
+/// A client's prepared statement: its original Parse message, re-sent to any
+/// server connection that lacks it.
+#[derive(Debug, Clone)]
+pub struct Statement {
+    pub parse: Bytes,
+    pub text: Bytes,
+    pub hash: u64,
+    pub class: Class,
+}
+
+pub fn hash_bytes(b: &[u8]) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    b.hash(&mut h);
+    h.finish()
+}
+
+#[derive(Debug)]
+pub struct SessionState {
+    /// The server running the open transaction.
+    pub txn: Option<ServerId>,
+    pub pinned: Option<PinReason>,
+    pub mode: RouteMode,
+    /// Committed session changes, in order.
+    pub replay: Vec<ReplayEntry>,
+    /// Session changes made inside the open transaction: kept on COMMIT,
+    /// dropped on ROLLBACK.
+    pub pending: Vec<ReplayEntry>,
+    pub statements: HashMap<Bytes, Statement>,
+    pub unnamed: Option<Statement>,
+    /// Portals of the open transaction (or of the current unit), by name.
+    pub portals: HashMap<Bytes, Portal>,
+    /// This session's read-your-writes floor.
+    pub floor: Option<Lsn>,
+}
+
+impl SessionState {
+    pub fn new(mode: RouteMode, settings: &[(String, String)]) -> Self {
+        let replay = settings
+            .iter()
+            .map(|(k, v)| ReplayEntry {
+                sql: Bytes::from(set_statement(k, v)),
+                startup: Some((k.clone(), v.clone())),
+                drops_prepared: false,
+            })
+            .collect();
+        SessionState {
+            txn: None,
+            pinned: None,
+            mode,
+            replay,
+            pending: Vec::new(),
+            statements: HashMap::new(),
+            unnamed: None,
+            portals: HashMap::new(),
+            floor: None,
+        }
+    }
+
+    pub fn statement(&self, name: &[u8]) -> Option<&Statement> {
+        if name.is_empty() {
+            self.unnamed.as_ref()
+        } else {
+            self.statements.get(name)
+        }
+    }
+
+    /// Moves pending changes into the log at transaction end.
+    pub fn end_transaction(&mut self, committed: bool) {
+        if committed {
+            self.replay.append(&mut self.pending);
+        } else {
+            self.pending.clear();
+        }
+        if self.replay.len() > MAX_REPLAY && self.pinned.is_none() {
+            self.pinned = Some(PinReason::SessionChange);
+        }
+    }
+}
+
+/// `SET "name" TO 'value'`, quoted so that any value is taken literally.
+/// Names were validated at startup to `[A-Za-z0-9_.]`.
+pub fn set_statement(name: &str, value: &str) -> String {
+    let mut s = String::with_capacity(name.len() + value.len() + 16);
+    s.push_str("SET ");
+    for (i, part) in name.split('.').enumerate() {
+        if i > 0 {
+            s.push('.');
+        }
+        s.push('"');
+        s.push_str(&part.replace('"', "\"\""));
+        s.push('"');
+    }
+    s.push_str(" TO '");
+    // standard_conforming_strings is on in every supported PostgreSQL, so only
+    // the quote needs doubling.
+    s.push_str(&value.replace('\'', "''"));
+    s.push('\'');
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_statement_quotes() {
+        assert_eq!(
+            set_statement("TimeZone", "UTC"),
+            "SET \"TimeZone\" TO 'UTC'"
+        );
+        assert_eq!(
+            set_statement("search_path", "a, 'b'"),
+            "SET \"search_path\" TO 'a, ''b'''"
+        );
+        assert_eq!(set_statement("my.opt", "x"), "SET \"my\".\"opt\" TO 'x'");
+    }
+}

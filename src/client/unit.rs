@@ -1,0 +1,185 @@
+//! A routing unit: one Query, one FunctionCall, or the extended-protocol messages
+//! up to and including Sync. Collecting a unit reads the fields routing needs,
+//! keeps the session's statement registry current, and folds the classes of
+//! everything the unit runs into one.
+
+use bytes::Bytes;
+
+use super::state::{Portal, ReplayEntry, SessionState, Statement, hash_bytes};
+use crate::protocol::{Frame, ProtocolError, fields, tag};
+use crate::route::class::{Class, Kind, merge};
+use crate::route::classify::Classifier;
+
+/// A unit larger than this is sent before its Sync arrives (and therefore to the
+/// primary: its remaining statements are not known yet).
+pub const MAX_BUFFERED_UNIT: usize = 1 << 20;
+
+#[derive(Debug, Default)]
+pub struct Unit {
+    pub frames: Vec<Frame>,
+    pub class: Option<Class>,
+    /// Ends with Sync, Query or FunctionCall: a ReadyForQuery will close it.
+    pub complete: bool,
+    /// Session changes this unit makes, to replay elsewhere once committed.
+    pub session_changes: Vec<ReplayEntry>,
+    pub bytes: usize,
+}
+
+impl Unit {
+    fn add_class(&mut self, c: Class) {
+        self.class = Some(match self.class {
+            Some(prev) => merge(prev, c),
+            None => c,
+        });
+    }
+
+    /// The unit's class; a unit that names no statement (a bare Sync) follows
+    /// the open transaction or goes to the primary.
+    pub fn class(&self) -> Class {
+        self.class.unwrap_or(Class::of(Kind::TxnControl))
+    }
+
+    fn note_session_change(&mut self, class: &Class, text: &Bytes) {
+        if class.kind == Kind::Session {
+            self.session_changes.push(ReplayEntry {
+                sql: text.clone(),
+                startup: None,
+                drops_prepared: class.drops_prepared,
+            });
+        }
+    }
+
+    /// Records one client message: updates `st` and the unit's class. Returns
+    /// whether the unit is now complete (or must be sent now).
+    pub fn push(
+        &mut self,
+        frame: Frame,
+        st: &mut SessionState,
+        classifier: &Classifier,
+    ) -> Result<bool, ProtocolError> {
+        let body = frame.body();
+        let mut ends = false;
+        match frame.tag {
+            tag::QUERY => {
+                let text = fields::query_text(body)?;
+                let class = classify_bytes(classifier, text);
+                let text = frame.bytes.slice_ref(text);
+                // A simple Query destroys the unnamed prepared statement.
+                st.unnamed = None;
+                self.note_session_change(&class, &text);
+                self.add_class(class);
+                self.complete = true;
+                ends = true;
+            }
+            tag::PARSE => {
+                let (name, text) = fields::parse(body)?;
+                let class = classify_bytes(classifier, text);
+                let stmt = Statement {
+                    parse: frame.bytes.clone(),
+                    text: frame.bytes.slice_ref(text),
+                    hash: hash_bytes(body),
+                    class,
+                };
+                if name.is_empty() {
+                    st.unnamed = Some(stmt);
+                } else {
+                    st.statements.insert(frame.bytes.slice_ref(name), stmt);
+                }
+                self.add_class(class);
+            }
+            tag::BIND => {
+                let (portal, stmt) = fields::bind(body)?;
+                let (class, text) = match st.statement(stmt) {
+                    Some(s) => (s.class, Some(s.text.clone())),
+                    // Unknown statement: the server will say so; send it where
+                    // errors cost nothing.
+                    None => (Class::of(Kind::Write), None),
+                };
+                st.portals.insert(
+                    frame.bytes.slice_ref(portal),
+                    Portal {
+                        class,
+                        text: if class.kind == Kind::Session {
+                            text
+                        } else {
+                            None
+                        },
+                    },
+                );
+                self.add_class(class);
+            }
+            tag::DESCRIBE => {
+                let (kind, name) = fields::target(body, "Describe")?;
+                let class = if kind == b'S' {
+                    st.statement(name).map(|s| s.class)
+                } else {
+                    st.portals.get(name).map(|p| p.class)
+                };
+                self.add_class(class.unwrap_or(Class::of(Kind::Write)));
+            }
+            tag::EXECUTE => {
+                let portal = fields::execute(body)?;
+                match st.portals.get(portal).cloned() {
+                    Some(p) => {
+                        if let Some(text) = &p.text {
+                            self.note_session_change(&p.class, text);
+                        }
+                        self.add_class(p.class);
+                    }
+                    None => self.add_class(Class::of(Kind::Write)),
+                }
+            }
+            tag::CLOSE => {
+                let (kind, name) = fields::target(body, "Close")?;
+                if kind == b'S' {
+                    if name.is_empty() {
+                        st.unnamed = None;
+                    } else {
+                        st.statements.remove(name);
+                    }
+                } else {
+                    st.portals.remove(name);
+                }
+            }
+            tag::FUNCTION_CALL => {
+                self.add_class(Class::of(Kind::Write));
+                self.complete = true;
+                ends = true;
+            }
+            tag::SYNC => {
+                self.complete = true;
+                ends = true;
+            }
+            tag::FLUSH => ends = true,
+            other => return Err(ProtocolError::UnexpectedTag(char::from(other))),
+        }
+        self.bytes = self.bytes.saturating_add(frame.bytes.len());
+        self.frames.push(frame);
+        Ok(ends || self.bytes > MAX_BUFFERED_UNIT)
+    }
+}
+
+/// SQL arrives as bytes in the client's encoding; text that is not UTF-8 cannot
+/// be parsed and goes to the primary.
+fn classify_bytes(classifier: &Classifier, text: &[u8]) -> Class {
+    match std::str::from_utf8(text) {
+        Ok(s) => classifier.classify(s),
+        Err(_) => Class::unparsed(),
+    }
+}
+
+/// Whether a message type may appear inside a unit.
+pub fn is_unit_message(t: u8) -> bool {
+    matches!(
+        t,
+        tag::QUERY
+            | tag::PARSE
+            | tag::BIND
+            | tag::DESCRIBE
+            | tag::EXECUTE
+            | tag::CLOSE
+            | tag::SYNC
+            | tag::FLUSH
+            | tag::FUNCTION_CALL
+    )
+}

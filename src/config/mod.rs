@@ -1,0 +1,509 @@
+//! Typed configuration: a TOML file, overridden by `PGSPLIT_*` environment variables,
+//! overridden by command-line flags. Loading validates everything up front; an error
+//! names the key and the binary exits with 64 (EX_USAGE).
+
+pub mod units;
+pub mod url;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+pub use units::ByteSize;
+pub use url::{ServerUrl, SslMode};
+
+use units::{de_duration, de_size};
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("config: cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config: {0}")]
+    Syntax(String),
+    #[error("config: key `{key}`: {message}")]
+    Key { key: String, message: String },
+}
+
+impl ConfigError {
+    fn key(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError::Key {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuthMethod {
+    ScramSha256,
+    Md5,
+    Trust,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadYourWrites {
+    Off,
+    Session,
+    Pod,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// How clients authenticate to pgsplit.
+    pub method: AuthMethod,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            method: AuthMethod::ScramSha256,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    #[serde(deserialize_with = "de_duration")]
+    pub health_interval: Duration,
+    #[serde(deserialize_with = "de_duration")]
+    pub max_lag: Duration,
+    #[serde(deserialize_with = "de_size")]
+    pub max_lag_bytes: ByteSize,
+    pub read_your_writes: ReadYourWrites,
+    #[serde(deserialize_with = "de_duration")]
+    pub primary_wait: Duration,
+    /// How often function volatility is re-read from `pg_proc`.
+    #[serde(deserialize_with = "de_duration")]
+    pub function_refresh: Duration,
+    /// Volatile functions that are nevertheless safe on a replica (e.g. `random`).
+    pub replica_safe_functions: Vec<String>,
+    /// Functions that always send their statement to the primary.
+    pub primary_functions: Vec<String>,
+    /// Number of distinct statement shapes whose routing decision is cached.
+    pub cache_size: usize,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig {
+            health_interval: Duration::from_millis(250),
+            max_lag: Duration::from_secs(1),
+            max_lag_bytes: ByteSize(16 << 20),
+            read_your_writes: ReadYourWrites::Pod,
+            primary_wait: Duration::from_secs(5),
+            function_refresh: Duration::from_secs(60),
+            replica_safe_functions: Vec::new(),
+            primary_functions: Vec::new(),
+            cache_size: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolConfig {
+    /// Server connections per (server, user, database).
+    pub max_size: u32,
+    #[serde(deserialize_with = "de_duration")]
+    pub checkout_timeout: Duration,
+    #[serde(deserialize_with = "de_duration")]
+    pub connect_timeout: Duration,
+    #[serde(deserialize_with = "de_duration")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            max_size: 100,
+            checkout_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    pub max_client_connections: usize,
+    /// Largest single message accepted from a client.
+    #[serde(deserialize_with = "de_size")]
+    pub max_message_size: ByteSize,
+    /// Time a client has to finish startup and authentication.
+    #[serde(deserialize_with = "de_duration")]
+    pub handshake_timeout: Duration,
+    /// How long draining waits for open sessions on SIGTERM.
+    #[serde(deserialize_with = "de_duration")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_client_connections: 1000,
+            max_message_size: ByteSize(64 << 20),
+            handshake_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The file format, before URLs are parsed. Every key optional so that flags and
+/// the environment can supply what the file leaves out.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: Option<String>,
+    admin_listen: Option<String>,
+    primary: Option<String>,
+    #[serde(default)]
+    replicas: Vec<String>,
+    #[serde(default)]
+    auth: AuthConfig,
+    #[serde(default)]
+    routing: RoutingConfig,
+    #[serde(default)]
+    pool: PoolConfig,
+    #[serde(default)]
+    limits: LimitsConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub primary: ServerUrl,
+    pub replicas: Vec<ServerUrl>,
+    pub auth: AuthConfig,
+    pub routing: RoutingConfig,
+    pub pool: PoolConfig,
+    pub limits: LimitsConfig,
+}
+
+/// What the command line can override.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub admin_listen: Option<String>,
+    pub primary: Option<String>,
+    pub replicas: Vec<String>,
+}
+
+/// Keys reachable through the environment: `PGSPLIT_<SECTION>_<KEY>` upper-cased,
+/// e.g. `PGSPLIT_ROUTING_MAX_LAG=2s`, `PGSPLIT_REPLICAS=url1,url2`.
+const ENV_KEYS: &[(&str, &str)] = &[
+    ("", "listen"),
+    ("", "admin_listen"),
+    ("", "primary"),
+    ("", "replicas"),
+    ("auth", "method"),
+    ("routing", "health_interval"),
+    ("routing", "max_lag"),
+    ("routing", "max_lag_bytes"),
+    ("routing", "read_your_writes"),
+    ("routing", "primary_wait"),
+    ("routing", "function_refresh"),
+    ("routing", "replica_safe_functions"),
+    ("routing", "primary_functions"),
+    ("routing", "cache_size"),
+    ("pool", "max_size"),
+    ("pool", "checkout_timeout"),
+    ("pool", "connect_timeout"),
+    ("pool", "idle_timeout"),
+    ("limits", "max_client_connections"),
+    ("limits", "max_message_size"),
+    ("limits", "handshake_timeout"),
+    ("limits", "shutdown_grace"),
+];
+
+fn env_name(section: &str, key: &str) -> String {
+    if section.is_empty() {
+        format!("PGSPLIT_{}", key.to_ascii_uppercase())
+    } else {
+        format!(
+            "PGSPLIT_{}_{}",
+            section.to_ascii_uppercase(),
+            key.to_ascii_uppercase()
+        )
+    }
+}
+
+/// An environment value becomes a TOML value: integers and booleans as such,
+/// comma-separated lists for list keys, everything else a string.
+fn env_value(key: &str, raw: &str) -> toml::Value {
+    if matches!(
+        key,
+        "replicas" | "replica_safe_functions" | "primary_functions"
+    ) {
+        return toml::Value::Array(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| toml::Value::String(s.to_owned()))
+                .collect(),
+        );
+    }
+    if let Ok(n) = raw.parse::<i64>() {
+        return toml::Value::Integer(n);
+    }
+    match raw {
+        "true" => toml::Value::Boolean(true),
+        "false" => toml::Value::Boolean(false),
+        _ => toml::Value::String(raw.to_owned()),
+    }
+}
+
+impl Config {
+    /// Loads `file` (if any), applies `env` (name → value pairs, normally
+    /// `std::env::vars()`), then `flags`.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        flags: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        let text = match file {
+            Some(p) => std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                path: p.display().to_string(),
+                source,
+            })?,
+            None => String::new(),
+        };
+        Self::from_toml_str(&text, env, flags)
+    }
+
+    pub fn from_toml_str(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+        flags: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        let mut table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::Syntax(e.to_string().replace('\n', " ")))?;
+        let env: std::collections::HashMap<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("PGSPLIT_"))
+            .collect();
+        for (section, key) in ENV_KEYS {
+            let Some(raw) = env.get(&env_name(section, key)) else {
+                continue;
+            };
+            let value = env_value(key, raw);
+            if section.is_empty() {
+                table.insert((*key).to_owned(), value);
+            } else {
+                let entry = table
+                    .entry((*section).to_owned())
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                let toml::Value::Table(t) = entry else {
+                    return Err(ConfigError::key(*section, "must be a table"));
+                };
+                t.insert((*key).to_owned(), value);
+            }
+        }
+        for name in env.keys() {
+            if !ENV_KEYS.iter().any(|(s, k)| &env_name(s, k) == name) && name != "PGSPLIT_CONFIG" {
+                return Err(ConfigError::key(
+                    name.clone(),
+                    "unknown environment variable",
+                ));
+            }
+        }
+        let raw: RawConfig =
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+                let key = e.path().to_string();
+                ConfigError::key(key, e.into_inner().to_string())
+            })?;
+        Self::finish(raw, flags)
+    }
+
+    fn finish(raw: RawConfig, flags: &Overrides) -> Result<Config, ConfigError> {
+        let listen = flags
+            .listen
+            .clone()
+            .or(raw.listen)
+            .unwrap_or_else(|| "127.0.0.1:6432".into());
+        let listen: SocketAddr = listen
+            .parse()
+            .map_err(|_| ConfigError::key("listen", format!("invalid address {listen:?}")))?;
+        let admin = flags
+            .admin_listen
+            .clone()
+            .or(raw.admin_listen)
+            .unwrap_or_else(|| "127.0.0.1:9930".into());
+        let admin_listen: SocketAddr = admin
+            .parse()
+            .map_err(|_| ConfigError::key("admin_listen", format!("invalid address {admin:?}")))?;
+        let primary = flags
+            .primary
+            .clone()
+            .or(raw.primary)
+            .ok_or_else(|| ConfigError::key("primary", "required (a libpq URL)"))?;
+        let primary = ServerUrl::parse(&primary).map_err(|e| ConfigError::key("primary", e))?;
+        if primary.user.is_none() {
+            return Err(ConfigError::key(
+                "primary",
+                "the URL must name a user (pgsplit authenticates clients with these credentials)",
+            ));
+        }
+        let replica_strs = if flags.replicas.is_empty() {
+            raw.replicas
+        } else {
+            flags.replicas.clone()
+        };
+        let mut replicas = Vec::with_capacity(replica_strs.len());
+        for (i, r) in replica_strs.iter().enumerate() {
+            let mut url =
+                ServerUrl::parse(r).map_err(|e| ConfigError::key(format!("replicas[{i}]"), e))?;
+            url.inherit_from(&primary);
+            replicas.push(url);
+        }
+        let cfg = Config {
+            listen,
+            admin_listen,
+            primary,
+            replicas,
+            auth: raw.auth,
+            routing: raw.routing,
+            pool: raw.pool,
+            limits: raw.limits,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.pool.max_size == 0 {
+            return Err(ConfigError::key("pool.max_size", "must be at least 1"));
+        }
+        if self.routing.health_interval.is_zero() {
+            return Err(ConfigError::key(
+                "routing.health_interval",
+                "must be positive",
+            ));
+        }
+        if self.limits.max_client_connections == 0 {
+            return Err(ConfigError::key(
+                "limits.max_client_connections",
+                "must be at least 1",
+            ));
+        }
+        if self.limits.max_message_size.0 < 1024 {
+            return Err(ConfigError::key(
+                "limits.max_message_size",
+                "must be at least 1kB",
+            ));
+        }
+        if self.auth.method != AuthMethod::Trust && self.primary.password.is_none() {
+            return Err(ConfigError::key(
+                "primary",
+                "the URL needs a password unless auth.method = \"trust\"",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The user clients must log in as (the primary URL's user).
+    pub fn user(&self) -> &str {
+        self.primary.user.as_deref().unwrap_or("postgres")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const P: &str = "postgres://app:pw@127.0.0.1:5432/app";
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::from_toml_str(
+            text,
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+            &Overrides::default(),
+        )
+    }
+
+    #[test]
+    fn defaults_and_file() {
+        let c = load(
+            &format!("primary = \"{P}\"\n[routing]\nmax_lag = \"2s\"\n"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:6432");
+        assert_eq!(c.routing.max_lag, Duration::from_secs(2));
+        assert_eq!(c.routing.max_lag_bytes, ByteSize(16 << 20));
+        assert_eq!(c.user(), "app");
+    }
+
+    #[test]
+    fn env_and_flags_override() {
+        let c = load(
+            &format!("primary = \"{P}\"\n"),
+            &[
+                ("PGSPLIT_ROUTING_MAX_LAG", "300ms"),
+                ("PGSPLIT_POOL_MAX_SIZE", "7"),
+                (
+                    "PGSPLIT_REPLICAS",
+                    "postgres://h1/app, postgres://h2:6000/app",
+                ),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.routing.max_lag, Duration::from_millis(300));
+        assert_eq!(c.pool.max_size, 7);
+        assert_eq!(c.replicas.len(), 2);
+        assert_eq!(c.replicas[1].port, 6000);
+        assert_eq!(c.replicas[0].user.as_deref(), Some("app"), "inherited");
+        let flags = Overrides {
+            listen: Some("127.0.0.1:7000".into()),
+            ..Overrides::default()
+        };
+        let c = Config::from_toml_str(
+            &format!("primary = \"{P}\"\nlisten = \"0.0.0.0:1\""),
+            [],
+            &flags,
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 7000);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let msg = |r: Result<Config, ConfigError>| r.unwrap_err().to_string();
+        assert!(msg(load(&format!("primary = \"{P}\"\nlisen = 1"), &[])).contains("lisen"));
+        assert!(
+            msg(load(
+                &format!("primary = \"{P}\"\n[routing]\nmax_lag = \"soon\""),
+                &[]
+            ))
+            .contains("routing.max_lag")
+        );
+        assert!(
+            msg(load(
+                &format!("primary = \"{P}\"\n[pool]\nmax_size = \"x\""),
+                &[]
+            ))
+            .contains("pool.max_size")
+        );
+        assert!(msg(load("", &[])).contains("primary"));
+        assert!(
+            msg(load(
+                &format!("primary = \"{P}\""),
+                &[("PGSPLIT_NOPE", "1")]
+            ))
+            .contains("PGSPLIT_NOPE")
+        );
+        assert!(msg(load("primary = \"postgres://h/db?sslmode=x\"", &[])).contains("primary"));
+    }
+}

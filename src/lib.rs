@@ -1,0 +1,34 @@
+//! pgsplit: a PostgreSQL read/write-splitting sidecar proxy.
+//!
+//! Data path (DESIGN.md section 2):
+//!
+//! ```text
+//! client ─▶ client::handshake ─▶ client::session (one unit at a time)
+//!              │                      │ route::classify (SQL → Class, cached)   [pure]
+//!              │                      │ route::router (Class + session + health) [pure]
+//!              │                      ▼
+//!              │                backend::pool checkout ─▶ server (primary | replica)
+//!              ▼                      │ client::relay: forward bytes, relay replies to ReadyForQuery
+//!         client::cancel              ▼
+//!                               learn: transaction status, session changes, pins
+//! ```
+//!
+//! Module map: [`protocol`] pure wire codec; [`route`] pure classification and
+//! routing; [`client`] handshake, session loop, relay; [`backend`] server
+//! connections, pools, health monitor; [`config`] typed configuration; [`app`]
+//! wiring and shutdown; [`admin`] HTTP endpoints; [`metrics`] metric handles;
+//! [`cluster`] throwaway PostgreSQL primary + replica for the demo and tests.
+
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod app;
+pub mod backend;
+pub mod client;
+pub mod cluster;
+pub mod config;
+pub mod metrics;
+pub mod net;
+pub mod protocol;
+pub mod route;
+pub mod server;

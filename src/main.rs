@@ -1,0 +1,175 @@
+//! The `pgsplit` binary: parse flags, load config, init logs, run.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use pgsplit::app::App;
+use pgsplit::config::{Config, Overrides};
+
+/// PostgreSQL read/write-splitting sidecar proxy.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    /// TOML config file.
+    #[arg(long, env = "PGSPLIT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address clients connect to (default 127.0.0.1:6432).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Address of the admin HTTP listener (default 127.0.0.1:9930).
+    #[arg(long)]
+    admin_listen: Option<String>,
+    /// Primary server, as a libpq URL.
+    #[arg(long)]
+    primary: Option<String>,
+    /// Replica server, as a libpq URL (repeatable).
+    #[arg(long = "replica")]
+    replicas: Vec<String>,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Start a throwaway primary + streaming replica and pgsplit in front of them.
+    Demo {
+        /// Port for pgsplit's client listener.
+        #[arg(long, default_value_t = 6432)]
+        port: u16,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// EX_USAGE from sysexits.h: the configuration is wrong.
+const EXIT_CONFIG: u8 = 64;
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logs(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("pgsplit: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(Command::Demo { port }) = cli.command {
+        return match runtime.block_on(demo(port)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("pgsplit demo: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let overrides = Overrides {
+        listen: cli.listen,
+        admin_listen: cli.admin_listen,
+        primary: cli.primary,
+        replicas: cli.replicas,
+    };
+    let config = match Config::load(cli.config.as_deref(), std::env::vars(), &overrides) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("pgsplit: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match runtime.block_on(serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pgsplit: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let app = App::bind(config).await?;
+    app.run(shutdown_signal()).await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}
+
+async fn demo(port: u16) -> anyhow::Result<()> {
+    use pgsplit::cluster::{Cluster, ClusterOptions, Node};
+    eprintln!("pgsplit demo: starting a throwaway PostgreSQL primary and streaming replica...");
+    let cluster =
+        tokio::task::spawn_blocking(|| Cluster::start(ClusterOptions::default())).await??;
+    let config = Config::load(
+        None,
+        std::iter::empty(),
+        &Overrides {
+            listen: Some(format!("127.0.0.1:{port}")),
+            admin_listen: Some("127.0.0.1:0".into()),
+            primary: Some(cluster.url(Node::Primary)),
+            replicas: vec![cluster.url(Node::Replica)],
+        },
+    )?;
+    let app = App::bind(config).await?;
+    let addr = app.local_addr();
+    let admin = app.admin_addr();
+    let url = cluster.url(Node::Primary);
+    let proxied = match (url.rfind('@'), url.rfind('/')) {
+        (Some(at), Some(slash)) if at < slash => {
+            format!("{}@{}{}", &url[..at], addr, &url[slash..])
+        }
+        _ => url.clone(),
+    };
+    println!();
+    println!("DATABASE_URL={proxied}");
+    println!();
+    println!(
+        "pgsplit on {addr}: writes -> primary 127.0.0.1:{}, provably read-only statements -> replica 127.0.0.1:{} (admin http://{admin}/metrics)",
+        cluster.port(Node::Primary),
+        cluster.port(Node::Replica)
+    );
+    println!(
+        "try: psql \"$DATABASE_URL\" -c 'SELECT inet_server_port()'   (Ctrl-C stops everything)"
+    );
+    app.run(shutdown_signal()).await;
+    eprintln!(
+        "pgsplit demo: stopping servers and removing {}",
+        cluster.dir().display()
+    );
+    tokio::task::spawn_blocking(move || drop(cluster)).await?;
+    Ok(())
+}

@@ -1,0 +1,143 @@
+//! What the classifier says about a piece of SQL. Pure data: the router turns it
+//! into a target together with session state and server health.
+
+/// Where a single statement (or a whole simple-query string) may run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// Provably read-only: may run on a replica fresh enough for the client.
+    Read,
+    /// Must run on the primary: DML, DDL, volatile functions, SHOW, anything unknown.
+    Write,
+    /// `BEGIN` / `START TRANSACTION`. `replica_ok` is true only for a READ ONLY
+    /// transaction that is not SERIALIZABLE (a hot standby refuses SERIALIZABLE).
+    Begin { replica_ok: bool },
+    /// Session-level `SET` / `RESET` / `DISCARD` (and `SET SESSION CHARACTERISTICS`):
+    /// runs on the primary and is replayed on every other server connection the
+    /// session uses before that connection runs anything else.
+    Session,
+    /// `COMMIT`, `ROLLBACK`, `SAVEPOINT`, `RELEASE`, `SET LOCAL`, `SET TRANSACTION`,
+    /// `PREPARE TRANSACTION`...: runs wherever the open transaction runs, on the
+    /// primary when there is none; never recorded for replay.
+    TxnControl,
+}
+
+/// Why a session must stay on the primary from now on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PinReason {
+    /// `CREATE TEMP TABLE` / `CREATE TEMPORARY ...`: the object exists only there.
+    TempObject,
+    /// `LISTEN`: notifications arrive on that connection only.
+    Listen,
+    /// Session-level advisory lock functions (`pg_advisory_lock`, `pg_try_advisory_lock`,
+    /// their `_shared` forms): the lock belongs to that connection.
+    AdvisoryLock,
+    /// `DECLARE ... WITH HOLD`: the cursor outlives its transaction on that connection.
+    HoldCursor,
+    /// `default_transaction_isolation = serializable` (by SET or SET SESSION
+    /// CHARACTERISTICS): replicas cannot run serializable transactions.
+    Serializable,
+    /// A routing hint pinned the session (`SET pgsplit.route = primary`).
+    Hint,
+    /// A session change pgsplit cannot replay on its own: a SET sharing one query
+    /// string with other statements, or a session log grown past its bound.
+    SessionChange,
+}
+
+/// A routing hint: `/* pgsplit:primary */`, `SET pgsplit.route = ...`, startup option.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RouteMode {
+    Primary,
+    Replica,
+    Auto,
+}
+
+/// The classification of one SQL string (one or more `;`-separated statements).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Class {
+    /// The combined kind: `Read` only when every statement is `Read`; a lone
+    /// `Begin`/`Session`/`TxnControl` keeps its kind; any other mix is `Write`.
+    pub kind: Kind,
+    /// Set when some statement pins the session to the primary.
+    pub pin: Option<PinReason>,
+    /// `SET pgsplit.route = x` / `RESET pgsplit.route` (Auto) seen in this string.
+    pub set_route: Option<RouteMode>,
+    /// A leading comment hint `/* pgsplit:primary */` or `/* pgsplit:replica */`.
+    pub hint: Option<RouteMode>,
+    /// `DISCARD ALL` or `DEALLOCATE ALL`: drops every prepared statement on the
+    /// connection that runs it.
+    pub drops_prepared: bool,
+    /// False when sqlparser could not read the text: the statement goes to the
+    /// primary ("parse_fallback" in metrics).
+    pub parsed: bool,
+    /// Number of statements in the string (0 for an empty query).
+    pub statements: u32,
+    /// Some statement is a session-level SET/RESET/DISCARD (true for a lone
+    /// `Kind::Session` statement as well as for one mixed with others).
+    pub session_effect: bool,
+}
+
+impl Class {
+    /// The fail-safe answer for text the classifier cannot read.
+    pub const fn unparsed() -> Self {
+        Class {
+            kind: Kind::Write,
+            pin: None,
+            set_route: None,
+            hint: None,
+            drops_prepared: false,
+            parsed: false,
+            statements: 1,
+            session_effect: false,
+        }
+    }
+
+    /// A plain, parsed statement of the given kind with no side effects.
+    pub const fn of(kind: Kind) -> Self {
+        Class {
+            kind,
+            pin: None,
+            set_route: None,
+            hint: None,
+            drops_prepared: false,
+            parsed: true,
+            statements: 1,
+            session_effect: matches!(kind, Kind::Session),
+        }
+    }
+}
+
+impl PinReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PinReason::TempObject => "temp_object",
+            PinReason::Listen => "listen",
+            PinReason::AdvisoryLock => "advisory_lock",
+            PinReason::HoldCursor => "hold_cursor",
+            PinReason::Serializable => "serializable",
+            PinReason::Hint => "hint",
+            PinReason::SessionChange => "session_change",
+        }
+    }
+}
+
+/// Folds the classes of the statements one extended-protocol unit touches (its
+/// Parses, and the statements its Binds and Describes name) into one, with the
+/// same rule as a multi-statement string: all reads stay a read, one kind
+/// repeated (a Parse and a Bind of the same BEGIN) stays that kind, any other
+/// mix goes to the primary.
+pub fn merge(a: Class, b: Class) -> Class {
+    let kind = match (a.kind, b.kind) {
+        (x, y) if x == y => x,
+        _ => Kind::Write,
+    };
+    Class {
+        kind,
+        pin: a.pin.or(b.pin),
+        set_route: b.set_route.or(a.set_route),
+        hint: a.hint.or(b.hint),
+        drops_prepared: a.drops_prepared || b.drops_prepared,
+        parsed: a.parsed && b.parsed,
+        statements: a.statements.saturating_add(b.statements),
+        session_effect: a.session_effect || b.session_effect,
+    }
+}

@@ -1,0 +1,170 @@
+//! Shared helpers for the integration tests.
+//!
+//! Each test binary that declares `mod common;` gets one primary + replica cluster, started
+//! on first use by [`cluster`] and shared by its tests (cargo runs them as threads of one
+//! process). The servers outlive the tests only until the cluster's watchdog notices that
+//! the process has exited. Tests that stop, promote or otherwise damage a node should
+//! start a `Cluster` of their own instead.
+//!
+//! `Cluster` methods block. In a `#[tokio::test]` (a current-thread runtime) call them only
+//! while no query of that test is in flight, or through `tokio::task::spawn_blocking`.
+
+// Each test binary uses a subset of these helpers.
+#![allow(dead_code)]
+
+use std::sync::OnceLock;
+
+use pgsplit::cluster::{Cluster, ClusterOptions};
+use tokio_postgres::{Client, NoTls};
+
+/// The process-wide cluster; panics with the reason if it cannot be started. A failed
+/// start is remembered, so every test reports it instead of retrying it.
+pub fn cluster() -> &'static Cluster {
+    static CLUSTER: OnceLock<Result<Cluster, String>> = OnceLock::new();
+    match CLUSTER
+        .get_or_init(|| Cluster::start(ClusterOptions::default()).map_err(|e| e.to_string()))
+    {
+        Ok(cluster) => cluster,
+        Err(e) => panic!("could not start the test PostgreSQL cluster: {e}"),
+    }
+}
+
+/// Connects with tokio-postgres (no TLS) and drives the connection on a spawned task.
+pub async fn connect(url: &str) -> Client {
+    let (client, connection) = match tokio_postgres::connect(url, NoTls).await {
+        Ok(pair) => pair,
+        Err(e) => panic!("could not connect to {}: {e}", redact(url)),
+    };
+    tokio::spawn(async move {
+        // The error, if any, also surfaces on the client's next call.
+        let _ = connection.await;
+    });
+    client
+}
+
+/// A loopback TCP port that was free a moment ago.
+pub fn free_port() -> u16 {
+    match pgsplit::cluster::free_loopback_port() {
+        Ok(port) => port,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// The URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if scheme_end < at => {
+            let userinfo = &url[scheme_end + 3..at];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// A pgsplit running in this test process in front of a cluster.
+pub struct Proxy {
+    pub ctx: std::sync::Arc<pgsplit::app::Context>,
+    pub addr: std::net::SocketAddr,
+    pub admin: std::net::SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Proxy {
+    /// Starts pgsplit for `cluster` with `extra` TOML appended to the config, and
+    /// waits until the replica takes reads (health probes passed) and the
+    /// function catalog is loaded.
+    pub async fn start(cluster: &Cluster, extra: &str) -> Proxy {
+        use pgsplit::cluster::Node;
+        let text = format!(
+            "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nprimary = \"{}\"\nreplicas = [\"{}\"]\n{extra}",
+            cluster.url(Node::Primary),
+            cluster.url(Node::Replica)
+        );
+        let config = pgsplit::config::Config::from_toml_str(
+            &text,
+            std::iter::empty(),
+            &pgsplit::config::Overrides::default(),
+        )
+        .unwrap_or_else(|e| panic!("test config: {e}"));
+        let app = pgsplit::app::App::bind(config)
+            .await
+            .unwrap_or_else(|e| panic!("bind: {e}"));
+        let ctx = app.ctx.clone();
+        let addr = app.local_addr();
+        let admin = app.admin_addr();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(app.run(async move {
+            let _ = rx.await;
+        }));
+        let proxy = Proxy {
+            ctx,
+            addr,
+            admin,
+            stop: Some(tx),
+            task: Some(task),
+        };
+        proxy.wait_replica_usable().await;
+        proxy
+    }
+
+    pub async fn wait_replica_usable(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let snap = self.ctx.health.get();
+            let replica_ok = snap.servers.iter().any(|s| s.usable);
+            if replica_ok && self.ctx.classifier.catalog().len() > 1000 {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "replica never became usable: {:?}",
+                snap.servers
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A libpq URL pointing at this pgsplit with the cluster's credentials.
+    pub fn url(&self, cluster: &Cluster) -> String {
+        let user = percent(cluster.user());
+        let pw = percent(cluster.password());
+        format!(
+            "postgres://{user}:{pw}@{}/{}",
+            self.addr,
+            pgsplit::cluster::DATABASE
+        )
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+}
+
+fn percent(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// `SELECT inet_server_port()` through `client`: which server answered.
+pub async fn server_port(client: &Client) -> u16 {
+    let row = client
+        .query_one("SELECT inet_server_port()", &[])
+        .await
+        .unwrap_or_else(|e| panic!("inet_server_port: {e}"));
+    let port: i32 = row.get(0);
+    u16::try_from(port).unwrap_or(0)
+}

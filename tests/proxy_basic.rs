@@ -1,0 +1,47 @@
+//! The core data path through pgsplit with real clients against a real primary
+//! and streaming replica: routing, transactions, extended protocol, auth.
+
+mod common;
+
+use common::{Proxy, cluster, connect, server_port};
+use pgsplit::cluster::Node;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_go_to_the_replica_and_writes_to_the_primary() {
+    let c = cluster();
+    let proxy = Proxy::start(c, "").await;
+    let client = connect(&proxy.url(c)).await;
+    assert_eq!(server_port(&client).await, c.port(Node::Replica));
+    client
+        .batch_execute("CREATE TABLE IF NOT EXISTS basic_rw (id int primary key, v text)")
+        .await
+        .unwrap();
+    let n = client
+        .execute(
+            "INSERT INTO basic_rw VALUES (1, 'one') ON CONFLICT (id) DO NOTHING",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(n <= 1);
+    // Writes reached the primary: the primary has the row.
+    assert_eq!(
+        c.psql(Node::Primary, "app", "SELECT v FROM basic_rw WHERE id = 1")
+            .unwrap(),
+        "one"
+    );
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_password_is_refused_with_28p01() {
+    let c = cluster();
+    let proxy = Proxy::start(c, "").await;
+    let url = format!("postgres://{}:wrong@{}/app", c.user(), proxy.addr);
+    let err = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .err()
+        .expect("login with a wrong password must fail");
+    assert_eq!(err.code().map(|c| c.code()), Some("28P01"), "{err}");
+    proxy.stop().await;
+}
