@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
@@ -37,6 +38,9 @@ pub struct Context {
     pub cancels: CancelRegistry,
     pub credentials: Credentials,
     pub metrics: Arc<Metrics>,
+    /// Read-your-writes floor shared by every session (`read_your_writes = "pod"`):
+    /// the highest WAL position recorded after a committed write, 0 for none.
+    pub pod_floor: AtomicU64,
 }
 
 impl Context {
@@ -60,6 +64,7 @@ impl Context {
                 password,
             },
             metrics: Metrics::new(),
+            pod_floor: AtomicU64::new(0),
             servers,
             config,
         })

@@ -348,6 +348,42 @@ impl ServerConn {
         }
     }
 
+    /// The primary's WAL insert position, read after a commit: every record of
+    /// the committed transaction lies before it, so a replica that has replayed
+    /// up to here shows the write (read-your-writes floor).
+    pub async fn wal_insert_lsn(&mut self) -> Result<crate::server::Lsn, BackendError> {
+        self.write(&build::query(b"SELECT pg_current_wal_insert_lsn()"))
+            .await?;
+        let mut lsn = None;
+        let mut error = None;
+        loop {
+            let frame = self.read_frame().await?;
+            match frame.tag {
+                tag::backend::DATA_ROW => {
+                    // Int16 column count, Int32 length, then the text value.
+                    let mut r = fields::Reader::new(frame.body(), "DataRow");
+                    let text = r
+                        .i16()
+                        .and_then(|_| r.i32())
+                        .and_then(|n| r.take(usize::try_from(n).unwrap_or(0)))
+                        .map_err(|e| self.protocol(e))?;
+                    lsn = std::str::from_utf8(text).ok().and_then(crate::server::Lsn::parse);
+                }
+                tag::backend::ERROR_RESPONSE => error = Some(self.server_error(&frame)),
+                tag::backend::READY_FOR_QUERY => {
+                    self.status =
+                        fields::ready_for_query(frame.body()).map_err(|e| self.protocol(e))?;
+                    break;
+                }
+                _ => {}
+            }
+        }
+        if let Some(e) = error {
+            return Err(e);
+        }
+        lsn.ok_or_else(|| self.protocol(crate::protocol::ProtocolError::Malformed("DataRow")))
+    }
+
     /// Returns the connection to a clean state for the next client: `DISCARD ALL`
     /// drops prepared statements, temp tables, advisory locks, LISTENs and session
     /// settings. Only an idle connection can be reset; anything else is broken.

@@ -173,6 +173,23 @@ pub struct Outcome {
     /// committing, including a COMMIT of a failed transaction).
     pub rolled_back: bool,
     pub sent_to_client: bool,
+    /// The unit failed on a replica with a recovery conflict before any reply
+    /// reached the client; everything was discarded and it may run elsewhere.
+    pub retry_conflict: bool,
+}
+
+/// How the relay treats the end and the errors of a unit.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RelayMode {
+    /// The unit is still open (sent on Flush): read client messages until Sync.
+    pub open: bool,
+    /// Extended protocol (affects COPY, which then needs another Sync).
+    pub extended: bool,
+    /// Do not forward the final ReadyForQuery: the session sends it itself once
+    /// it has recorded what the unit did (read-your-writes floor).
+    pub hold_ready: bool,
+    /// A recovery conflict (40001) before the first reply may be retried.
+    pub retry_conflict: bool,
 }
 
 pub enum RelayError {
@@ -197,16 +214,21 @@ pub async fn relay(
     conn: &mut ServerConn,
     st: &mut SessionState,
     exp: &mut Expect,
-    mut complete: bool,
-    extended: bool,
+    mode: RelayMode,
 ) -> Result<Outcome, RelayError> {
     let mut out = Outcome {
         status: TxStatus::Idle,
         error: None,
         rolled_back: false,
         sent_to_client: false,
+        retry_conflict: false,
     };
+    let mut complete = !mode.open;
+    let extended = mode.extended;
     let mut copy_in = false;
+    // Whether any reply the client would see has been relayed (or queued).
+    let mut replied = false;
+    let mut discarding = false;
     loop {
         let mut pos = 0;
         let mut start = 0;
@@ -231,6 +253,7 @@ pub async fn relay(
                     Ok(s) => {
                         out.status = s;
                         done = true;
+                        swallow = mode.hold_ready || discarding;
                     }
                     Err(e) => {
                         conn.broken = true;
@@ -245,6 +268,11 @@ pub async fn relay(
                         let code = fields::error_fields(body)
                             .map(|f| f.code_str().to_owned())
                             .unwrap_or_else(|_| "XX000".into());
+                        // "canceling statement due to conflict with recovery"
+                        if mode.retry_conflict && !replied && code == "40001" {
+                            discarding = true;
+                            out.retry_conflict = true;
+                        }
                         out.error = Some(code);
                     }
                     copy_in = false;
@@ -274,6 +302,10 @@ pub async fn relay(
                     }
                 }
                 _ => {}
+            }
+            swallow |= discarding;
+            if !swallow {
+                replied = true;
             }
             if swallow {
                 if start < pos {

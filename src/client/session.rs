@@ -7,6 +7,7 @@
 //! unit.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -14,13 +15,15 @@ use tokio::time::Instant;
 
 use super::cancel::{CancelSlot, CancelTarget};
 use super::handshake::Hello;
-use super::relay::{self, Expect, Outcome, RelayError};
+use super::relay::{self, Expect, Outcome, RelayError, RelayMode};
 use super::state::SessionState;
 use super::unit::{Unit, is_unit_message};
 use super::{ClientError, ClientIo};
 use crate::app::Context;
 use crate::backend::health::PrimaryState;
 use crate::backend::{Login, Pooled, ServerId};
+use crate::config::ReadYourWrites;
+use crate::server::Lsn;
 use crate::protocol::{Frame, ProtocolError, TxStatus, build, tag};
 use crate::route::class::{Kind, PinReason};
 use crate::route::router::{Reason, SessionView, Target, route};
@@ -241,7 +244,7 @@ impl Session {
 
     /// Chooses the server for a unit and attaches to it, falling back to the
     /// primary when a replica cannot be used.
-    async fn place(&mut self, unit: &Unit) -> Result<Placement, ClientError> {
+    async fn place(&mut self, unit: &Unit, primary_only: bool) -> Result<Placement, ClientError> {
         if let Some(id) = self.st.txn {
             if !self.conns.iter().any(|h| h.conn.target.id == id) {
                 self.st.txn = None;
@@ -260,6 +263,8 @@ impl Session {
         let (target, reason) = if !unit.complete {
             // Sent before its Sync: later statements of the unit are unknown.
             (Target::Primary, Reason::Write)
+        } else if primary_only {
+            (Target::Primary, Reason::ReplicaDown)
         } else {
             let snapshot = self.ctx.health.get();
             let primary = match snapshot.primary {
@@ -271,7 +276,7 @@ impl Session {
                 txn: None,
                 pinned: self.st.pinned,
                 mode: self.st.mode,
-                floor: self.st.floor,
+                floor: self.floor(),
                 held_replica: self.held_replica(primary),
                 spin: self.spin,
             };
@@ -298,22 +303,50 @@ impl Session {
     async fn run_unit(&mut self, unit: Unit) -> Result<(), ClientError> {
         let mut retried = false;
         loop {
-            let placement = match self.place(&unit).await {
+            let placement = match self.place(&unit, retried).await {
                 Ok(p) => p,
                 Err(e @ (ClientError::Gone(_) | ClientError::Protocol(_))) => return Err(e),
                 Err(e) => return self.fail_unit(&unit, &e).await,
             };
             let index = placement.index;
+            let id = self.conns[index].conn.target.id;
+            let on_primary = Some(id) == self.current_primary()
+                || (self.current_primary().is_none() && id == self.ctx.configured_primary());
+            let class = unit.class();
+            let retryable = !on_primary
+                && !retried
+                && unit.complete
+                && self.st.txn.is_none()
+                && class.kind == Kind::Read;
+            let mode = RelayMode {
+                open: !unit.complete,
+                extended: unit.frames.first().is_some_and(|f| f.tag != tag::QUERY),
+                // Only a unit that may commit a write needs its ReadyForQuery held
+                // back until the read-your-writes floor is recorded.
+                hold_ready: on_primary && self.tracks_floor() && (class.kind != Kind::Read || self.st.txn.is_some()),
+                retry_conflict: retryable,
+            };
             let started = Instant::now();
-            match self.forward(&unit, index).await {
+            match self.forward(&unit, index, mode).await {
+                Ok(outcome) if outcome.retry_conflict => {
+                    tracing::debug!(server = %self.conns[index].conn.target.name, "recovery conflict on a replica; retrying on the primary");
+                    self.ctx.metrics.retry("recovery_conflict");
+                    self.conns[index].conn.status = outcome.status;
+                    retried = true;
+                }
                 Ok(outcome) => {
+                    let committed_write = mode.hold_ready
+                        && outcome.status == TxStatus::Idle
+                        && outcome.error.is_none()
+                        && !outcome.rolled_back;
                     self.learn(&unit, index, &outcome);
-                    self.ctx.metrics.unit(
-                        placement.reason,
-                        self.conns[index].conn.target.id == self.ctx.configured_primary()
-                            || Some(self.conns[index].conn.target.id) == self.current_primary(),
-                        started.elapsed(),
-                    );
+                    if committed_write {
+                        self.record_floor(index).await;
+                    }
+                    if mode.hold_ready {
+                        self.io.write(&build::ready_for_query(outcome.status)).await?;
+                    }
+                    self.ctx.metrics.unit(placement.reason, on_primary, started.elapsed());
                     return Ok(());
                 }
                 Err(RelayError::Client(e)) => return Err(e),
@@ -321,20 +354,12 @@ impl Session {
                     error,
                     sent_to_client,
                 }) => {
-                    let id = self.conns[index].conn.target.id;
-                    let on_replica =
-                        Some(id) != self.current_primary() && id != self.ctx.configured_primary();
                     // The broken connection goes; the pool discards it.
                     self.conns.swap_remove(index);
                     if self.st.txn == Some(id) {
                         self.st.txn = None;
                     }
-                    let may_retry = on_replica
-                        && !retried
-                        && !sent_to_client
-                        && unit.complete
-                        && unit.class().kind == Kind::Read;
-                    if may_retry {
+                    if retryable && !sent_to_client {
                         tracing::info!(server = %id.0, %error, "read failed on a replica before any reply; retrying on the primary");
                         self.ctx.metrics.retry("replica_failed");
                         retried = true;
@@ -342,6 +367,41 @@ impl Session {
                     }
                     return Err(ClientError::Backend(error));
                 }
+            }
+        }
+    }
+
+    fn tracks_floor(&self) -> bool {
+        self.ctx.config.routing.read_your_writes != ReadYourWrites::Off && self.ctx.servers.len() > 1
+    }
+
+    /// Records the WAL position after a committed write as this session's (and,
+    /// with `pod`, every session's) read-your-writes floor.
+    async fn record_floor(&mut self, index: usize) {
+        match self.conns[index].conn.wal_insert_lsn().await {
+            Ok(lsn) => {
+                self.st.floor = Some(self.st.floor.map_or(lsn, |f| f.max(lsn)));
+                if self.ctx.config.routing.read_your_writes == ReadYourWrites::Pod {
+                    self.ctx.pod_floor.fetch_max(lsn.0, Ordering::AcqRel);
+                }
+            }
+            Err(e) => {
+                // Unknown position: keep this session's reads on the primary.
+                tracing::debug!(error = %e, "cannot read the WAL position after a write");
+                self.st.floor = Some(Lsn(u64::MAX));
+            }
+        }
+    }
+
+    /// The read-your-writes floor that applies to this session now.
+    fn floor(&self) -> Option<Lsn> {
+        match self.ctx.config.routing.read_your_writes {
+            ReadYourWrites::Off => None,
+            ReadYourWrites::Session => self.st.floor,
+            ReadYourWrites::Pod => {
+                let pod = self.ctx.pod_floor.load(Ordering::Acquire);
+                let pod = (pod > 0).then_some(Lsn(pod));
+                self.st.floor.max(pod)
             }
         }
     }
@@ -354,7 +414,12 @@ impl Session {
     }
 
     /// Sends the unit to connection `index` and relays the replies.
-    async fn forward(&mut self, unit: &Unit, index: usize) -> Result<Outcome, RelayError> {
+    async fn forward(
+        &mut self,
+        unit: &Unit,
+        index: usize,
+        mode: RelayMode,
+    ) -> Result<Outcome, RelayError> {
         let Session {
             io,
             conns,
@@ -374,9 +439,8 @@ impl Session {
             port: conn.target.url.port,
             key: conn.key,
         }));
-        let extended = unit.frames.first().is_some_and(|f| f.tag != tag::QUERY);
         let result = match conn.write(&out).await {
-            Ok(()) => relay::relay(io, conn, st, &mut exp, unit.complete, extended).await,
+            Ok(()) => relay::relay(io, conn, st, &mut exp, mode).await,
             Err(error) => Err(RelayError::Server {
                 error,
                 sent_to_client: false,

@@ -1,22 +1,602 @@
-// TEMPORARY STUB
+//! SQL text → [`Class`]: the routing contract of DESIGN.md section 3.
+//!
+//! The rule is an allow-list: only query bodies (`SELECT`/`VALUES`/`WITH`), `EXPLAIN`
+//! without `ANALYZE` of one, and `COPY ... TO STDOUT` can be [`Kind::Read`], and only
+//! when a walk over the whole tree finds no data-modifying statement, no locking
+//! clause, no `SELECT INTO` and no call to a function the catalog does not know to be
+//! read-only. Every statement not recognised below is [`Kind::Write`], and text
+//! sqlparser cannot read is [`Class::unparsed`].
+//!
+//! [`Classifier`] caches decisions by the text's masked shape ([`lexer::mask`]).
+
+use std::collections::HashMap;
+use std::ops::ControlFlow;
+use std::sync::{Arc, PoisonError, RwLock};
+
+use sqlparser::ast::{
+    ContextModifier, CopyTarget, DiscardObject, Expr, ObjectName, ObjectNamePart, Query, Reset,
+    Select, Set, Statement, TableFactor, TransactionAccessMode, TransactionIsolationLevel,
+    TransactionMode, UtilityOption, Value, Visit, Visitor,
+};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+
 use super::catalog::FunctionCatalog;
-use super::class::{Class, Kind};
-pub struct Classifier;
-impl Classifier {
-    pub fn new(_c: FunctionCatalog, _n: usize) -> Self {
-        Classifier
+use super::class::{Class, Kind, PinReason, RouteMode};
+use super::lexer;
+
+/// The session-level advisory lock functions: the lock belongs to the connection that
+/// took it, so the session must stay there. The `_xact_` forms end with the
+/// transaction and only make the statement a write.
+const SESSION_ADVISORY_LOCKS: [&str; 4] = [
+    "pg_advisory_lock",
+    "pg_advisory_lock_shared",
+    "pg_try_advisory_lock",
+    "pg_try_advisory_lock_shared",
+];
+
+/// Text with more operator tokens than this is not parsed (it goes to the primary as
+/// unparsed): a chain of that many operators makes an AST that deep, and dropping or
+/// walking it recurses once per level. Measured in a debug build on a 2 MiB thread
+/// stack (tokio's default), chains of 8 000 operators of every kind tried (`+`,
+/// `AND`, `::`, `[1]`, `UNION`) are still safe; this leaves a margin of two, and no
+/// realistic read comes near it (a long `IN ($1, ...)` list is flat and not counted).
+pub const MAX_OPERATORS: usize = 4_000;
+
+/// Classifies `sql` (one or more `;`-separated statements) without a cache.
+pub fn classify(sql: &str, catalog: &FunctionCatalog) -> Class {
+    Class {
+        hint: lexer::leading_hint(sql),
+        ..classify_unhinted(sql, catalog)
     }
-    pub fn classify(&self, sql: &str) -> Class {
-        if sql.trim_start().to_ascii_uppercase().starts_with("SELECT") {
-            Class::of(Kind::Read)
-        } else {
-            Class::unparsed()
+}
+
+/// The class without the leading-comment hint: what the cache stores.
+fn classify_unhinted(sql: &str, catalog: &FunctionCatalog) -> Class {
+    if lexer::operator_count(sql) > MAX_OPERATORS {
+        return Class::unparsed();
+    }
+    let Ok(statements) = Parser::parse_sql(&PostgreSqlDialect {}, sql) else {
+        // An unreadable SET/RESET/DISCARD still changes the session on the primary;
+        // saying so lets the router pin the session rather than let servers differ.
+        return Class {
+            session_effect: lexer::may_change_session(sql),
+            ..Class::unparsed()
+        };
+    };
+    let mut class = Class {
+        statements: 0,
+        ..Class::of(Kind::Read)
+    };
+    let mut all_read = true;
+    let mut only = None;
+    for statement in &statements {
+        let one = classify_statement(statement, catalog);
+        class.statements = class.statements.saturating_add(1);
+        all_read &= one.kind == Kind::Read;
+        only = Some(one.kind);
+        class.pin = class.pin.or(one.pin);
+        class.set_route = one.set_route.or(class.set_route);
+        class.drops_prepared |= one.drops_prepared;
+        class.session_effect |= one.kind == Kind::Session || one.session_effect;
+    }
+    class.kind = match (class.statements, only) {
+        _ if all_read => Kind::Read,
+        (1, Some(kind)) => kind,
+        _ => Kind::Write,
+    };
+    class
+}
+
+/// What one statement is and does.
+struct Decision {
+    kind: Kind,
+    pin: Option<PinReason>,
+    set_route: Option<RouteMode>,
+    drops_prepared: bool,
+    /// Changes session state without being a `Kind::Session` statement
+    /// (`SELECT set_config(...)`).
+    session_effect: bool,
+}
+
+impl Decision {
+    fn of(kind: Kind) -> Self {
+        Decision {
+            kind,
+            pin: None,
+            set_route: None,
+            drops_prepared: false,
+            session_effect: false,
         }
     }
-    pub fn set_catalog(&self, _c: FunctionCatalog) -> bool {
-        false
+
+    fn pinned(kind: Kind, pin: PinReason) -> Self {
+        Decision {
+            pin: Some(pin),
+            ..Decision::of(kind)
+        }
     }
-    pub fn catalog(&self) -> std::sync::Arc<FunctionCatalog> {
-        std::sync::Arc::new(FunctionCatalog)
+}
+
+fn classify_statement(statement: &Statement, catalog: &FunctionCatalog) -> Decision {
+    let scan = Scan::run(statement, catalog);
+    let mut decision = decide(statement, &scan);
+    // Pins found anywhere in the tree (an advisory lock taken inside an INSERT...).
+    if decision.pin.is_none() {
+        decision.pin = scan.pin();
+    }
+    decision.session_effect |= scan.set_config;
+    decision
+}
+
+fn decide(statement: &Statement, scan: &Scan<'_>) -> Decision {
+    let read_if_clean = || Decision::of(if scan.writes { Kind::Write } else { Kind::Read });
+    match statement {
+        Statement::Query(_) => read_if_clean(),
+        Statement::Explain {
+            analyze,
+            options,
+            statement: inner,
+            ..
+        } => {
+            let executes = *analyze || options.as_deref().is_some_and(analyze_option);
+            if !executes && matches!(**inner, Statement::Query(_)) {
+                read_if_clean()
+            } else {
+                Decision::of(Kind::Write)
+            }
+        }
+        Statement::Copy {
+            to: true,
+            target: CopyTarget::Stdout,
+            ..
+        } => read_if_clean(),
+        Statement::StartTransaction {
+            modes,
+            statements,
+            exception,
+            modifier,
+            has_end_keyword,
+            ..
+        } => {
+            if statements.is_empty()
+                && exception.is_none()
+                && modifier.is_none()
+                && !*has_end_keyword
+            {
+                Decision::of(Kind::Begin {
+                    replica_ok: replica_ok(modes),
+                })
+            } else {
+                Decision::of(Kind::Write)
+            }
+        }
+        Statement::Commit { modifier: None, .. }
+        | Statement::Rollback { .. }
+        | Statement::Savepoint { .. }
+        | Statement::ReleaseSavepoint { .. } => Decision::of(Kind::TxnControl),
+        Statement::Set(set) => decide_set(set),
+        Statement::Reset(reset) => match &reset.reset {
+            Reset::ALL | Reset::SessionAuthorization => Decision::of(Kind::Session),
+            Reset::ConfigurationParameter(name) => Decision {
+                set_route: (dotted(name).as_deref() == Some("pgsplit.route"))
+                    .then_some(RouteMode::Auto),
+                ..Decision::of(Kind::Session)
+            },
+        },
+        Statement::Discard { object_type } => match object_type {
+            DiscardObject::ALL => Decision {
+                drops_prepared: true,
+                ..Decision::of(Kind::Session)
+            },
+            DiscardObject::PLANS | DiscardObject::SEQUENCES | DiscardObject::TEMP => {
+                Decision::of(Kind::Session)
+            }
+        },
+        Statement::Deallocate { name, .. } => Decision {
+            drops_prepared: name.quote_style.is_none() && name.value.eq_ignore_ascii_case("all"),
+            ..Decision::of(Kind::Write)
+        },
+        Statement::LISTEN { .. } => Decision::pinned(Kind::Write, PinReason::Listen),
+        Statement::Declare { stmts, .. } if stmts.iter().any(|d| d.hold == Some(true)) => {
+            Decision::pinned(Kind::Write, PinReason::HoldCursor)
+        }
+        Statement::CreateTable(create) if create.temporary || is_temp_schema(&create.name) => {
+            Decision::pinned(Kind::Write, PinReason::TempObject)
+        }
+        Statement::CreateView(create) if create.temporary || is_temp_schema(&create.name) => {
+            Decision::pinned(Kind::Write, PinReason::TempObject)
+        }
+        Statement::CreateSequence {
+            temporary, name, ..
+        } if *temporary || is_temp_schema(name) => {
+            Decision::pinned(Kind::Write, PinReason::TempObject)
+        }
+        // DML, DDL, CALL, LOCK, NOTIFY, VACUUM, PREPARE/EXECUTE, GRANT, COPY FROM,
+        // REFRESH, DECLARE, FETCH, SHOW and anything else: the primary.
+        _ => Decision::of(Kind::Write),
+    }
+}
+
+/// `BEGIN` may run on a replica only when READ ONLY and not SERIALIZABLE. Several
+/// access modes may be given; any READ WRITE keeps it on the primary.
+fn replica_ok(modes: &[TransactionMode]) -> bool {
+    let mut read_only = false;
+    for mode in modes {
+        match mode {
+            TransactionMode::AccessMode(TransactionAccessMode::ReadOnly) => read_only = true,
+            TransactionMode::AccessMode(TransactionAccessMode::ReadWrite)
+            | TransactionMode::IsolationLevel(TransactionIsolationLevel::Serializable) => {
+                return false;
+            }
+            TransactionMode::IsolationLevel(_) => {}
+        }
+    }
+    read_only
+}
+
+/// Whether an `EXPLAIN (...)` option list asks to run the statement: `ANALYZE`,
+/// `ANALYZE true`, `ANALYZE on`... anything but an explicit false.
+fn analyze_option(options: &[UtilityOption]) -> bool {
+    options.iter().any(|option| {
+        option.name.value.eq_ignore_ascii_case("analyze")
+            && !option
+                .arg
+                .as_ref()
+                .is_some_and(|arg| setting_text(arg).is_some_and(|t| is_false(&t)))
+    })
+}
+
+fn is_false(text: &str) -> bool {
+    matches!(text, "false" | "off" | "0" | "no")
+}
+
+fn decide_set(set: &Set) -> Decision {
+    match set {
+        Set::SingleAssignment {
+            scope,
+            hivevar: false,
+            variable,
+            values,
+        } => match scope {
+            Some(ContextModifier::Local) => Decision::of(Kind::TxnControl),
+            Some(ContextModifier::Global) => Decision::of(Kind::Write),
+            None | Some(ContextModifier::Session) => decide_assignment(variable, values),
+        },
+        Set::SetSessionAuthorization(param) => match param.scope {
+            ContextModifier::Local => Decision::of(Kind::TxnControl),
+            ContextModifier::Session => Decision::of(Kind::Session),
+            ContextModifier::Global => Decision::of(Kind::Write),
+        },
+        Set::SetRole {
+            context_modifier, ..
+        } => match context_modifier {
+            Some(ContextModifier::Local) => Decision::of(Kind::TxnControl),
+            Some(ContextModifier::Global) => Decision::of(Kind::Write),
+            None | Some(ContextModifier::Session) => Decision::of(Kind::Session),
+        },
+        Set::SetTimeZone { local: true, .. } => Decision::of(Kind::TxnControl),
+        Set::SetTimeZone { local: false, .. } | Set::SetNames { .. } | Set::SetNamesDefault {} => {
+            Decision::of(Kind::Session)
+        }
+        Set::SetTransaction {
+            modes,
+            session: true,
+            ..
+        } => {
+            let serializable = modes.iter().any(|m| {
+                matches!(
+                    m,
+                    TransactionMode::IsolationLevel(TransactionIsolationLevel::Serializable)
+                )
+            });
+            Decision {
+                pin: serializable.then_some(PinReason::Serializable),
+                ..Decision::of(Kind::Session)
+            }
+        }
+        Set::SetTransaction { session: false, .. } => Decision::of(Kind::TxnControl),
+        // MySQL/MSSQL/Hive forms PostgreSQL does not have.
+        _ => Decision::of(Kind::Write),
+    }
+}
+
+/// `SET [SESSION] name = value`.
+fn decide_assignment(variable: &ObjectName, values: &[Expr]) -> Decision {
+    let Some(name) = dotted(variable) else {
+        return Decision::of(Kind::Write);
+    };
+    let value = match values {
+        [one] => setting_text(one),
+        _ => None,
+    };
+    match name.as_str() {
+        // These act on the current transaction only, like SET TRANSACTION.
+        "transaction_isolation" | "transaction_read_only" | "transaction_deferrable" => {
+            Decision::of(Kind::TxnControl)
+        }
+        "default_transaction_isolation" => Decision {
+            pin: (value.as_deref() == Some("serializable")).then_some(PinReason::Serializable),
+            ..Decision::of(Kind::Session)
+        },
+        "pgsplit.route" => {
+            let mode = match value.as_deref() {
+                Some("primary") => Some(RouteMode::Primary),
+                Some("replica") => Some(RouteMode::Replica),
+                Some("auto" | "default") => Some(RouteMode::Auto),
+                _ => None,
+            };
+            Decision {
+                set_route: mode,
+                pin: (mode == Some(RouteMode::Primary)).then_some(PinReason::Hint),
+                ..Decision::of(Kind::Session)
+            }
+        }
+        _ => Decision::of(Kind::Session),
+    }
+}
+
+/// A SET value as PostgreSQL reads it: an identifier, a string, a number or a
+/// boolean, lower-cased and trimmed.
+fn setting_text(expr: &Expr) -> Option<String> {
+    let text = match expr {
+        Expr::Identifier(ident) => ident.value.clone(),
+        Expr::Value(value) => match &value.value {
+            Value::SingleQuotedString(s)
+            | Value::DoubleQuotedString(s)
+            | Value::EscapedStringLiteral(s)
+            | Value::DollarQuotedString(sqlparser::ast::DollarQuotedString { value: s, .. }) => {
+                s.clone()
+            }
+            Value::Number(n, _) => n.to_string(),
+            Value::Boolean(b) => b.to_string(),
+            _ => return None,
+        },
+        _ => return None,
+    };
+    Some(text.trim().to_ascii_lowercase())
+}
+
+/// `a.b.c` lower-cased, when every part is a plain identifier.
+fn dotted(name: &ObjectName) -> Option<String> {
+    let mut out = String::new();
+    for (i, part) in name.0.iter().enumerate() {
+        let ObjectNamePart::Identifier(ident) = part else {
+            return None;
+        };
+        if i > 0 {
+            out.push('.');
+        }
+        out.push_str(&ident.value.to_ascii_lowercase());
+    }
+    Some(out)
+}
+
+/// `pg_temp.x` / `pg_temp_3.x`: a temporary object however it is spelled.
+fn is_temp_schema(name: &ObjectName) -> bool {
+    match name.0.as_slice() {
+        [ObjectNamePart::Identifier(schema), _] | [_, ObjectNamePart::Identifier(schema), _] => {
+            schema.value.to_ascii_lowercase().starts_with("pg_temp")
+        }
+        _ => false,
+    }
+}
+
+/// One walk over a statement's tree, collecting what makes it a write or pins the
+/// session.
+struct Scan<'c> {
+    catalog: &'c FunctionCatalog,
+    /// Nesting depth of statements: the root is 1; anything deeper but a plain query
+    /// (a data-modifying CTE, `EXPLAIN INSERT`...) is a write.
+    depth: usize,
+    writes: bool,
+    advisory_lock: bool,
+    temp_table: bool,
+    /// `set_config(name, value, is_local)`: a SET by function call (session-level
+    /// unless `is_local`; treated as session-level whatever the literal says, so
+    /// that the answer does not depend on a literal).
+    set_config: bool,
+}
+
+impl<'c> Scan<'c> {
+    fn run(statement: &Statement, catalog: &'c FunctionCatalog) -> Self {
+        let mut scan = Scan {
+            catalog,
+            depth: 0,
+            writes: false,
+            advisory_lock: false,
+            temp_table: false,
+            set_config: false,
+        };
+        // The visitor never breaks: `Break = Infallible`-like `()` unused.
+        let _ = statement.visit(&mut scan);
+        scan
+    }
+
+    fn pin(&self) -> Option<PinReason> {
+        if self.temp_table {
+            Some(PinReason::TempObject)
+        } else if self.advisory_lock {
+            Some(PinReason::AdvisoryLock)
+        } else {
+            None
+        }
+    }
+
+    fn call(&mut self, name: &ObjectName) {
+        let mut parts = Vec::with_capacity(name.0.len());
+        for part in &name.0 {
+            match part {
+                ObjectNamePart::Identifier(ident) => parts.push(ident.value.as_str()),
+                ObjectNamePart::Function(_) => {
+                    self.writes = true;
+                    return;
+                }
+            }
+        }
+        let (schema, function) = match parts.as_slice() {
+            [function] => (None, *function),
+            [.., schema, function] => (Some(*schema), *function),
+            [] => {
+                self.writes = true;
+                return;
+            }
+        };
+        if SESSION_ADVISORY_LOCKS
+            .iter()
+            .any(|f| f.eq_ignore_ascii_case(function))
+        {
+            self.advisory_lock = true;
+        }
+        if function.eq_ignore_ascii_case("set_config") {
+            self.set_config = true;
+        }
+        if !self.catalog.is_read_only(schema, function) {
+            self.writes = true;
+        }
+    }
+}
+
+impl Visitor for Scan<'_> {
+    type Break = ();
+
+    fn pre_visit_statement(&mut self, statement: &Statement) -> ControlFlow<()> {
+        self.depth += 1;
+        if self.depth > 1 && !matches!(statement, Statement::Query(_)) {
+            self.writes = true;
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn post_visit_statement(&mut self, _statement: &Statement) -> ControlFlow<()> {
+        self.depth = self.depth.saturating_sub(1);
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<()> {
+        // FOR UPDATE / FOR SHARE / ... anywhere, including subqueries and CTEs.
+        if !query.locks.is_empty() {
+            self.writes = true;
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_select(&mut self, select: &Select) -> ControlFlow<()> {
+        if let Some(into) = &select.into {
+            self.writes = true;
+            if into.temporary {
+                self.temp_table = true;
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<()> {
+        match factor {
+            // `FROM f(1)` parses as a table with arguments.
+            TableFactor::Table {
+                name,
+                args: Some(_),
+                ..
+            }
+            | TableFactor::Function { name, .. } => self.call(name),
+            _ => {}
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
+        if let Expr::Function(function) = expr {
+            self.call(&function.name);
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+/// The cached classifier shared by every session (behind an `Arc`).
+///
+/// Decisions are cached by the masked text (see [`lexer`] for the invariant that
+/// makes this sound) and stored without the per-call hint. The cache is cleared
+/// when it reaches `capacity` (bounded and simple) and when the function catalog
+/// changes.
+#[derive(Debug)]
+pub struct Classifier {
+    catalog: RwLock<Arc<FunctionCatalog>>,
+    cache: RwLock<HashMap<Box<str>, Class>>,
+    capacity: usize,
+}
+
+impl Classifier {
+    /// A classifier over `catalog` caching at most `capacity` shapes (0: no cache).
+    pub fn new(catalog: FunctionCatalog, capacity: usize) -> Self {
+        Classifier {
+            catalog: RwLock::new(Arc::new(catalog)),
+            cache: RwLock::new(HashMap::new()),
+            capacity,
+        }
+    }
+
+    /// Classifies `sql`, from the cache when its shape was seen before.
+    pub fn classify(&self, sql: &str) -> Class {
+        let masked = lexer::mask(sql);
+        let with_hint = |class: Class| Class {
+            hint: masked.hint,
+            ..class
+        };
+        if !masked.cacheable || self.capacity == 0 {
+            return with_hint(classify_unhinted(sql, &self.catalog()));
+        }
+        if let Some(class) = self
+            .cache
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(masked.key.as_str())
+        {
+            return with_hint(*class);
+        }
+        let catalog = self.catalog();
+        let class = classify_unhinted(sql, &catalog);
+        let mut cache = self.cache.write().unwrap_or_else(PoisonError::into_inner);
+        // Insert only if the catalog did not change meanwhile: `set_catalog` swaps the
+        // catalog before clearing the cache, so a decision made with the old catalog
+        // is either refused here or cleared there.
+        if Arc::ptr_eq(&catalog, &self.catalog()) {
+            if cache.len() >= self.capacity {
+                cache.clear();
+            }
+            cache.insert(masked.key.clone().into_boxed_str(), class);
+        }
+        drop(cache);
+        with_hint(class)
+    }
+
+    /// Replaces the function catalog; clears the cache and returns true when it
+    /// differs from the current one.
+    pub fn set_catalog(&self, catalog: FunctionCatalog) -> bool {
+        {
+            let mut current = self.catalog.write().unwrap_or_else(PoisonError::into_inner);
+            if **current == catalog {
+                return false;
+            }
+            *current = Arc::new(catalog);
+        }
+        self.cache
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+        true
+    }
+
+    /// The catalog in use.
+    pub fn catalog(&self) -> Arc<FunctionCatalog> {
+        Arc::clone(&self.catalog.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Number of cached shapes.
+    pub fn cached(&self) -> usize {
+        self.cache
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 }
