@@ -25,6 +25,9 @@ fn respond(status: StatusCode, content_type: &str, body: String) -> Response<Ful
 
 /// Readiness: can this pgsplit serve writes right now?
 pub fn readiness(ctx: &Context) -> Result<(), String> {
+    if ctx.draining.load(std::sync::atomic::Ordering::Acquire) {
+        return Err("draining".into());
+    }
     match ctx.health.get().primary {
         PrimaryState::Known(_) => Ok(()),
         PrimaryState::Unknown => Err("primary not probed yet".into()),
@@ -48,11 +51,23 @@ async fn handle(
                 format!("not ready: {why}\n"),
             ),
         },
-        "/metrics" => respond(
-            StatusCode::OK,
-            "text/plain; version=0.0.4; charset=utf-8",
-            ctx.metrics.render(),
-        ),
+        "/metrics" => {
+            let servers = ctx.servers();
+            let pools: Vec<(String, u32, u32)> = ctx
+                .pools
+                .stats()
+                .into_iter()
+                .filter_map(|(id, idle, active)| {
+                    servers.get(id).map(|s| (s.name.clone(), idle, active))
+                })
+                .collect();
+            let body = ctx.metrics.render(&ctx.health.get(), &pools);
+            respond(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                body,
+            )
+        }
         _ => respond(StatusCode::NOT_FOUND, text, "not found\n".into()),
     })
 }

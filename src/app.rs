@@ -1,20 +1,22 @@
 //! Wiring: bind the listeners, start the background tasks, accept clients, and
-//! own shutdown.
+//! own shutdown (drain) and reload.
 
-use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
+use tokio_util::task::TaskTracker;
 
-use crate::backend::health::{Health, HealthSnapshot, LagLimits};
-use crate::backend::monitor::{self, MonitorConfig};
+use crate::backend::health::{Health, HealthSnapshot};
+use crate::backend::monitor;
 use crate::backend::{Pools, ServerId, ServerTarget};
 use crate::client::auth::ScramSecret;
 use crate::client::cancel::CancelRegistry;
-use crate::config::Config;
+use crate::config::{Config, Overrides, ServerUrl};
 use crate::metrics::Metrics;
 use crate::protocol::build;
 use crate::route::catalog::FunctionCatalog;
@@ -27,55 +29,143 @@ pub struct Credentials {
     pub scram: ScramSecret,
 }
 
-/// Everything a session needs, shared by all of them.
+impl Credentials {
+    fn from_config(config: &Config) -> Self {
+        let password = config.primary.password.clone().unwrap_or_default();
+        Credentials {
+            user: config.user().to_owned(),
+            scram: ScramSecret::generate(&password),
+            password,
+        }
+    }
+}
+
+/// The configured servers. Ids are stable across reloads for servers whose
+/// URL did not change.
+pub struct Servers {
+    /// The server configured as primary (the health monitor may know better).
+    pub primary: ServerId,
+    pub list: Vec<Arc<ServerTarget>>,
+}
+
+impl Servers {
+    fn build(config: &Config, previous: Option<&Servers>, next_id: &AtomicU64) -> Servers {
+        let id_for = |url: &ServerUrl| -> ServerId {
+            if let Some(prev) = previous.and_then(|p| p.list.iter().find(|s| &s.url == url)) {
+                return prev.id;
+            }
+            ServerId(u32::try_from(next_id.fetch_add(1, Ordering::Relaxed)).unwrap_or(u32::MAX))
+        };
+        let primary = id_for(&config.primary);
+        let mut list = vec![ServerTarget::new(primary, config.primary.clone())];
+        for r in &config.replicas {
+            let id = id_for(r);
+            if list.iter().all(|s| s.id != id) {
+                list.push(ServerTarget::new(id, r.clone()));
+            }
+        }
+        Servers { primary, list }
+    }
+
+    pub fn get(&self, id: ServerId) -> Option<&Arc<ServerTarget>> {
+        self.list.iter().find(|s| s.id == id)
+    }
+}
+
+/// Everything a session needs, shared by all of them. The parts a reload may
+/// change sit behind `RwLock<Arc<_>>`: readers take a cheap snapshot.
 pub struct Context {
-    pub config: Config,
-    /// Configured servers; index 0 is the configured primary.
-    pub servers: Vec<Arc<ServerTarget>>,
+    config: RwLock<Arc<Config>>,
+    servers: RwLock<Arc<Servers>>,
+    credentials: RwLock<Arc<Credentials>>,
+    next_server_id: AtomicU64,
     pub pools: Pools,
     pub classifier: Arc<Classifier>,
     pub health: Arc<Health>,
     pub cancels: CancelRegistry,
-    pub credentials: Credentials,
     pub metrics: Arc<Metrics>,
     /// Read-your-writes floor shared by every session (`read_your_writes = "pod"`):
     /// the highest WAL position recorded after a committed write, 0 for none.
     pub pod_floor: AtomicU64,
+    /// Set on SIGTERM/SIGINT: /readyz turns 503.
+    pub draining: AtomicBool,
+    /// Flips to true when open sessions must end now (57P01).
+    pub terminate: watch::Sender<bool>,
+}
+
+fn read<T: ?Sized>(lock: &RwLock<Arc<T>>) -> Arc<T> {
+    lock.read().unwrap_or_else(|p| p.into_inner()).clone()
 }
 
 impl Context {
     pub fn new(config: Config) -> Arc<Context> {
-        let mut servers = vec![ServerTarget::new(ServerId(0), config.primary.clone())];
-        for (i, r) in config.replicas.iter().enumerate() {
-            let id = ServerId(u32::try_from(i + 1).unwrap_or(u32::MAX));
-            servers.push(ServerTarget::new(id, r.clone()));
-        }
-        let names: Vec<_> = servers.iter().map(|s| (s.id, s.name.clone())).collect();
-        let password = config.primary.password.clone().unwrap_or_default();
-        let catalog = FunctionCatalog::builtin();
+        let next = AtomicU64::new(0);
+        let servers = Servers::build(&config, None, &next);
+        let names: Vec<_> = servers
+            .list
+            .iter()
+            .map(|s| (s.id, s.name.clone()))
+            .collect();
         Arc::new(Context {
             pools: Pools::new(config.pool.clone()),
-            classifier: Arc::new(Classifier::new(catalog, config.routing.cache_size)),
+            classifier: Arc::new(Classifier::new(
+                FunctionCatalog::builtin(),
+                config.routing.cache_size,
+            )),
             health: Arc::new(Health::new(HealthSnapshot::initial(&names))),
             cancels: CancelRegistry::default(),
-            credentials: Credentials {
-                user: config.user().to_owned(),
-                scram: ScramSecret::generate(&password),
-                password,
-            },
+            credentials: RwLock::new(Arc::new(Credentials::from_config(&config))),
             metrics: Metrics::new(),
             pod_floor: AtomicU64::new(0),
-            servers,
-            config,
+            draining: AtomicBool::new(false),
+            terminate: watch::channel(false).0,
+            servers: RwLock::new(Arc::new(servers)),
+            next_server_id: next,
+            config: RwLock::new(Arc::new(config)),
         })
     }
 
+    pub fn config(&self) -> Arc<Config> {
+        read(&self.config)
+    }
+
+    pub fn servers(&self) -> Arc<Servers> {
+        read(&self.servers)
+    }
+
+    pub fn credentials(&self) -> Arc<Credentials> {
+        read(&self.credentials)
+    }
+
     pub fn configured_primary(&self) -> ServerId {
-        ServerId(0)
+        self.servers().primary
     }
 
     pub fn server(&self, id: ServerId) -> Option<Arc<ServerTarget>> {
-        self.servers.iter().find(|s| s.id == id).cloned()
+        self.servers().get(id).cloned()
+    }
+
+    /// Applies a new configuration to a running pgsplit: servers, routing
+    /// limits, pool settings, credentials. Listen addresses need a restart.
+    pub fn reload(&self, new: Config) {
+        let old = self.config();
+        if new.listen != old.listen || new.admin_listen != old.admin_listen {
+            tracing::warn!(
+                "listen addresses changed in the config; they take effect on restart only"
+            );
+        }
+        let servers = Servers::build(&new, Some(&self.servers()), &self.next_server_id);
+        let names: Vec<String> = servers.list.iter().map(|s| s.name.clone()).collect();
+        if new.primary.password != old.primary.password || new.primary.user != old.primary.user {
+            *self.credentials.write().unwrap_or_else(|p| p.into_inner()) =
+                Arc::new(Credentials::from_config(&new));
+        }
+        if format!("{:?}", new.pool) != format!("{:?}", old.pool) {
+            self.pools.reconfigure(new.pool.clone());
+        }
+        *self.servers.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(servers);
+        *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
+        tracing::info!(servers = ?names, "configuration reloaded");
     }
 }
 
@@ -88,10 +178,23 @@ pub enum AppError {
     },
 }
 
+/// What the process asks the running pgsplit to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// SIGTERM: stop accepting, let sessions finish up to `shutdown_grace`.
+    Drain,
+    /// SIGINT: stop now.
+    Stop,
+    /// SIGHUP: reload the config file.
+    Reload,
+}
+
 pub struct App {
     pub ctx: Arc<Context>,
     listener: TcpListener,
     admin: TcpListener,
+    /// Where a reload reads the config from (file + environment + flags).
+    reload_source: Option<(PathBuf, Overrides)>,
 }
 
 impl App {
@@ -112,75 +215,75 @@ impl App {
             ctx: Context::new(config),
             listener,
             admin,
+            reload_source: None,
         })
     }
 
+    /// Lets `Control::Reload` re-read `file` (with the environment and `flags`
+    /// applied on top, as at start).
+    pub fn reload_from(mut self, file: PathBuf, flags: Overrides) -> Self {
+        self.reload_source = Some((file, flags));
+        self
+    }
+
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().unwrap_or(self.ctx.config.listen)
+        self.listener
+            .local_addr()
+            .unwrap_or(self.ctx.config().listen)
     }
 
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin
             .local_addr()
-            .unwrap_or(self.ctx.config.admin_listen)
+            .unwrap_or(self.ctx.config().admin_listen)
     }
 
-    /// Serves until `shutdown` resolves, then stops accepting and returns.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+    /// Serves until `control` says to stop (or closes, which means stop).
+    pub async fn run(self, mut control: impl futures_util::Stream<Item = Control> + Unpin) {
+        use futures_util::StreamExt;
         let App {
             ctx,
             listener,
             admin,
+            reload_source,
         } = self;
         let (stop_tx, stop_rx) = watch::channel(false);
-        let routing = &ctx.config.routing;
-        tokio::spawn(monitor::run_monitor(
-            ctx.servers.clone(),
-            MonitorConfig {
-                interval: routing.health_interval,
-                limits: LagLimits {
-                    max_lag: routing.max_lag,
-                    max_lag_bytes: routing.max_lag_bytes.0,
-                },
-            },
-            ctx.health.clone(),
-            stop_rx.clone(),
-        ));
-        tokio::spawn(monitor::run_catalog_refresh(
-            ctx.health.clone(),
-            ctx.servers.clone(),
-            ctx.classifier.clone(),
-            routing.replica_safe_functions.clone(),
-            routing.primary_functions.clone(),
-            routing.function_refresh,
-            stop_rx.clone(),
-        ));
+        tokio::spawn(monitor::run_monitor(ctx.clone(), stop_rx.clone()));
+        tokio::spawn(monitor::run_catalog_refresh(ctx.clone(), stop_rx.clone()));
         tokio::spawn(crate::admin::serve(admin, ctx.clone(), stop_rx.clone()));
+        let config = ctx.config();
         tracing::info!(
             listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-            primary = %ctx.config.primary,
-            replicas = ctx.config.replicas.len(),
+            primary = %config.primary,
+            replicas = config.replicas.len(),
             "pgsplit ready"
         );
-        let limit = Arc::new(Semaphore::new(ctx.config.limits.max_client_connections));
-        tokio::pin!(shutdown);
-        loop {
+        let limit = Arc::new(Semaphore::new(config.limits.max_client_connections));
+        let sessions = TaskTracker::new();
+        let how = loop {
             let (tcp, peer) = tokio::select! {
                 r = listener.accept() => match r {
                     Ok(x) => x,
                     Err(e) => {
                         // Out of file descriptors and the like: back off, go on.
                         tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
                 },
-                _ = &mut shutdown => break,
+                c = control.next() => match c {
+                    Some(Control::Reload) => {
+                        reload(&ctx, reload_source.as_ref());
+                        continue;
+                    }
+                    Some(other) => break other,
+                    None => break Control::Stop,
+                },
             };
             let ctx = ctx.clone();
             match limit.clone().try_acquire_owned() {
                 Ok(permit) => {
-                    tokio::spawn(async move {
+                    sessions.spawn(async move {
                         ctx.metrics.client_connections.increment(1.0);
                         ctx.metrics.client_connections_total.increment(1);
                         crate::client::serve_client(ctx.clone(), tcp, peer).await;
@@ -192,18 +295,84 @@ impl App {
                     tokio::spawn(async move {
                         use tokio::io::AsyncWriteExt;
                         let mut tcp = tcp;
+                        ctx.metrics.rejected("too_many_clients");
                         let msg = build::error_response(
                             build::Severity::Fatal,
                             "53300",
                             "pgsplit: sorry, too many clients already",
                         );
                         let _ = tcp.write_all(&msg).await;
-                        ctx.metrics.error("53300");
                     });
                 }
             }
+        };
+        // Stop accepting: closing the listener makes new connections fail fast.
+        drop(listener);
+        ctx.draining.store(true, Ordering::Release);
+        sessions.close();
+        let grace = if how == Control::Drain {
+            ctx.config().limits.shutdown_grace
+        } else {
+            Duration::ZERO
+        };
+        tracing::info!(open = sessions.len(), ?grace, "draining client sessions");
+        if tokio::time::timeout(grace, sessions.wait()).await.is_err() || grace.is_zero() {
+            let _ = ctx.terminate.send(true);
+            // Sessions tell their clients 57P01 and return their connections.
+            if tokio::time::timeout(Duration::from_secs(5), sessions.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!(open = sessions.len(), "sessions did not end in time");
+            }
         }
-        tracing::info!("pgsplit stopping");
         let _ = stop_tx.send(true);
+        tracing::info!("pgsplit stopped");
     }
+}
+
+fn reload(ctx: &Context, source: Option<&(PathBuf, Overrides)>) {
+    let Some((file, flags)) = source else {
+        tracing::warn!(
+            "reload requested but pgsplit was started without --config; nothing to reload"
+        );
+        return;
+    };
+    match Config::load(Some(file), std::env::vars(), flags) {
+        Ok(new) => ctx.reload(new),
+        Err(e) => tracing::error!(error = %e, "reload rejected; keeping the running configuration"),
+    }
+}
+
+/// A control channel: the sender for whoever decides (signals, tests), the
+/// stream for [`App::run`].
+pub fn control_channel() -> (
+    tokio::sync::mpsc::Sender<Control>,
+    impl futures_util::Stream<Item = Control> + Unpin,
+) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+    (tx, futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)))
+}
+
+/// Unix signals as controls: SIGTERM drains, SIGINT stops, SIGHUP reloads.
+pub fn unix_signals() -> std::io::Result<impl futures_util::Stream<Item = Control> + Unpin> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let (tx, stream) = control_channel();
+    tokio::spawn(async move {
+        loop {
+            let c = tokio::select! {
+                _ = term.recv() => Control::Drain,
+                _ = int.recv() => Control::Stop,
+                _ = hup.recv() => Control::Reload,
+            };
+            tracing::info!(?c, "signal received");
+            if tx.send(c).await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok(stream)
 }

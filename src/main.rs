@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use pgsplit::app::App;
+use pgsplit::app::{App, unix_signals};
 use pgsplit::config::{Config, Overrides};
 
 /// PostgreSQL read/write-splitting sidecar proxy.
@@ -99,7 +99,8 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    match runtime.block_on(serve(config)) {
+    let reload = cli.config.clone().map(|file| (file, overrides.clone()));
+    match runtime.block_on(serve(config, reload)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("pgsplit: {e:#}");
@@ -108,25 +109,13 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
-    let app = App::bind(config).await?;
-    app.run(shutdown_signal()).await;
-    Ok(())
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        let _ = tokio::signal::ctrl_c().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
+async fn serve(config: Config, reload: Option<(PathBuf, Overrides)>) -> anyhow::Result<()> {
+    let mut app = App::bind(config).await?;
+    if let Some((file, flags)) = reload {
+        app = app.reload_from(file, flags);
     }
+    app.run(unix_signals()?).await;
+    Ok(())
 }
 
 async fn demo(port: u16) -> anyhow::Result<()> {
@@ -165,7 +154,7 @@ async fn demo(port: u16) -> anyhow::Result<()> {
     println!(
         "try: psql \"$DATABASE_URL\" -c 'SELECT inet_server_port()'   (Ctrl-C stops everything)"
     );
-    app.run(shutdown_signal()).await;
+    app.run(unix_signals()?).await;
     eprintln!(
         "pgsplit demo: stopping servers and removing {}",
         cluster.dir().display()

@@ -1,6 +1,9 @@
 //! Metric names and handles in one place. Each running pgsplit owns its own
 //! Prometheus recorder (no global recorder), so tests can run several
 //! instances in one process and read each one's figures.
+//!
+//! Label values are bounded: route and reason enums, server names from the
+//! config, SQLSTATE classes. Never SQL text or client addresses.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,6 +11,7 @@ use std::time::Duration;
 use metrics::{Counter, Gauge, Histogram, Key, Label, Recorder};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
+use crate::backend::health::{HealthSnapshot, Role};
 use crate::route::router::Reason;
 
 const REASONS: [Reason; 10] = [
@@ -23,10 +27,10 @@ const REASONS: [Reason; 10] = [
     Reason::ParseFallback,
 ];
 
-/// Latency buckets in seconds: 100us to 10s.
+/// Latency buckets in seconds: 50us to 10s.
 const LATENCY_BUCKETS: &[f64] = &[
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-    5.0, 10.0,
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0,
 ];
 
 static META: metrics::Metadata<'static> =
@@ -37,8 +41,16 @@ pub struct Metrics {
     handle: PrometheusHandle,
     units: Vec<Counter>,
     unit_seconds: Histogram,
+    checkout_seconds: Histogram,
     pub client_connections: Gauge,
     pub client_connections_total: Counter,
+}
+
+fn labels(pairs: &[(&'static str, String)]) -> Vec<Label> {
+    pairs
+        .iter()
+        .map(|(k, v)| Label::new(*k, v.clone()))
+        .collect()
 }
 
 impl Metrics {
@@ -65,18 +77,51 @@ impl Metrics {
         }
         let unit_seconds =
             recorder.register_histogram(&Key::from_name("pgsplit_unit_duration_seconds"), &META);
+        let checkout_seconds =
+            recorder.register_histogram(&Key::from_name("pgsplit_pool_checkout_seconds"), &META);
         let client_connections =
             recorder.register_gauge(&Key::from_name("pgsplit_client_connections"), &META);
         let client_connections_total =
             recorder.register_counter(&Key::from_name("pgsplit_client_connections_total"), &META);
-        Arc::new(Metrics {
+        recorder
+            .register_gauge(
+                &Key::from_parts(
+                    "pgsplit_build_info",
+                    vec![Label::new("version", env!("CARGO_PKG_VERSION"))],
+                ),
+                &META,
+            )
+            .set(1.0);
+        let m = Metrics {
             recorder,
             handle,
             units,
             unit_seconds,
+            checkout_seconds,
             client_connections,
             client_connections_total,
-        })
+        };
+        // Families that should exist (at zero) before their first event, so
+        // dashboards and alerts see them from the start.
+        for reason in ["too_many_clients", "handshake", "auth", "draining"] {
+            m.counter(
+                "pgsplit_client_connections_rejected_total",
+                &[("reason", reason.into())],
+            )
+            .increment(0);
+        }
+        m.counter("pgsplit_auth_failures_total", &[]).increment(0);
+        Arc::new(m)
+    }
+
+    fn counter(&self, name: &'static str, l: &[(&'static str, String)]) -> Counter {
+        self.recorder
+            .register_counter(&Key::from_parts(name, labels(l)), &META)
+    }
+
+    fn gauge(&self, name: &'static str, l: &[(&'static str, String)]) -> Gauge {
+        self.recorder
+            .register_gauge(&Key::from_parts(name, labels(l)), &META)
     }
 
     /// One routed unit, end to end.
@@ -87,33 +132,103 @@ impl Metrics {
             c.increment(1);
         }
         self.unit_seconds.record(took.as_secs_f64());
+        if on_primary
+            && matches!(
+                reason,
+                Reason::Lag | Reason::ReadYourWrites | Reason::ReplicaDown
+            )
+        {
+            self.counter(
+                "pgsplit_fallbacks_total",
+                &[("reason", reason.as_str().into())],
+            )
+            .increment(1);
+        }
+    }
+
+    pub fn checkout(&self, server: &str, took: Duration, exhausted: bool) {
+        self.checkout_seconds.record(took.as_secs_f64());
+        if exhausted {
+            self.counter("pgsplit_pool_exhausted_total", &[("server", server.into())])
+                .increment(1);
+        }
     }
 
     pub fn retry(&self, reason: &'static str) {
-        self.recorder
-            .register_counter(
-                &Key::from_parts("pgsplit_retries_total", vec![Label::new("reason", reason)]),
-                &META,
-            )
+        self.counter("pgsplit_retries_total", &[("reason", reason.into())])
             .increment(1);
     }
 
+    pub fn rejected(&self, reason: &'static str) {
+        self.counter(
+            "pgsplit_client_connections_rejected_total",
+            &[("reason", reason.into())],
+        )
+        .increment(1);
+    }
+
+    pub fn auth_failure(&self) {
+        self.counter("pgsplit_auth_failures_total", &[])
+            .increment(1);
+    }
+
+    pub fn tls_handshake(&self, side: &'static str, result: &'static str) {
+        self.counter(
+            "pgsplit_tls_handshakes_total",
+            &[("side", side.into()), ("result", result.into())],
+        )
+        .increment(1);
+    }
+
+    /// Errors by SQLSTATE class (first two characters keep the set bounded).
     pub fn error(&self, sqlstate: &str) {
-        // SQLSTATE classes (first two characters) keep the label set bounded.
         let class: String = sqlstate.chars().take(2).collect();
-        self.recorder
-            .register_counter(
-                &Key::from_parts(
-                    "pgsplit_errors_total",
-                    vec![Label::new("sqlstate_class", class)],
-                ),
-                &META,
-            )
+        self.counter("pgsplit_errors_total", &[("sqlstate_class", class)])
             .increment(1);
     }
 
-    /// The Prometheus text exposition.
-    pub fn render(&self) -> String {
+    /// Refreshes the per-server gauges from the health snapshot and the pools,
+    /// then renders the Prometheus text exposition.
+    pub fn render(&self, health: &HealthSnapshot, pools: &[(String, u32, u32)]) -> String {
+        for s in &health.servers {
+            let server = || vec![("server", s.name.clone())];
+            self.gauge("pgsplit_server_up", &server()).set(
+                if matches!(s.role, Role::Primary | Role::Replica) {
+                    1.0
+                } else {
+                    0.0
+                },
+            );
+            for role in [Role::Primary, Role::Replica] {
+                let mut l = server();
+                l.push(("role", role.as_str().into()));
+                self.gauge("pgsplit_server_role", &l)
+                    .set(if s.role == role { 1.0 } else { 0.0 });
+            }
+            self.gauge("pgsplit_server_usable", &server())
+                .set(if s.usable { 1.0 } else { 0.0 });
+            if let Some(b) = s.lag_bytes {
+                self.gauge("pgsplit_server_lag_bytes", &server())
+                    .set(b as f64);
+            }
+            if let Some(l) = s.lag {
+                self.gauge("pgsplit_server_lag_seconds", &server())
+                    .set(l.as_secs_f64());
+            }
+            if let Some(t) = s.last_ok {
+                self.gauge("pgsplit_server_probe_age_seconds", &server())
+                    .set(t.elapsed().as_secs_f64());
+            }
+        }
+        for (server, idle, active) in pools {
+            for (state, n) in [("idle", idle), ("active", active)] {
+                self.gauge(
+                    "pgsplit_server_connections",
+                    &[("server", server.clone()), ("state", state.into())],
+                )
+                .set(f64::from(*n));
+            }
+        }
         self.handle.render()
     }
 }

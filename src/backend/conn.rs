@@ -327,10 +327,8 @@ impl ServerConn {
                         fields::ready_for_query(frame.body()).map_err(|e| self.protocol(e))?;
                     return Ok(result);
                 }
-                tag::backend::ERROR_RESPONSE => {
-                    if result.is_ok() {
-                        result = Err(self.server_error(&frame));
-                    }
+                tag::backend::ERROR_RESPONSE if result.is_ok() => {
+                    result = Err(self.server_error(&frame));
                 }
                 tag::backend::PARAMETER_STATUS => self.note_parameter(&frame)?,
                 tag::backend::COPY_IN_RESPONSE
@@ -367,7 +365,9 @@ impl ServerConn {
                         .and_then(|_| r.i32())
                         .and_then(|n| r.take(usize::try_from(n).unwrap_or(0)))
                         .map_err(|e| self.protocol(e))?;
-                    lsn = std::str::from_utf8(text).ok().and_then(crate::server::Lsn::parse);
+                    lsn = std::str::from_utf8(text)
+                        .ok()
+                        .and_then(crate::server::Lsn::parse);
                 }
                 tag::backend::ERROR_RESPONSE => error = Some(self.server_error(&frame)),
                 tag::backend::READY_FOR_QUERY => {

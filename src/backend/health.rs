@@ -133,6 +133,24 @@ impl HealthState {
         }
     }
 
+    pub fn set_limits(&mut self, limits: LagLimits) {
+        self.limits = limits;
+    }
+
+    /// Follows a reload: new servers start unknown, removed ones are forgotten.
+    pub fn set_servers(&mut self, servers: &[(ServerId, String)]) {
+        let mut list = Vec::with_capacity(servers.len());
+        for (id, name) in servers {
+            match self.snapshot.server(*id) {
+                Some(h) => list.push(h.clone()),
+                None => list.extend(HealthSnapshot::initial(&[(*id, name.clone())]).servers),
+            }
+        }
+        self.snapshot.servers = list;
+        self.good_streak
+            .retain(|id, _| servers.iter().any(|(s, _)| s == id));
+    }
+
     pub fn snapshot(&self) -> &HealthSnapshot {
         &self.snapshot
     }

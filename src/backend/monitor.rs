@@ -11,9 +11,9 @@ use tokio::time::Instant;
 use tokio_postgres::NoTls;
 
 use super::conn::ServerTarget;
-use super::health::{Health, HealthState, LagLimits, PrimaryState, Probe};
+use super::health::{HealthState, LagLimits, PrimaryState, Probe};
+use crate::app::Context;
 use crate::route::catalog::{FunctionCatalog, LOAD_SQL};
-use crate::route::classify::Classifier;
 use crate::server::Lsn;
 
 const PROBE_SQL: &str = "SELECT pg_is_in_recovery(), \
@@ -82,36 +82,47 @@ impl Prober {
     }
 }
 
-pub struct MonitorConfig {
-    pub interval: Duration,
-    pub limits: LagLimits,
-}
-
-pub async fn run_monitor(
-    servers: Vec<Arc<ServerTarget>>,
-    config: MonitorConfig,
-    health: Arc<Health>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let names: Vec<_> = servers.iter().map(|s| (s.id, s.name.clone())).collect();
-    let mut state = HealthState::new(config.limits, &names);
-    // A probe may take at most the interval, but never less than a second:
-    // a loaded server should not be declared dead by a short interval alone.
-    let timeout = config.interval.max(Duration::from_secs(1));
-    let mut probers: Vec<Prober> = servers
-        .into_iter()
-        .map(|target| Prober {
-            target,
-            client: None,
-            timeout,
-        })
+/// Probes every configured server each `health_interval` and publishes the
+/// snapshot. Follows reloads: servers added or removed, limits changed.
+pub async fn run_monitor(ctx: Arc<Context>, mut shutdown: watch::Receiver<bool>) {
+    let servers = ctx.servers();
+    let names: Vec<_> = servers
+        .list
+        .iter()
+        .map(|s| (s.id, s.name.clone()))
         .collect();
-    let mut tick = tokio::time::interval(config.interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut state = HealthState::new(limits(&ctx), &names);
+    let mut probers: Vec<Prober> = Vec::new();
+    let mut known: Option<Arc<crate::app::Servers>> = None;
     loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.changed() => return,
+        let config = ctx.config();
+        let interval = config.routing.health_interval;
+        let servers = ctx.servers();
+        if !known.as_ref().is_some_and(|k| Arc::ptr_eq(k, &servers)) {
+            // A probe may take at most the interval, but never less than a
+            // second: a loaded server should not be declared dead by a short
+            // interval alone.
+            let timeout = interval.max(Duration::from_secs(1));
+            probers.retain(|p| servers.list.iter().any(|s| Arc::ptr_eq(s, &p.target)));
+            for s in &servers.list {
+                if !probers.iter().any(|p| Arc::ptr_eq(&p.target, s)) {
+                    probers.push(Prober {
+                        target: s.clone(),
+                        client: None,
+                        timeout,
+                    });
+                }
+            }
+            let names: Vec<_> = servers
+                .list
+                .iter()
+                .map(|s| (s.id, s.name.clone()))
+                .collect();
+            state.set_servers(&names);
+            state.set_limits(limits(&ctx));
+            let ids: Vec<_> = servers.list.iter().map(|s| s.id).collect();
+            ctx.pools.retain_servers(&ids);
+            known = Some(servers);
         }
         let results = futures_util::future::join_all(probers.iter_mut().map(|p| async {
             let id = p.target.id;
@@ -125,31 +136,44 @@ pub async fn run_monitor(
                 tracing::info!("{change}");
             }
         }
-        health.publish(state.snapshot().clone());
+        ctx.health.publish(state.snapshot().clone());
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = shutdown.changed() => return,
+        }
     }
 }
 
-/// Reloads function volatility from the primary every `every`, starting now.
-pub async fn run_catalog_refresh(
-    health: Arc<Health>,
-    servers: Vec<Arc<ServerTarget>>,
-    classifier: Arc<Classifier>,
-    extra_safe: Vec<String>,
-    force_primary: Vec<String>,
-    every: Duration,
-    mut shutdown: watch::Receiver<bool>,
-) {
+fn limits(ctx: &Context) -> LagLimits {
+    let r = &ctx.config().routing;
+    LagLimits {
+        max_lag: r.max_lag,
+        max_lag_bytes: r.max_lag_bytes.0,
+    }
+}
+
+/// Reloads function volatility from the primary every `function_refresh`,
+/// starting now.
+pub async fn run_catalog_refresh(ctx: Arc<Context>, mut shutdown: watch::Receiver<bool>) {
     let mut loaded_once = false;
     loop {
-        let primary = match health.get().primary {
-            PrimaryState::Known(id) => servers.iter().find(|s| s.id == id).cloned(),
+        let config = ctx.config();
+        let primary = match ctx.health.get().primary {
+            PrimaryState::Known(id) => ctx.server(id),
             _ => None,
         };
         if let Some(target) = primary {
-            match load_catalog(&target, &extra_safe, &force_primary).await {
+            let routing = &config.routing;
+            match load_catalog(
+                &target,
+                &routing.replica_safe_functions,
+                &routing.primary_functions,
+            )
+            .await
+            {
                 Ok(catalog) => {
                     let n = catalog.len();
-                    if classifier.set_catalog(catalog) {
+                    if ctx.classifier.set_catalog(catalog) {
                         tracing::info!(functions = n, "function volatility loaded from pg_proc");
                     }
                     loaded_once = true;
@@ -159,7 +183,7 @@ pub async fn run_catalog_refresh(
         }
         // Until the first load, retry quickly: reads calling functions wait on it.
         let wait = if loaded_once {
-            every
+            config.routing.function_refresh
         } else {
             Duration::from_millis(200)
         };
@@ -169,7 +193,6 @@ pub async fn run_catalog_refresh(
         }
     }
 }
-
 async fn load_catalog(
     target: &ServerTarget,
     extra_safe: &[String],

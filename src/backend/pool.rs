@@ -92,29 +92,51 @@ impl CheckoutError {
 type Key = (ServerId, String, String);
 
 pub struct Pools {
-    config: PoolConfig,
+    config: Mutex<PoolConfig>,
     pools: Mutex<HashMap<Key, bb8::Pool<ServerManager>>>,
 }
 
 impl Pools {
     pub fn new(config: PoolConfig) -> Self {
         Pools {
-            config,
+            config: Mutex::new(config),
             pools: Mutex::new(HashMap::new()),
         }
     }
 
+    fn config(&self) -> PoolConfig {
+        self.config
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// New pool settings apply to pools created from now on. bb8 cannot resize
+    /// a pool, so the current pools are forgotten: connections lent out finish
+    /// their sessions and close; idle ones close with their pool.
+    pub fn reconfigure(&self, config: PoolConfig) {
+        *self.config.lock().unwrap_or_else(|p| p.into_inner()) = config;
+        self.pools.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    /// Forgets the pools of servers no longer configured.
+    pub fn retain_servers(&self, keep: &[ServerId]) {
+        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        pools.retain(|(id, _, _), _| keep.contains(id));
+    }
+
     fn pool(&self, target: &Arc<ServerTarget>, login: &Login) -> bb8::Pool<ServerManager> {
         let key = (target.id, login.user.clone(), login.database.clone());
+        let config = self.config();
         let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
         pools
             .entry(key)
             .or_insert_with(|| {
                 bb8::Pool::builder()
-                    .max_size(self.config.max_size)
+                    .max_size(config.max_size)
                     .min_idle(None)
-                    .connection_timeout(self.config.checkout_timeout)
-                    .idle_timeout(Some(self.config.idle_timeout))
+                    .connection_timeout(config.checkout_timeout)
+                    .idle_timeout(Some(config.idle_timeout))
                     // Fail a checkout with the real error instead of retrying a
                     // refused connection until the timeout hides why.
                     .retry_connection(false)
@@ -122,7 +144,7 @@ impl Pools {
                     .build_unchecked(ServerManager {
                         target: target.clone(),
                         login: login.clone(),
-                        connect_timeout: self.config.connect_timeout,
+                        connect_timeout: config.connect_timeout,
                     })
             })
             .clone()
@@ -136,11 +158,14 @@ impl Pools {
         let pool = self.pool(target, login);
         pool.get_owned().await.map_err(|e| match e {
             bb8::RunError::User(e) => CheckoutError::Backend(e),
-            bb8::RunError::TimedOut => CheckoutError::Exhausted {
-                server: target.name.clone(),
-                size: self.config.max_size,
-                waited: self.config.checkout_timeout,
-            },
+            bb8::RunError::TimedOut => {
+                let config = self.config();
+                CheckoutError::Exhausted {
+                    server: target.name.clone(),
+                    size: config.max_size,
+                    waited: config.checkout_timeout,
+                }
+            }
         })
     }
 

@@ -96,7 +96,7 @@ pub async fn handshake(
             Startup::Message { minor, params } => break (minor, params),
         }
     };
-    let mut io = ClientIo::new(stream, buf, ctx.config.limits.max_message_size.as_usize());
+    let mut io = ClientIo::new(stream, buf, ctx.config().limits.max_message_size.as_usize());
     match login(ctx, &mut io, minor, params).await {
         Ok((user, database, settings, mode)) => Ok(Outcome::Session(Hello {
             io,
@@ -266,9 +266,9 @@ async fn read_password_frame(io: &mut ClientIo) -> Result<bytes::Bytes, ClientEr
 }
 
 async fn authenticate(ctx: &Context, io: &mut ClientIo, user: &str) -> Result<(), ClientError> {
-    let creds = &ctx.credentials;
+    let creds = ctx.credentials();
     let known = user == creds.user;
-    let result = match ctx.config.auth.method {
+    let result = match ctx.config().auth.method {
         AuthMethod::Trust => {
             if known {
                 Ok(())

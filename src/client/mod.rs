@@ -27,19 +27,24 @@ use handshake::Outcome;
 /// Serves one accepted client connection from handshake to goodbye.
 pub async fn serve_client(ctx: Arc<Context>, tcp: TcpStream, peer: SocketAddr) {
     let _ = tcp.set_nodelay(true);
-    let timeout = ctx.config.limits.handshake_timeout;
+    let timeout = ctx.config().limits.handshake_timeout;
     let hello =
         match tokio::time::timeout(timeout, handshake::handshake(&ctx, Stream::Plain(tcp))).await {
             Err(_) => {
                 tracing::info!(%peer, "client did not finish the handshake in time; closed");
-                ctx.metrics.error("08006");
+                ctx.metrics.rejected("handshake");
                 return;
             }
             Ok(Ok(Outcome::Cancelled)) => return,
             Ok(Ok(Outcome::Session(hello))) => hello,
             Ok(Err((e, io))) => {
                 tracing::info!(%peer, code = e.sqlstate(), error = %e, "client refused");
-                ctx.metrics.error(e.sqlstate());
+                if e.sqlstate() == "28P01" {
+                    ctx.metrics.auth_failure();
+                    ctx.metrics.rejected("auth");
+                } else {
+                    ctx.metrics.error(e.sqlstate());
+                }
                 if let Some(mut io) = io
                     && !matches!(e, ClientError::Gone(_))
                 {

@@ -23,10 +23,10 @@ use crate::app::Context;
 use crate::backend::health::PrimaryState;
 use crate::backend::{Login, Pooled, ServerId};
 use crate::config::ReadYourWrites;
-use crate::server::Lsn;
 use crate::protocol::{Frame, ProtocolError, TxStatus, build, tag};
 use crate::route::class::{Kind, PinReason};
 use crate::route::router::{Reason, SessionView, Target, route};
+use crate::server::Lsn;
 
 struct Held {
     conn: Pooled,
@@ -96,7 +96,19 @@ impl Session {
         hello.extend_from_slice(&build::ready_for_query(TxStatus::Idle));
         self.io.write(&hello).await?;
 
-        while let Some(frame) = self.io.read_frame().await? {
+        let mut terminate = self.ctx.terminate.subscribe();
+        loop {
+            // Between units is where a draining pgsplit may end the session.
+            let frame = tokio::select! {
+                f = self.io.read_frame() => f?,
+                _ = terminate.wait_for(|t| *t) => {
+                    return Err(ClientError::refused(
+                        "57P01",
+                        "terminating connection due to administrator command (pgsplit is shutting down)",
+                    ));
+                }
+            };
+            let Some(frame) = frame else { break };
             match frame.tag {
                 tag::TERMINATE => return Ok(()),
                 t if is_unit_message(t) => {
@@ -138,7 +150,7 @@ impl Session {
 
     /// The current primary, waiting up to `primary_wait` while there is none.
     async fn primary_id(&self) -> Result<ServerId, ClientError> {
-        let deadline = Instant::now() + self.ctx.config.routing.primary_wait;
+        let deadline = Instant::now() + self.ctx.config().routing.primary_wait;
         loop {
             let state = self.ctx.health.get().primary;
             match state {
@@ -155,7 +167,10 @@ impl Session {
                         };
                         return Err(ClientError::refused(
                             "57P03",
-                            format!("{why} (waited {:?})", self.ctx.config.routing.primary_wait),
+                            format!(
+                                "{why} (waited {:?})",
+                                self.ctx.config().routing.primary_wait
+                            ),
                         ));
                     }
                     let wait = (deadline - now).min(Duration::from_millis(100));
@@ -323,7 +338,9 @@ impl Session {
                 extended: unit.frames.first().is_some_and(|f| f.tag != tag::QUERY),
                 // Only a unit that may commit a write needs its ReadyForQuery held
                 // back until the read-your-writes floor is recorded.
-                hold_ready: on_primary && self.tracks_floor() && (class.kind != Kind::Read || self.st.txn.is_some()),
+                hold_ready: on_primary
+                    && self.tracks_floor()
+                    && (class.kind != Kind::Read || self.st.txn.is_some()),
                 retry_conflict: retryable,
             };
             let started = Instant::now();
@@ -344,9 +361,13 @@ impl Session {
                         self.record_floor(index).await;
                     }
                     if mode.hold_ready {
-                        self.io.write(&build::ready_for_query(outcome.status)).await?;
+                        self.io
+                            .write(&build::ready_for_query(outcome.status))
+                            .await?;
                     }
-                    self.ctx.metrics.unit(placement.reason, on_primary, started.elapsed());
+                    self.ctx
+                        .metrics
+                        .unit(placement.reason, on_primary, started.elapsed());
                     return Ok(());
                 }
                 Err(RelayError::Client(e)) => return Err(e),
@@ -372,7 +393,8 @@ impl Session {
     }
 
     fn tracks_floor(&self) -> bool {
-        self.ctx.config.routing.read_your_writes != ReadYourWrites::Off && self.ctx.servers.len() > 1
+        self.ctx.config().routing.read_your_writes != ReadYourWrites::Off
+            && self.ctx.servers().list.len() > 1
     }
 
     /// Records the WAL position after a committed write as this session's (and,
@@ -381,7 +403,7 @@ impl Session {
         match self.conns[index].conn.wal_insert_lsn().await {
             Ok(lsn) => {
                 self.st.floor = Some(self.st.floor.map_or(lsn, |f| f.max(lsn)));
-                if self.ctx.config.routing.read_your_writes == ReadYourWrites::Pod {
+                if self.ctx.config().routing.read_your_writes == ReadYourWrites::Pod {
                     self.ctx.pod_floor.fetch_max(lsn.0, Ordering::AcqRel);
                 }
             }
@@ -395,7 +417,7 @@ impl Session {
 
     /// The read-your-writes floor that applies to this session now.
     fn floor(&self) -> Option<Lsn> {
-        match self.ctx.config.routing.read_your_writes {
+        match self.ctx.config().routing.read_your_writes {
             ReadYourWrites::Off => None,
             ReadYourWrites::Session => self.st.floor,
             ReadYourWrites::Pod => {

@@ -67,7 +67,7 @@ pub struct Proxy {
     pub ctx: std::sync::Arc<pgsplit::app::Context>,
     pub addr: std::net::SocketAddr,
     pub admin: std::net::SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    pub control: tokio::sync::mpsc::Sender<pgsplit::app::Control>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -94,15 +94,13 @@ impl Proxy {
         let ctx = app.ctx.clone();
         let addr = app.local_addr();
         let admin = app.admin_addr();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(app.run(async move {
-            let _ = rx.await;
-        }));
+        let (control, stream) = pgsplit::app::control_channel();
+        let task = tokio::spawn(app.run(stream));
         let proxy = Proxy {
             ctx,
             addr,
             admin,
-            stop: Some(tx),
+            control,
             task: Some(task),
         };
         proxy.wait_replica_usable().await;
@@ -138,9 +136,7 @@ impl Proxy {
     }
 
     pub async fn stop(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
+        let _ = self.control.send(pgsplit::app::Control::Stop).await;
         if let Some(t) = self.task.take() {
             let _ = t.await;
         }
