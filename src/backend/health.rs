@@ -165,11 +165,12 @@ impl HealthState {
         if replay >= latest {
             return Duration::ZERO;
         }
-        match self.history.iter().find(|(_, lsn)| *lsn > replay) {
-            Some((t, _)) => now.saturating_duration_since(*t),
-            // Older than the history we keep: at least that old.
-            None => HISTORY,
-        }
+        // The first position past `replay` was reached no later than when it
+        // was first seen; `latest > replay` guarantees there is one.
+        self.history
+            .iter()
+            .find(|(_, lsn)| *lsn > replay)
+            .map_or(Duration::ZERO, |(t, _)| now.saturating_duration_since(*t))
     }
 
     /// Folds one round of probes (one per configured server, `None` = failed)
@@ -197,11 +198,13 @@ impl HealthState {
         {
             self.history.push_back((now, lsn));
         }
+        // Drop history older than HISTORY, but keep the newest such entry: it
+        // says since when the primary has been at least there, which a replica
+        // stuck behind it still needs after a long idle spell.
         while self
             .history
-            .front()
+            .get(1)
             .is_some_and(|(t, _)| now.saturating_duration_since(*t) > HISTORY)
-            && self.history.len() > 1
         {
             self.history.pop_front();
         }
