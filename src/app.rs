@@ -21,6 +21,7 @@ use crate::metrics::Metrics;
 use crate::protocol::build;
 use crate::route::catalog::FunctionCatalog;
 use crate::route::classify::Classifier;
+use crate::tls::{ClientTls, TlsError};
 
 /// The credentials clients log in with (those of the primary URL).
 pub struct Credentials {
@@ -84,6 +85,7 @@ pub struct Context {
     pub health: Arc<Health>,
     pub cancels: CancelRegistry,
     pub metrics: Arc<Metrics>,
+    pub client_tls: ClientTls,
     /// Read-your-writes floor shared by every session (`read_your_writes = "pod"`):
     /// the highest WAL position recorded after a committed write, 0 for none.
     pub pod_floor: AtomicU64,
@@ -98,7 +100,8 @@ fn read<T: ?Sized>(lock: &RwLock<Arc<T>>) -> Arc<T> {
 }
 
 impl Context {
-    pub fn new(config: Config) -> Arc<Context> {
+    pub fn new(config: Config) -> Result<Arc<Context>, TlsError> {
+        let client_tls = ClientTls::new(&config.tls)?;
         let next = AtomicU64::new(0);
         let servers = Servers::build(&config, None, &next);
         let names: Vec<_> = servers
@@ -106,7 +109,8 @@ impl Context {
             .iter()
             .map(|s| (s.id, s.name.clone()))
             .collect();
-        Arc::new(Context {
+        Ok(Arc::new(Context {
+            client_tls,
             pools: Pools::new(config.pool.clone()),
             classifier: Arc::new(Classifier::new(
                 FunctionCatalog::builtin(),
@@ -122,7 +126,7 @@ impl Context {
             servers: RwLock::new(Arc::new(servers)),
             next_server_id: next,
             config: RwLock::new(Arc::new(config)),
-        })
+        }))
     }
 
     pub fn config(&self) -> Arc<Config> {
@@ -160,9 +164,10 @@ impl Context {
             *self.credentials.write().unwrap_or_else(|p| p.into_inner()) =
                 Arc::new(Credentials::from_config(&new));
         }
-        if format!("{:?}", new.pool) != format!("{:?}", old.pool) {
-            self.pools.reconfigure(new.pool.clone());
-        }
+        // Fresh pools: new pool sizes, and server targets rebuilt with the
+        // current TLS files. Connections lent out finish their sessions.
+        self.pools.reconfigure(new.pool.clone());
+        self.client_tls.reload(&new.tls);
         *self.servers.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(servers);
         *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
         tracing::info!(servers = ?names, "configuration reloaded");
@@ -171,6 +176,9 @@ impl Context {
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
+    /// Unusable `[tls]` files: a configuration error (exit 64).
+    #[error("config: tls: {0}")]
+    Tls(TlsError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -212,7 +220,7 @@ impl App {
                 source,
             })?;
         Ok(App {
-            ctx: Context::new(config),
+            ctx: Context::new(config).map_err(AppError::Tls)?,
             listener,
             admin,
             reload_source: None,
@@ -351,7 +359,10 @@ pub fn control_channel() -> (
     impl futures_util::Stream<Item = Control> + Unpin,
 ) {
     let (tx, mut rx) = tokio::sync::mpsc::channel(8);
-    (tx, futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)))
+    (
+        tx,
+        futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)),
+    )
 }
 
 /// Unix signals as controls: SIGTERM drains, SIGINT stops, SIGHUP reloads.

@@ -775,10 +775,10 @@ pub fn find_bindir() -> Result<PathBuf, ClusterError> {
             .iter()
             .all(|b| is_executable(&dir.join(b)))
     };
-    if let Some(path) = std::env::var_os("PATH") {
-        if let Some(dir) = std::env::split_paths(&path).find(|d| has_all(d)) {
-            return Ok(dir);
-        }
+    if let Some(path) = std::env::var_os("PATH")
+        && let Some(dir) = std::env::split_paths(&path).find(|d| has_all(d))
+    {
+        return Ok(dir);
     }
     if let Ok(out) = Command::new("pg_config")
         .arg("--bindir")

@@ -32,3 +32,4 @@ pub mod net;
 pub mod protocol;
 pub mod route;
 pub mod server;
+pub mod tls;

@@ -1,13 +1,14 @@
-//! The health state machine (`HealthState::observe`), driven with explicit
-//! instants: who is primary, who may take reads, and how far behind each
-//! replica is, in bytes and in time (DESIGN.md section 3, Consistency).
+//! The health state machine (`HealthState::observe`) on a paused tokio clock:
+//! who is primary, who may take reads, and how far behind each replica is, in
+//! bytes and in time (DESIGN.md section 3, Consistency).
 //!
-//! Time is passed in as `t0 + offset`: `observe` never reads the clock itself,
-//! so no paused runtime is needed.
+//! Every test starts with time paused. Time moves only through
+//! `tokio::time::advance`, and each observation is made at
+//! `tokio::time::Instant::now()`, so the instants are exact and nothing waits.
 
 use std::time::Duration;
 
-use tokio::time::Instant;
+use tokio::time::{Instant, advance};
 
 use pgsplit::backend::health::{
     GOOD_PROBES_TO_USE, HealthState, LagLimits, PrimaryState, Probe, Role, ServerHealth,
@@ -83,24 +84,26 @@ fn mentions(changes: &[String], needle: &str) -> bool {
     changes.iter().any(|c| c.contains(needle))
 }
 
-/// Probes the pair at 1 s intervals from `start` until the replica is usable;
-/// returns the time of the last probe.
-fn warm_up(h: &mut HealthState, start: Instant, p: u64, r: u64) -> Instant {
-    let mut t = start;
+/// Probes the pair at 1 s intervals, the first probe right now, until the
+/// replica is usable; returns the time of the last probe, where the clock is
+/// left.
+async fn warm_up(h: &mut HealthState, p: u64, r: u64) -> Instant {
     for i in 0..GOOD_PROBES_TO_USE {
-        t = start + secs(u64::from(i));
-        h.observe(t, &round(primary(p), replica(r)));
+        if i > 0 {
+            advance(secs(1)).await;
+        }
+        h.observe(Instant::now(), &round(primary(p), replica(r)));
     }
     assert!(server(h, R).usable, "replica usable after warm-up");
-    t
+    Instant::now()
 }
 
-#[test]
-fn first_probes_find_the_primary_and_hold_the_replica_on_probation() {
-    let t0 = Instant::now();
+#[tokio::test(start_paused = true)]
+async fn first_probes_find_the_primary_and_hold_the_replica_on_probation() {
     let mut h = time_only(10);
     assert_eq!(h.snapshot().primary, PrimaryState::Unknown);
 
+    let t0 = Instant::now();
     let changes = h.observe(t0, &round(primary(100), replica(100)));
     let snap = h.snapshot();
     assert_eq!(snap.primary, PrimaryState::Known(P));
@@ -133,7 +136,8 @@ fn first_probes_find_the_primary_and_hold_the_replica_on_probation() {
     assert_eq!(route_read(&h), (Target::Primary, Reason::Lag));
 
     for i in 1..GOOD_PROBES_TO_USE - 1 {
-        let changes = h.observe(t0 + secs(u64::from(i)), &round(primary(100), replica(100)));
+        advance(secs(1)).await;
+        let changes = h.observe(Instant::now(), &round(primary(100), replica(100)));
         assert!(
             !server(&h, R).usable,
             "probe {} of {GOOD_PROBES_TO_USE}",
@@ -142,8 +146,8 @@ fn first_probes_find_the_primary_and_hold_the_replica_on_probation() {
         assert!(changes.is_empty(), "still on probation: {changes:?}");
     }
 
-    let t = t0 + secs(u64::from(GOOD_PROBES_TO_USE));
-    let changes = h.observe(t, &round(primary(100), replica(100)));
+    advance(secs(1)).await;
+    let changes = h.observe(Instant::now(), &round(primary(100), replica(100)));
     assert!(
         server(&h, R).usable,
         "usable after {GOOD_PROBES_TO_USE} good probes"
@@ -156,13 +160,13 @@ fn first_probes_find_the_primary_and_hold_the_replica_on_probation() {
     assert_eq!(route_read(&h), (Target::Replica(R), Reason::Read));
 }
 
-#[test]
-fn a_failed_replica_probe_takes_it_down_until_three_good_probes() {
-    let t0 = Instant::now();
+#[tokio::test(start_paused = true)]
+async fn a_failed_replica_probe_takes_it_down_until_three_good_probes() {
     let mut h = time_only(10);
-    let t = warm_up(&mut h, t0, 100, 100);
+    let t = warm_up(&mut h, 100, 100).await;
 
-    let changes = h.observe(t + secs(1), &round(primary(100), None));
+    advance(secs(1)).await;
+    let changes = h.observe(Instant::now(), &round(primary(100), None));
     let r = server(&h, R);
     assert_eq!(r.role, Role::Down);
     assert!(!r.usable);
@@ -181,10 +185,8 @@ fn a_failed_replica_probe_takes_it_down_until_three_good_probes() {
 
     // Back, but on probation again.
     for i in 1..GOOD_PROBES_TO_USE {
-        let changes = h.observe(
-            t + secs(1 + u64::from(i)),
-            &round(primary(100), replica(100)),
-        );
+        advance(secs(1)).await;
+        let changes = h.observe(Instant::now(), &round(primary(100), replica(100)));
         assert!(!server(&h, R).usable, "good probe {i} after an outage");
         if i == 1 {
             assert!(
@@ -194,42 +196,37 @@ fn a_failed_replica_probe_takes_it_down_until_three_good_probes() {
         }
         assert_eq!(route_read(&h), (Target::Primary, Reason::Lag));
     }
-    h.observe(
-        t + secs(1 + u64::from(GOOD_PROBES_TO_USE)),
-        &round(primary(100), replica(100)),
-    );
+    advance(secs(1)).await;
+    h.observe(Instant::now(), &round(primary(100), replica(100)));
     assert!(server(&h, R).usable);
     assert_eq!(route_read(&h), (Target::Replica(R), Reason::Read));
 }
 
-#[test]
-fn a_bad_probe_in_the_middle_of_probation_restarts_it() {
-    let t0 = Instant::now();
+#[tokio::test(start_paused = true)]
+async fn a_bad_probe_in_the_middle_of_probation_restarts_it() {
     let mut h = time_only(10);
-    h.observe(t0, &round(primary(100), replica(100)));
-    h.observe(t0 + secs(1), &round(primary(100), replica(100)));
-    h.observe(t0 + secs(2), &round(primary(100), None));
-    for i in 0..GOOD_PROBES_TO_USE - 1 {
-        h.observe(
-            t0 + secs(3 + u64::from(i)),
-            &round(primary(100), replica(100)),
-        );
+    h.observe(Instant::now(), &round(primary(100), replica(100)));
+    advance(secs(1)).await;
+    h.observe(Instant::now(), &round(primary(100), replica(100)));
+    advance(secs(1)).await;
+    h.observe(Instant::now(), &round(primary(100), None));
+    for _ in 0..GOOD_PROBES_TO_USE - 1 {
+        advance(secs(1)).await;
+        h.observe(Instant::now(), &round(primary(100), replica(100)));
         assert!(!server(&h, R).usable, "streak restarted after the failure");
     }
-    h.observe(
-        t0 + secs(3 + u64::from(GOOD_PROBES_TO_USE)),
-        &round(primary(100), replica(100)),
-    );
+    advance(secs(1)).await;
+    h.observe(Instant::now(), &round(primary(100), replica(100)));
     assert!(server(&h, R).usable);
 }
 
-#[test]
-fn byte_lag_over_the_limit_makes_a_replica_lagging() {
-    let t0 = Instant::now();
+#[tokio::test(start_paused = true)]
+async fn byte_lag_over_the_limit_makes_a_replica_lagging() {
     let mut h = state(secs(3600), 1000);
-    let t = warm_up(&mut h, t0, 100, 100);
+    warm_up(&mut h, 100, 100).await;
 
-    let changes = h.observe(t + secs(1), &round(primary(5_000), replica(100)));
+    advance(secs(1)).await;
+    let changes = h.observe(Instant::now(), &round(primary(5_000), replica(100)));
     let r = server(&h, R);
     assert_eq!(h.snapshot().primary_lsn, Some(Lsn(5_000)));
     assert_eq!(r.lag_bytes, Some(4_900));
@@ -243,7 +240,8 @@ fn byte_lag_over_the_limit_makes_a_replica_lagging() {
     );
 
     // Exactly at the limit is not over it; still needs its good probes.
-    let changes = h.observe(t + secs(2), &round(primary(5_000), replica(4_000)));
+    advance(secs(1)).await;
+    let changes = h.observe(Instant::now(), &round(primary(5_000), replica(4_000)));
     let r = server(&h, R);
     assert_eq!(r.lag_bytes, Some(1_000));
     assert!(!r.lagging);
@@ -252,11 +250,9 @@ fn byte_lag_over_the_limit_makes_a_replica_lagging() {
         mentions(&changes, "replica (lagging) -> replica (on probation)"),
         "{changes:?}"
     );
-    for i in 1..GOOD_PROBES_TO_USE {
-        h.observe(
-            t + secs(2 + u64::from(i)),
-            &round(primary(5_000), replica(5_000)),
-        );
+    for _ in 1..GOOD_PROBES_TO_USE {
+        advance(secs(1)).await;
+        h.observe(Instant::now(), &round(primary(5_000), replica(5_000)));
     }
     let r = server(&h, R);
     assert_eq!(r.lag_bytes, Some(0));
@@ -266,16 +262,15 @@ fn byte_lag_over_the_limit_makes_a_replica_lagging() {
     );
 }
 
-#[test]
-fn time_lag_grows_while_the_replica_stays_behind_and_clears_when_it_catches_up() {
-    let t0 = Instant::now();
+#[tokio::test(start_paused = true)]
+async fn time_lag_grows_while_the_replica_stays_behind_and_clears_when_it_catches_up() {
     let mut h = time_only(5);
-    let t = warm_up(&mut h, t0, 100, 100);
+    warm_up(&mut h, 100, 100).await;
     assert_eq!(server(&h, R).lag, Some(Duration::ZERO));
 
-    // The primary moves to 200 at t1; the replica stays at 100.
-    let t1 = t + secs(10);
-    h.observe(t1, &round(primary(200), replica(100)));
+    // Ten seconds later the primary moves to 200; the replica stays at 100.
+    advance(secs(10)).await;
+    h.observe(Instant::now(), &round(primary(200), replica(100)));
     let r = server(&h, R);
     assert_eq!(r.lag_bytes, Some(100));
     assert_eq!(
@@ -285,9 +280,13 @@ fn time_lag_grows_while_the_replica_stays_behind_and_clears_when_it_catches_up()
     );
     assert!(r.usable);
 
+    // `s` is the time since the primary moved.
+    let mut s = 0;
     let mut previous = Duration::ZERO;
-    for s in [1, 2, 4, 5] {
-        h.observe(t1 + secs(s), &round(primary(200), replica(100)));
+    for next in [1, 2, 4, 5] {
+        advance(secs(next - s)).await;
+        s = next;
+        h.observe(Instant::now(), &round(primary(200), replica(100)));
         let r = server(&h, R);
         let lag = r.lag.expect("replica has a time lag");
         assert_eq!(
@@ -304,7 +303,8 @@ fn time_lag_grows_while_the_replica_stays_behind_and_clears_when_it_catches_up()
         assert!(r.usable);
     }
 
-    let changes = h.observe(t1 + secs(6), &round(primary(200), replica(100)));
+    advance(secs(1)).await;
+    let changes = h.observe(Instant::now(), &round(primary(200), replica(100)));
     let r = server(&h, R);
     assert_eq!(r.lag, Some(secs(6)));
     assert!(r.lagging, "6s is over a 5s limit");
@@ -313,12 +313,14 @@ fn time_lag_grows_while_the_replica_stays_behind_and_clears_when_it_catches_up()
     assert!(mentions(&changes, "-> replica (lagging)"), "{changes:?}");
 
     // Still behind a minute later: still lagging, by a minute more.
-    h.observe(t1 + secs(66), &round(primary(200), replica(100)));
+    advance(secs(60)).await;
+    h.observe(Instant::now(), &round(primary(200), replica(100)));
     assert_eq!(server(&h, R).lag, Some(secs(66)));
     assert!(server(&h, R).lagging);
 
     // Caught up: no lag, in bytes or in time.
-    let changes = h.observe(t1 + secs(67), &round(primary(200), replica(200)));
+    advance(secs(1)).await;
+    let changes = h.observe(Instant::now(), &round(primary(200), replica(200)));
     let r = server(&h, R);
     assert_eq!(r.lag, Some(Duration::ZERO));
     assert_eq!(r.lag_bytes, Some(0));
@@ -330,36 +332,43 @@ fn time_lag_grows_while_the_replica_stays_behind_and_clears_when_it_catches_up()
     );
 }
 
-#[test]
-fn time_lag_counts_from_the_first_primary_position_past_the_replay() {
-    let t0 = Instant::now();
+#[tokio::test(start_paused = true)]
+async fn time_lag_counts_from_the_first_primary_position_past_the_replay() {
     let mut h = time_only(60);
-    // The primary writes steadily: 100, 200, 300, 400 at t0..t0+3.
+    // The primary writes steadily: 100, 200, 300, 400 at 0 s, 1 s, 2 s, 3 s.
     for (i, lsn) in [100, 200, 300, 400].into_iter().enumerate() {
-        h.observe(t0 + secs(i as u64), &round(primary(lsn), replica(100)));
+        if i > 0 {
+            advance(secs(1)).await;
+        }
+        h.observe(Instant::now(), &round(primary(lsn), replica(100)));
     }
-    // At t0+10 the replica has replayed 250: the primary first passed it (300) at t0+2.
-    h.observe(t0 + secs(10), &round(primary(400), replica(250)));
+    // At 10 s the replica has replayed 250: the primary first passed it (300) at 2 s.
+    advance(secs(7)).await;
+    h.observe(Instant::now(), &round(primary(400), replica(250)));
     assert_eq!(server(&h, R).lag, Some(secs(8)));
-    // Replayed exactly 300: the primary first went past it (400) at t0+3.
-    h.observe(t0 + secs(11), &round(primary(400), replica(300)));
+    // At 11 s it has replayed exactly 300: the primary first went past it (400) at 3 s.
+    advance(secs(1)).await;
+    h.observe(Instant::now(), &round(primary(400), replica(300)));
     assert_eq!(server(&h, R).lag, Some(secs(8)));
     // A replica reporting past the primary (probed a moment later) has no lag.
-    h.observe(t0 + secs(12), &round(primary(400), replica(450)));
+    advance(secs(1)).await;
+    h.observe(Instant::now(), &round(primary(400), replica(450)));
     assert_eq!(server(&h, R).lag, Some(Duration::ZERO));
     assert_eq!(server(&h, R).lag_bytes, Some(0));
 }
 
-#[test]
-fn steady_replication_delay_is_measured_and_does_not_accumulate() {
-    let t0 = Instant::now();
+#[tokio::test(start_paused = true)]
+async fn steady_replication_delay_is_measured_and_does_not_accumulate() {
     let mut h = time_only(60);
     // The primary writes 100 bytes a second; the replica replays what the
-    // primary had two seconds earlier.
+    // primary had two seconds earlier. One probe a second, `s` seconds in.
     for s in 0..120u64 {
+        if s > 0 {
+            advance(secs(1)).await;
+        }
         let p = 1_000 + 100 * s;
         let r = 1_000 + 100 * s.saturating_sub(2);
-        h.observe(t0 + secs(s), &round(primary(p), replica(r)));
+        h.observe(Instant::now(), &round(primary(p), replica(r)));
         let lag = server(&h, R).lag.expect("time lag");
         if s >= 2 {
             assert!(
@@ -371,19 +380,25 @@ fn steady_replication_delay_is_measured_and_does_not_accumulate() {
     assert!(server(&h, R).usable);
 }
 
-#[test]
-fn time_lag_stays_zero_on_an_idle_primary() {
-    let t0 = Instant::now();
+#[tokio::test(start_paused = true)]
+async fn time_lag_stays_zero_on_an_idle_primary() {
     let mut h = time_only(5);
     // Some activity first, then the primary goes idle at 500 and the replica
     // has everything.
-    h.observe(t0, &round(primary(100), replica(100)));
-    h.observe(t0 + secs(1), &round(primary(300), replica(200)));
-    h.observe(t0 + secs(2), &round(primary(500), replica(500)));
-    let t = warm_up(&mut h, t0 + secs(3), 500, 500);
+    h.observe(Instant::now(), &round(primary(100), replica(100)));
+    advance(secs(1)).await;
+    h.observe(Instant::now(), &round(primary(300), replica(200)));
+    advance(secs(1)).await;
+    h.observe(Instant::now(), &round(primary(500), replica(500)));
+    advance(secs(1)).await;
+    warm_up(&mut h, 500, 500).await;
 
+    // `idle` is the time since the end of the warm-up.
+    let mut idle = 0;
     for later in [10, 60, 599, 601, 3_600, 86_400, 30 * 86_400] {
-        let changes = h.observe(t + secs(later), &round(primary(500), replica(500)));
+        advance(secs(later - idle)).await;
+        idle = later;
+        let changes = h.observe(Instant::now(), &round(primary(500), replica(500)));
         let r = server(&h, R);
         assert_eq!(r.lag, Some(Duration::ZERO), "idle for {later}s");
         assert_eq!(r.lag_bytes, Some(0), "idle for {later}s");
@@ -397,23 +412,23 @@ fn time_lag_stays_zero_on_an_idle_primary() {
 /// The lag of a replica that has been stuck for a long time must not drop to
 /// zero when the primary, idle for longer than the WAL history window, writes
 /// again: the replica is exactly as far behind as before.
-#[test]
-
-fn a_stuck_replica_stays_lagging_when_the_primary_writes_after_a_long_idle_spell() {
-    let t0 = Instant::now();
+#[tokio::test(start_paused = true)]
+async fn a_stuck_replica_stays_lagging_when_the_primary_writes_after_a_long_idle_spell() {
     let mut h = time_only(5);
-    let t = warm_up(&mut h, t0, 100, 100);
+    warm_up(&mut h, 100, 100).await;
 
     // The primary writes once and goes idle; the replica stops replaying at 100.
-    h.observe(t + secs(1), &round(primary(200), replica(100)));
-    let t_idle = t + secs(700);
-    h.observe(t_idle, &round(primary(200), replica(100)));
+    advance(secs(1)).await;
+    h.observe(Instant::now(), &round(primary(200), replica(100)));
+    advance(secs(699)).await;
+    h.observe(Instant::now(), &round(primary(200), replica(100)));
     assert_eq!(server(&h, R).lag, Some(secs(699)));
     assert!(server(&h, R).lagging);
 
     // Eleven-plus minutes later the primary writes a little more.
     for s in 0..u64::from(GOOD_PROBES_TO_USE) + 1 {
-        h.observe(t_idle + secs(1 + s), &round(primary(300), replica(100)));
+        advance(secs(1)).await;
+        h.observe(Instant::now(), &round(primary(300), replica(100)));
         let r = server(&h, R);
         let lag = r.lag.expect("time lag");
         assert!(
@@ -428,14 +443,14 @@ fn a_stuck_replica_stays_lagging_when_the_primary_writes_after_a_long_idle_spell
     }
 }
 
-#[test]
-fn two_primaries_fence_writes() {
-    let t0 = Instant::now();
+#[tokio::test(start_paused = true)]
+async fn two_primaries_fence_writes() {
     let mut h = time_only(10);
-    warm_up(&mut h, t0, 100, 100);
+    warm_up(&mut h, 100, 100).await;
 
     let both = round(primary(100), primary(120));
-    let changes = h.observe(t0 + secs(10), &both);
+    advance(secs(8)).await;
+    let changes = h.observe(Instant::now(), &both);
     let snap = h.snapshot();
     assert_eq!(snap.primary, PrimaryState::Fenced);
     assert_eq!(
@@ -451,11 +466,13 @@ fn two_primaries_fence_writes() {
     assert_eq!(server(&h, R).role, Role::Primary);
     assert!(snap.replicas.is_empty(), "no replica left to read from");
 
-    let again = h.observe(t0 + secs(11), &both);
+    advance(secs(1)).await;
+    let again = h.observe(Instant::now(), &both);
     assert!(again.is_empty(), "fencing is reported once: {again:?}");
 
     // The rogue one goes back into recovery: the primary is known again.
-    let changes = h.observe(t0 + secs(12), &round(primary(100), replica(100)));
+    advance(secs(1)).await;
+    let changes = h.observe(Instant::now(), &round(primary(100), replica(100)));
     assert_eq!(h.snapshot().primary, PrimaryState::Known(P));
     assert!(
         mentions(&changes, "primary is now server primary"),
@@ -463,11 +480,10 @@ fn two_primaries_fence_writes() {
     );
 }
 
-#[test]
-fn nobody_claiming_primary_is_reported_as_none() {
-    let t0 = Instant::now();
+#[tokio::test(start_paused = true)]
+async fn nobody_claiming_primary_is_reported_as_none() {
     let mut h = time_only(10);
-    let changes = h.observe(t0, &round(replica(100), replica(100)));
+    let changes = h.observe(Instant::now(), &round(replica(100), replica(100)));
     let snap = h.snapshot();
     assert_eq!(snap.primary, PrimaryState::None);
     assert_eq!(snap.primary_lsn, None);
@@ -482,25 +498,27 @@ fn nobody_claiming_primary_is_reported_as_none() {
         "no primary to measure against"
     );
 
-    let again = h.observe(t0 + secs(1), &round(replica(100), replica(100)));
+    advance(secs(1)).await;
+    let again = h.observe(Instant::now(), &round(replica(100), replica(100)));
     assert!(again.is_empty(), "reported once: {again:?}");
 
     // Every probe failing also leaves no primary.
-    h.observe(t0 + secs(2), &round(None, None));
+    advance(secs(1)).await;
+    h.observe(Instant::now(), &round(None, None));
     assert_eq!(h.snapshot().primary, PrimaryState::None);
     assert_eq!(server(&h, P).role, Role::Down);
     assert_eq!(server(&h, R).role, Role::Down);
 }
 
-#[test]
-fn a_promoted_replica_becomes_the_primary() {
-    let t0 = Instant::now();
+#[tokio::test(start_paused = true)]
+async fn a_promoted_replica_becomes_the_primary() {
     let mut h = time_only(10);
-    let t = warm_up(&mut h, t0, 100, 100);
+    warm_up(&mut h, 100, 100).await;
     assert_eq!(route_read(&h), (Target::Replica(R), Reason::Read));
 
     // The old primary stops answering; the replica is still in recovery.
-    let changes = h.observe(t + secs(1), &round(None, replica(100)));
+    advance(secs(1)).await;
+    let changes = h.observe(Instant::now(), &round(None, replica(100)));
     assert_eq!(h.snapshot().primary, PrimaryState::None);
     assert_eq!(server(&h, P).role, Role::Down);
     assert!(
@@ -509,7 +527,8 @@ fn a_promoted_replica_becomes_the_primary() {
     );
 
     // It is promoted.
-    let changes = h.observe(t + secs(2), &round(None, primary(300)));
+    advance(secs(1)).await;
+    let changes = h.observe(Instant::now(), &round(None, primary(300)));
     let snap = h.snapshot();
     assert_eq!(snap.primary, PrimaryState::Known(R));
     assert_eq!(snap.primary_lsn, Some(Lsn(300)));
@@ -530,10 +549,12 @@ fn a_promoted_replica_becomes_the_primary() {
     );
     assert_eq!(route_read(&h), (Target::Primary, Reason::ReplicaDown));
 
-    // Promotion with the old primary failing in the same round.
+    // Promotion with the old primary failing in the same round, on a fresh
+    // state warmed up from here.
     let mut h = time_only(10);
-    let t = warm_up(&mut h, t0, 100, 100);
-    let changes = h.observe(t + secs(1), &round(None, primary(150)));
+    warm_up(&mut h, 100, 100).await;
+    advance(secs(1)).await;
+    let changes = h.observe(Instant::now(), &round(None, primary(150)));
     assert_eq!(h.snapshot().primary, PrimaryState::Known(R));
     assert!(
         mentions(&changes, "primary is now server replica"),
@@ -541,28 +562,32 @@ fn a_promoted_replica_becomes_the_primary() {
     );
 }
 
-#[test]
-fn changes_are_reported_once_not_on_every_probe() {
-    let t0 = Instant::now();
+#[tokio::test(start_paused = true)]
+async fn changes_are_reported_once_not_on_every_probe() {
     let mut h = time_only(10);
-    let first = h.observe(t0, &round(primary(100), replica(100)));
+    let first = h.observe(Instant::now(), &round(primary(100), replica(100)));
     assert_eq!(
         first.len(),
         3,
         "primary found, both servers changed state: {first:?}"
     );
-    let second = h.observe(t0 + secs(1), &round(primary(100), replica(100)));
+    advance(secs(1)).await;
+    let second = h.observe(Instant::now(), &round(primary(100), replica(100)));
     assert!(second.is_empty(), "identical probes: {second:?}");
 
-    let t = warm_up(&mut h, t0 + secs(2), 100, 100);
+    advance(secs(1)).await;
+    warm_up(&mut h, 100, 100).await;
     for s in 1..=5 {
-        let changes = h.observe(t + secs(s), &round(primary(100 + s), replica(100 + s)));
+        advance(secs(1)).await;
+        let changes = h.observe(Instant::now(), &round(primary(100 + s), replica(100 + s)));
         assert!(changes.is_empty(), "steady state, probe {s}: {changes:?}");
     }
 
     // A failure is reported once, however many probes fail.
-    let down = h.observe(t + secs(6), &round(primary(106), None));
+    advance(secs(1)).await;
+    let down = h.observe(Instant::now(), &round(primary(106), None));
     assert_eq!(down.len(), 1, "{down:?}");
-    let still = h.observe(t + secs(7), &round(primary(106), None));
+    advance(secs(1)).await;
+    let still = h.observe(Instant::now(), &round(primary(106), None));
     assert!(still.is_empty(), "{still:?}");
 }

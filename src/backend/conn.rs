@@ -16,6 +16,7 @@ use super::BackendError;
 use crate::config::ServerUrl;
 use crate::net::Stream;
 use crate::protocol::{Frame, TxStatus, build, decode_frame, fields, tag};
+use crate::tls::ServerTls;
 
 /// PostgreSQL never sends a message larger than 1 GiB (MaxAllocSize).
 pub const MAX_SERVER_MESSAGE: usize = 1 << 30;
@@ -29,12 +30,19 @@ pub struct ServerTarget {
     pub url: ServerUrl,
     /// `host:port`: the label in logs and metrics.
     pub name: String,
+    /// How to encrypt; an error (unreadable CA file...) makes the server unusable
+    /// until a reload fixes it, and every connection attempt says why.
+    pub tls: Result<ServerTls, String>,
 }
 
 impl ServerTarget {
     pub fn new(id: ServerId, url: ServerUrl) -> Arc<Self> {
         let name = url.addr();
-        Arc::new(ServerTarget { id, url, name })
+        let tls = crate::tls::server_tls(&url).map_err(|e| e.to_string());
+        if let Err(e) = &tls {
+            tracing::error!(server = %name, error = %e, "server TLS settings are unusable");
+        }
+        Arc::new(ServerTarget { id, url, name, tls })
     }
 }
 
@@ -76,6 +84,47 @@ pub struct Login {
     pub database: String,
 }
 
+/// SSLRequest negotiation per the URL's `sslmode`. Reads exactly one byte of
+/// answer: anything the server sent after it and before the handshake could be
+/// injected by a man in the middle (CVE-2021-23222), so it is never buffered.
+async fn negotiate_tls(target: &ServerTarget, mut tcp: TcpStream) -> Result<Stream, BackendError> {
+    let tls = target.tls.as_ref().map_err(|e| BackendError::Tls {
+        server: target.name.clone(),
+        message: e.clone(),
+    })?;
+    let Some(config) = &tls.config else {
+        return Ok(Stream::Plain(tcp));
+    };
+    let io = |source| BackendError::Io {
+        server: target.name.clone(),
+        source,
+    };
+    tcp.write_all(&build::ssl_request()).await.map_err(io)?;
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer).await.map_err(io)?;
+    match answer[0] {
+        b'S' => {
+            let connector = tokio_rustls::TlsConnector::from(config.clone());
+            match connector.connect(tls.name.clone(), tcp).await {
+                Ok(s) => Ok(Stream::Connected(Box::new(s))),
+                Err(e) => Err(BackendError::Tls {
+                    server: target.name.clone(),
+                    message: e.to_string(),
+                }),
+            }
+        }
+        b'N' if tls.plaintext_ok() => Ok(Stream::Plain(tcp)),
+        b'N' => Err(BackendError::Tls {
+            server: target.name.clone(),
+            message: format!("server does not accept TLS but sslmode is {:?}", tls.mode),
+        }),
+        other => Err(BackendError::Protocol {
+            server: target.name.clone(),
+            source: crate::protocol::ProtocolError::UnexpectedTag(char::from(other)),
+        }),
+    }
+}
+
 impl ServerConn {
     pub async fn connect(
         target: Arc<ServerTarget>,
@@ -100,8 +149,9 @@ impl ServerConn {
             })?;
         // Small request/response messages: Nagle would add a delay per round trip.
         let _ = tcp.set_nodelay(true);
+        let stream = negotiate_tls(&target, tcp).await?;
         let mut conn = ServerConn {
-            stream: Stream::Plain(tcp),
+            stream,
             rbuf: BytesMut::with_capacity(16 * 1024),
             target,
             params: HashMap::new(),
@@ -346,42 +396,61 @@ impl ServerConn {
         }
     }
 
-    /// The primary's WAL insert position, read after a commit: every record of
-    /// the committed transaction lies before it, so a replica that has replayed
-    /// up to here shows the write (read-your-writes floor).
-    pub async fn wal_insert_lsn(&mut self) -> Result<crate::server::Lsn, BackendError> {
-        self.write(&build::query(b"SELECT pg_current_wal_insert_lsn()"))
-            .await?;
-        let mut lsn = None;
+    /// Runs one query pgsplit issues itself and returns its rows as text
+    /// (`None` for NULL). For the health monitor and the function catalog;
+    /// never on client traffic.
+    pub async fn simple_rows(
+        &mut self,
+        sql: &[u8],
+    ) -> Result<Vec<Vec<Option<String>>>, BackendError> {
+        self.write(&build::query(sql)).await?;
+        let mut rows = Vec::new();
         let mut error = None;
         loop {
             let frame = self.read_frame().await?;
             match frame.tag {
                 tag::backend::DATA_ROW => {
-                    // Int16 column count, Int32 length, then the text value.
-                    let mut r = fields::Reader::new(frame.body(), "DataRow");
-                    let text = r
-                        .i16()
-                        .and_then(|_| r.i32())
-                        .and_then(|n| r.take(usize::try_from(n).unwrap_or(0)))
-                        .map_err(|e| self.protocol(e))?;
-                    lsn = std::str::from_utf8(text)
-                        .ok()
-                        .and_then(crate::server::Lsn::parse);
+                    let row = parse_text_row(frame.body()).map_err(|e| self.protocol(e))?;
+                    rows.push(row);
                 }
-                tag::backend::ERROR_RESPONSE => error = Some(self.server_error(&frame)),
+                tag::backend::ERROR_RESPONSE if error.is_none() => {
+                    error = Some(self.server_error(&frame));
+                }
+                tag::backend::PARAMETER_STATUS => self.note_parameter(&frame)?,
                 tag::backend::READY_FOR_QUERY => {
                     self.status =
                         fields::ready_for_query(frame.body()).map_err(|e| self.protocol(e))?;
                     break;
                 }
+                tag::backend::COPY_IN_RESPONSE
+                | tag::backend::COPY_OUT_RESPONSE
+                | tag::backend::COPY_BOTH_RESPONSE => {
+                    self.broken = true;
+                    return Err(self.protocol(crate::protocol::ProtocolError::UnexpectedTag(
+                        char::from(frame.tag),
+                    )));
+                }
                 _ => {}
             }
         }
-        if let Some(e) = error {
-            return Err(e);
+        match error {
+            Some(e) => Err(e),
+            None => Ok(rows),
         }
-        lsn.ok_or_else(|| self.protocol(crate::protocol::ProtocolError::Malformed("DataRow")))
+    }
+
+    /// The primary's WAL insert position, read after a commit: every record of
+    /// the committed transaction lies before it, so a replica that has replayed
+    /// up to here shows the write (read-your-writes floor).
+    pub async fn wal_insert_lsn(&mut self) -> Result<crate::server::Lsn, BackendError> {
+        let rows = self
+            .simple_rows(b"SELECT pg_current_wal_insert_lsn()")
+            .await?;
+        rows.first()
+            .and_then(|r| r.first())
+            .and_then(|v| v.as_deref())
+            .and_then(crate::server::Lsn::parse)
+            .ok_or_else(|| self.protocol(crate::protocol::ProtocolError::Malformed("DataRow")))
     }
 
     /// Returns the connection to a clean state for the next client: `DISCARD ALL`
@@ -408,4 +477,24 @@ impl ServerConn {
     pub async fn terminate(mut self) {
         let _ = self.stream.write_all(&build::terminate()).await;
     }
+}
+
+/// A DataRow in text format: Int16 column count, then per column an Int32
+/// length (-1 for NULL) and the bytes.
+fn parse_text_row(body: &[u8]) -> Result<Vec<Option<String>>, crate::protocol::ProtocolError> {
+    let mut r = fields::Reader::new(body, "DataRow");
+    let n = usize::try_from(r.i16()?)
+        .map_err(|_| crate::protocol::ProtocolError::Malformed("DataRow"))?;
+    let mut row = Vec::with_capacity(n);
+    for _ in 0..n {
+        let len = r.i32()?;
+        if len < 0 {
+            row.push(None);
+        } else {
+            let bytes = r.take(usize::try_from(len).unwrap_or(usize::MAX))?;
+            row.push(Some(String::from_utf8_lossy(bytes).into_owned()));
+        }
+    }
+    r.finish()?;
+    Ok(row)
 }

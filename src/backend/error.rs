@@ -24,6 +24,8 @@ pub enum BackendError {
         server: String,
         source: ProtocolError,
     },
+    #[error("TLS to {server}: {message}")]
+    Tls { server: String, message: String },
     #[error("authentication to {server} failed: {message}")]
     Auth { server: String, message: String },
     /// An ErrorResponse during startup (e.g. unknown database) or from a query
@@ -35,7 +37,9 @@ pub enum BackendError {
 impl BackendError {
     pub fn sqlstate(&self) -> &str {
         match self {
-            BackendError::Connect { .. } | BackendError::ConnectTimeout(_) => "08001",
+            BackendError::Connect { .. }
+            | BackendError::ConnectTimeout(_)
+            | BackendError::Tls { .. } => "08001",
             BackendError::Io { .. } | BackendError::Closed(_) => "08006",
             BackendError::Protocol { .. } => "08P01",
             BackendError::Auth { .. } => "28000",

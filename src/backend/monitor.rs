@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tokio_postgres::NoTls;
 
-use super::conn::ServerTarget;
+use super::BackendError;
+use super::conn::{Login, ServerConn, ServerTarget};
 use super::health::{HealthState, LagLimits, PrimaryState, Probe};
 use crate::app::Context;
 use crate::route::catalog::{FunctionCatalog, LOAD_SQL};
@@ -19,25 +19,23 @@ use crate::server::Lsn;
 const PROBE_SQL: &str = "SELECT pg_is_in_recovery(), \
      (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text";
 
-fn pg_config(target: &ServerTarget, timeout: Duration) -> tokio_postgres::Config {
-    let url = &target.url;
-    let mut c = tokio_postgres::Config::new();
-    c.host(&url.host)
-        .port(url.port)
-        .user(url.user.as_deref().unwrap_or("postgres"))
-        .dbname(url.dbname.as_deref().unwrap_or("postgres"))
-        .application_name("pgsplit-monitor")
-        .connect_timeout(timeout);
-    if let Some(p) = &url.password {
-        c.password(p);
+fn login(target: &ServerTarget) -> Login {
+    Login {
+        user: target.url.user.clone().unwrap_or_else(|| "postgres".into()),
+        database: target
+            .url
+            .dbname
+            .clone()
+            .unwrap_or_else(|| "postgres".into()),
     }
-    c
 }
 
-/// One server's probe connection, re-established after any failure.
+/// One server's probe connection, re-established after any failure. It is a
+/// pgsplit server connection (not tokio-postgres) so that it uses exactly the
+/// TLS and authentication settings the data path uses.
 struct Prober {
     target: Arc<ServerTarget>,
-    client: Option<tokio_postgres::Client>,
+    conn: Option<ServerConn>,
     timeout: Duration,
 }
 
@@ -47,38 +45,34 @@ impl Prober {
             Ok(Ok(p)) => Some(p),
             Ok(Err(e)) => {
                 tracing::debug!(server = %self.target.name, error = %e, "health probe failed");
-                self.client = None;
+                self.conn = None;
                 None
             }
             Err(_) => {
                 tracing::debug!(server = %self.target.name, "health probe timed out");
-                self.client = None;
+                self.conn = None;
                 None
             }
         }
     }
 
-    async fn probe_inner(&mut self) -> Result<Probe, tokio_postgres::Error> {
-        if self.client.as_ref().is_some_and(|c| c.is_closed()) {
-            self.client = None;
-        }
-        let client = match self.client.take() {
-            Some(c) => self.client.insert(c),
-            None => {
-                let (client, conn) = pg_config(&self.target, self.timeout).connect(NoTls).await?;
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
-                self.client.insert(client)
+    async fn probe_inner(&mut self) -> Result<Probe, BackendError> {
+        let conn = match self.conn.take() {
+            Some(c) if !c.broken => self.conn.insert(c),
+            _ => {
+                let c =
+                    ServerConn::connect(self.target.clone(), &login(&self.target), self.timeout)
+                        .await?;
+                self.conn.insert(c)
             }
         };
-        let row = client.query_one(PROBE_SQL, &[]).await?;
-        let in_recovery: bool = row.try_get(0)?;
-        let lsn: Option<String> = row.try_get(1)?;
-        Ok(Probe {
-            in_recovery,
-            lsn: lsn.as_deref().and_then(Lsn::parse),
-        })
+        let rows = conn.simple_rows(PROBE_SQL.as_bytes()).await?;
+        let row = rows
+            .first()
+            .ok_or(BackendError::Closed(self.target.name.clone()))?;
+        let in_recovery = matches!(row.first(), Some(Some(v)) if v == "t");
+        let lsn = row.get(1).and_then(|v| v.as_deref()).and_then(Lsn::parse);
+        Ok(Probe { in_recovery, lsn })
     }
 }
 
@@ -108,7 +102,7 @@ pub async fn run_monitor(ctx: Arc<Context>, mut shutdown: watch::Receiver<bool>)
                 if !probers.iter().any(|p| Arc::ptr_eq(&p.target, s)) {
                     probers.push(Prober {
                         target: s.clone(),
-                        client: None,
+                        conn: None,
                         timeout,
                     });
                 }
@@ -194,26 +188,19 @@ pub async fn run_catalog_refresh(ctx: Arc<Context>, mut shutdown: watch::Receive
     }
 }
 async fn load_catalog(
-    target: &ServerTarget,
+    target: &Arc<ServerTarget>,
     extra_safe: &[String],
     force_primary: &[String],
-) -> Result<FunctionCatalog, tokio_postgres::Error> {
-    let (client, conn) = pg_config(target, Duration::from_secs(5))
-        .connect(NoTls)
-        .await?;
-    let task = tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    let rows = client.query(LOAD_SQL, &[]).await;
-    drop(client);
-    let _ = task.await;
-    let rows = rows?;
-    let mut out = Vec::with_capacity(rows.len());
-    for row in rows {
-        let schema: String = row.try_get(0)?;
-        let name: String = row.try_get(1)?;
-        let safe: bool = row.try_get(2)?;
-        out.push((schema, name, safe));
+) -> Result<FunctionCatalog, BackendError> {
+    let mut conn =
+        ServerConn::connect(target.clone(), &login(target), Duration::from_secs(5)).await?;
+    let rows = conn.simple_rows(LOAD_SQL.as_bytes()).await;
+    conn.terminate().await;
+    let mut out = Vec::new();
+    for row in rows? {
+        if let [Some(schema), Some(name), Some(safe)] = row.as_slice() {
+            out.push((schema.clone(), name.clone(), safe == "t"));
+        }
     }
     Ok(FunctionCatalog::from_rows(out, extra_safe, force_primary))
 }

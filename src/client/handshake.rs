@@ -12,7 +12,7 @@ use super::auth::{
 };
 use super::{ClientError, ClientIo};
 use crate::app::Context;
-use crate::config::AuthMethod;
+use crate::config::{AuthMethod, TlsMode};
 use crate::net::Stream;
 use crate::protocol::startup::{MAX_STARTUP_LEN, Startup, parse_startup, peek_startup_len};
 use crate::protocol::{ProtocolError, build, tag};
@@ -62,31 +62,99 @@ async fn read_startup(stream: &mut Stream, buf: &mut BytesMut) -> Result<Startup
     }
 }
 
+/// TLS record type of a ClientHello: a PostgreSQL 17 client using
+/// `sslnegotiation=direct` starts with one instead of an SSLRequest.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+async fn accept_tls(
+    ctx: &Context,
+    tcp: tokio::net::TcpStream,
+    config: std::sync::Arc<rustls::ServerConfig>,
+    direct: bool,
+) -> Result<Stream, ClientError> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    match acceptor.accept(tcp).await {
+        Ok(s) => {
+            // Direct TLS is only for clients that speak PostgreSQL over it:
+            // ALPN is what says so (PostgreSQL enforces the same).
+            if direct && s.get_ref().1.alpn_protocol() != Some(crate::tls::ALPN_POSTGRESQL) {
+                ctx.metrics.tls_handshake("client", "error");
+                return Err(ProtocolError::Malformed("direct TLS without ALPN postgresql").into());
+            }
+            ctx.metrics.tls_handshake("client", "ok");
+            Ok(Stream::Accepted(Box::new(s)))
+        }
+        Err(e) => {
+            ctx.metrics.tls_handshake("client", "error");
+            Err(ClientError::Gone(e))
+        }
+    }
+}
+
+fn refuse(e: ClientError, stream: Stream) -> (ClientError, Option<ClientIo>) {
+    (e, Some(ClientIo::new(stream, BytesMut::new(), 0)))
+}
+
 /// Runs the handshake. On failure the client's stream comes back (when it is
 /// still usable) so the caller can send the error.
 pub async fn handshake(
     ctx: &Context,
-    mut stream: Stream,
+    tcp: tokio::net::TcpStream,
 ) -> Result<Outcome, (ClientError, Option<ClientIo>)> {
+    let (tls_mode, tls) = ctx.client_tls.get();
+    let mut first = [0u8; 1];
+    let direct = matches!(tcp.peek(&mut first).await, Ok(1) if first[0] == TLS_HANDSHAKE_RECORD);
+    let mut stream = if direct {
+        let Some(config) = tls.clone() else {
+            // No TLS configured: nothing sensible to answer a ClientHello with.
+            return Err((
+                ProtocolError::Malformed("TLS ClientHello (TLS is not enabled)").into(),
+                None,
+            ));
+        };
+        accept_tls(ctx, tcp, config, true)
+            .await
+            .map_err(|e| (e, None))?
+    } else {
+        Stream::Plain(tcp)
+    };
     let mut buf = BytesMut::with_capacity(1024);
     let (minor, params) = loop {
         let startup = match read_startup(&mut stream, &mut buf).await {
             Ok(s) => s,
-            Err(e) => {
-                let io = ClientIo::new(stream, BytesMut::new(), 0);
-                return Err((e, Some(io)));
-            }
+            Err(e) => return Err(refuse(e, stream)),
         };
         match startup {
             Startup::SslRequest | Startup::GssEncRequest => {
                 // Anything the client sent after the request, before our answer,
                 // would be a man-in-the-middle's injection (CVE-2021-23222).
                 if !buf.is_empty() {
-                    let io = ClientIo::new(stream, BytesMut::new(), 0);
-                    return Err((ProtocolError::Malformed("SSLRequest").into(), Some(io)));
+                    return Err(refuse(
+                        ProtocolError::Malformed("SSLRequest").into(),
+                        stream,
+                    ));
                 }
-                if let Err(e) = stream.write_all(b"N").await {
-                    return Err((ClientError::Gone(e), None));
+                let upgrade = match (&startup, &tls, stream) {
+                    (Startup::SslRequest, Some(config), Stream::Plain(tcp)) => {
+                        Ok((tcp, config.clone()))
+                    }
+                    (_, _, other) => Err(other),
+                };
+                match upgrade {
+                    Ok((mut tcp, config)) => {
+                        if let Err(e) = tcp.write_all(b"S").await {
+                            return Err((ClientError::Gone(e), None));
+                        }
+                        stream = accept_tls(ctx, tcp, config, false)
+                            .await
+                            .map_err(|e| (e, None))?;
+                    }
+                    Err(mut plain) => {
+                        if let Err(e) = plain.write_all(b"N").await {
+                            return Err((ClientError::Gone(e), None));
+                        }
+                        stream = plain;
+                    }
                 }
             }
             Startup::Cancel { pid, secret } => {
@@ -96,6 +164,15 @@ pub async fn handshake(
             Startup::Message { minor, params } => break (minor, params),
         }
     };
+    if tls_mode == TlsMode::Require && !stream.is_tls() {
+        return Err(refuse(
+            ClientError::refused(
+                "28000",
+                "TLS is required: connect with sslmode=require (or stricter)",
+            ),
+            stream,
+        ));
+    }
     let mut io = ClientIo::new(stream, buf, ctx.config().limits.max_message_size.as_usize());
     match login(ctx, &mut io, minor, params).await {
         Ok((user, database, settings, mode)) => Ok(Outcome::Session(Hello {

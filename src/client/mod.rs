@@ -20,7 +20,6 @@ pub use error::ClientError;
 pub use io::ClientIo;
 
 use crate::app::Context;
-use crate::net::Stream;
 use crate::protocol::build;
 use handshake::Outcome;
 
@@ -28,36 +27,35 @@ use handshake::Outcome;
 pub async fn serve_client(ctx: Arc<Context>, tcp: TcpStream, peer: SocketAddr) {
     let _ = tcp.set_nodelay(true);
     let timeout = ctx.config().limits.handshake_timeout;
-    let hello =
-        match tokio::time::timeout(timeout, handshake::handshake(&ctx, Stream::Plain(tcp))).await {
-            Err(_) => {
-                tracing::info!(%peer, "client did not finish the handshake in time; closed");
-                ctx.metrics.rejected("handshake");
-                return;
+    let hello = match tokio::time::timeout(timeout, handshake::handshake(&ctx, tcp)).await {
+        Err(_) => {
+            tracing::info!(%peer, "client did not finish the handshake in time; closed");
+            ctx.metrics.rejected("handshake");
+            return;
+        }
+        Ok(Ok(Outcome::Cancelled)) => return,
+        Ok(Ok(Outcome::Session(hello))) => hello,
+        Ok(Err((e, io))) => {
+            tracing::info!(%peer, code = e.sqlstate(), error = %e, "client refused");
+            if e.sqlstate() == "28P01" {
+                ctx.metrics.auth_failure();
+                ctx.metrics.rejected("auth");
+            } else {
+                ctx.metrics.error(e.sqlstate());
             }
-            Ok(Ok(Outcome::Cancelled)) => return,
-            Ok(Ok(Outcome::Session(hello))) => hello,
-            Ok(Err((e, io))) => {
-                tracing::info!(%peer, code = e.sqlstate(), error = %e, "client refused");
-                if e.sqlstate() == "28P01" {
-                    ctx.metrics.auth_failure();
-                    ctx.metrics.rejected("auth");
-                } else {
-                    ctx.metrics.error(e.sqlstate());
-                }
-                if let Some(mut io) = io
-                    && !matches!(e, ClientError::Gone(_))
-                {
-                    let msg = build::error_response(
-                        build::Severity::Fatal,
-                        e.sqlstate(),
-                        &e.client_message(),
-                    );
-                    let _ = io.write(&msg).await;
-                }
-                return;
+            if let Some(mut io) = io
+                && !matches!(e, ClientError::Gone(_))
+            {
+                let msg = build::error_response(
+                    build::Severity::Fatal,
+                    e.sqlstate(),
+                    &e.client_message(),
+                );
+                let _ = io.write(&msg).await;
             }
-        };
+            return;
+        }
+    };
     let user = hello.user.clone();
     let database = hello.database.clone();
     tracing::info!(%peer, %user, %database, "client connected");

@@ -55,6 +55,31 @@ pub enum ReadYourWrites {
     Pod,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// Plaintext only: SSLRequest is answered 'N'.
+    #[default]
+    Disable,
+    /// TLS when the client asks for it, plaintext otherwise.
+    Allow,
+    /// TLS only: a plaintext startup is refused (28000) before authentication.
+    Require,
+}
+
+/// Client-facing TLS. Files are re-read on SIGHUP.
+#[derive(Debug, Clone, Deserialize, Default, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    pub mode: TlsMode,
+    /// PEM certificate chain presented to clients.
+    pub cert: Option<std::path::PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: Option<std::path::PathBuf>,
+    /// PEM CA bundle: when set, clients must present a certificate it signed.
+    pub client_ca: Option<std::path::PathBuf>,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
@@ -177,6 +202,8 @@ struct RawConfig {
     pool: PoolConfig,
     #[serde(default)]
     limits: LimitsConfig,
+    #[serde(default)]
+    tls: TlsConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -189,6 +216,7 @@ pub struct Config {
     pub routing: RoutingConfig,
     pub pool: PoolConfig,
     pub limits: LimitsConfig,
+    pub tls: TlsConfig,
 }
 
 /// What the command line can override.
@@ -225,6 +253,10 @@ const ENV_KEYS: &[(&str, &str)] = &[
     ("limits", "max_message_size"),
     ("limits", "handshake_timeout"),
     ("limits", "shutdown_grace"),
+    ("tls", "mode"),
+    ("tls", "cert"),
+    ("tls", "key"),
+    ("tls", "client_ca"),
 ];
 
 fn env_name(section: &str, key: &str) -> String {
@@ -377,6 +409,7 @@ impl Config {
             routing: raw.routing,
             pool: raw.pool,
             limits: raw.limits,
+            tls: raw.tls,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -402,6 +435,13 @@ impl Config {
             return Err(ConfigError::key(
                 "limits.max_message_size",
                 "must be at least 1kB",
+            ));
+        }
+        if self.tls.mode != TlsMode::Disable && (self.tls.cert.is_none() || self.tls.key.is_none())
+        {
+            return Err(ConfigError::key(
+                "tls.cert",
+                "tls.mode allow/require needs both tls.cert and tls.key",
             ));
         }
         if self.auth.method != AuthMethod::Trust && self.primary.password.is_none() {
