@@ -191,7 +191,13 @@ impl Session {
                         format!("server #{} is no longer configured", id.0),
                     )
                 })?;
-                let conn = self.ctx.pools.checkout(&target, &self.login).await?;
+                let started = Instant::now();
+                let conn = self.ctx.pools.checkout(&target, &self.login).await;
+                let exhausted = matches!(conn, Err(crate::backend::CheckoutError::Exhausted { .. }));
+                self.ctx
+                    .metrics
+                    .checkout(&target.name, started.elapsed(), exhausted);
+                let conn = conn?;
                 self.conns.push(Held { conn, applied: 0 });
                 self.conns.len() - 1
             }

@@ -12,6 +12,8 @@
 // Each test binary uses a subset of these helpers.
 #![allow(dead_code)]
 
+pub mod tls;
+
 use std::sync::OnceLock;
 
 use pgsplit::cluster::{Cluster, ClusterOptions};
@@ -76,21 +78,41 @@ impl Proxy {
     /// waits until the replica takes reads (health probes passed) and the
     /// function catalog is loaded.
     pub async fn start(cluster: &Cluster, extra: &str) -> Proxy {
+        let text = Self::config_text(cluster, extra);
+        Self::start_with(&text, None, true).await
+    }
+
+    /// The config `start` uses: loopback listeners on free ports, the cluster's
+    /// primary and replica, then `extra`.
+    pub fn config_text(cluster: &Cluster, extra: &str) -> String {
         use pgsplit::cluster::Node;
-        let text = format!(
+        format!(
             "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nprimary = \"{}\"\nreplicas = [\"{}\"]\n{extra}",
             cluster.url(Node::Primary),
             cluster.url(Node::Replica)
-        );
+        )
+    }
+
+    /// Starts pgsplit from a whole config text. With `reload_file`, a
+    /// `Control::Reload` re-reads that file (write the same text there first).
+    /// With `wait_replica`, returns once the replica takes reads.
+    pub async fn start_with(
+        text: &str,
+        reload_file: Option<std::path::PathBuf>,
+        wait_replica: bool,
+    ) -> Proxy {
         let config = pgsplit::config::Config::from_toml_str(
-            &text,
+            text,
             std::iter::empty(),
             &pgsplit::config::Overrides::default(),
         )
         .unwrap_or_else(|e| panic!("test config: {e}"));
-        let app = pgsplit::app::App::bind(config)
+        let mut app = pgsplit::app::App::bind(config)
             .await
             .unwrap_or_else(|e| panic!("bind: {e}"));
+        if let Some(file) = reload_file {
+            app = app.reload_from(file, pgsplit::config::Overrides::default());
+        }
         let ctx = app.ctx.clone();
         let addr = app.local_addr();
         let admin = app.admin_addr();
@@ -103,7 +125,9 @@ impl Proxy {
             control,
             task: Some(task),
         };
-        proxy.wait_replica_usable().await;
+        if wait_replica {
+            proxy.wait_replica_usable().await;
+        }
         proxy
     }
 
