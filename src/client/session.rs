@@ -42,6 +42,10 @@ pub struct Session {
     conns: Vec<Held>,
     cancel: Arc<CancelSlot>,
     spin: usize,
+    /// The server connection that ran this session's LISTEN.
+    listen_conn: Option<ServerId>,
+    /// The open transaction ran something that may write.
+    txn_wrote: bool,
 }
 
 /// Where a unit ran.
@@ -63,6 +67,8 @@ impl Session {
             conns: Vec::new(),
             cancel,
             spin: rand::random::<u32>() as usize,
+            listen_conn: None,
+            txn_wrote: false,
             ctx,
         }
     }
@@ -98,14 +104,36 @@ impl Session {
 
         let mut terminate = self.ctx.terminate.subscribe();
         loop {
+            // A LISTENing session gets notifications while idle, as it would
+            // from PostgreSQL: watch the connection that ran the LISTEN too.
+            let listener = self
+                .listen_conn
+                .and_then(|id| self.conns.iter().position(|h| h.conn.target.id == id));
             // Between units is where a draining pgsplit may end the session.
             let frame = tokio::select! {
                 f = self.io.read_frame() => f?,
-                _ = terminate.wait_for(|t| *t) => {
+                () = async {
+                    // Drop the watch guard here: it must not live across awaits.
+                    let _ = terminate.wait_for(|t| *t).await;
+                } => {
                     return Err(ClientError::refused(
                         "57P01",
                         "terminating connection due to administrator command (pgsplit is shutting down)",
                     ));
+                }
+                r = async {
+                    match listener {
+                        Some(i) => self.conns[i].conn.fill().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if let Some(i) = listener {
+                        match r {
+                            Ok(_) => self.forward_async_messages(i).await?,
+                            Err(e) => return Err(e.into()),
+                        }
+                    }
+                    continue;
                 }
             };
             let Some(frame) = frame else { break };
@@ -193,7 +221,8 @@ impl Session {
                 })?;
                 let started = Instant::now();
                 let conn = self.ctx.pools.checkout(&target, &self.login).await;
-                let exhausted = matches!(conn, Err(crate::backend::CheckoutError::Exhausted { .. }));
+                let exhausted =
+                    matches!(conn, Err(crate::backend::CheckoutError::Exhausted { .. }));
                 self.ctx
                     .metrics
                     .checkout(&target.name, started.elapsed(), exhausted);
@@ -222,7 +251,11 @@ impl Session {
         let mut sql = Vec::new();
         let mut drops = false;
         for entry in &log[held.applied..] {
-            if let Some((k, v)) = &entry.startup
+            // A startup setting the connection already reports needs no SET,
+            // but only while nothing else has run in this batch: after a
+            // RESET ALL the reported value is stale.
+            if sql.is_empty()
+                && let Some((k, v)) = &entry.startup
                 && held
                     .conn
                     .params
@@ -321,7 +354,90 @@ impl Session {
         Ok(Placement { index, reason })
     }
 
+    /// `SET pgsplit.route = ...` / `RESET pgsplit.route` sent alone as a simple
+    /// query: pgsplit's own setting, answered here and never sent to a server
+    /// (PostgreSQL would reject `= primary`, a reserved word). Inside a
+    /// transaction it takes effect on commit, like a SET.
+    async fn set_route_locally(&mut self, unit: &Unit) -> Result<bool, ClientError> {
+        let class = unit.class();
+        let [frame] = unit.frames.as_slice() else {
+            return Ok(false);
+        };
+        let Some(mode) = class.set_route else {
+            return Ok(false);
+        };
+        if frame.tag != tag::QUERY || class.statements != 1 || class.kind != Kind::Session {
+            return Ok(false);
+        }
+        let text = crate::protocol::fields::query_text(frame.body()).unwrap_or_default();
+        let is_reset = String::from_utf8_lossy(text)
+            .trim_start()
+            .get(..5)
+            .is_some_and(|w| w.eq_ignore_ascii_case("reset"));
+        let mode = if is_reset { self.st.default_mode } else { mode };
+        let status = match self.st.txn {
+            None => {
+                self.st.mode = mode;
+                TxStatus::Idle
+            }
+            Some(id) => {
+                let failed = self
+                    .conns
+                    .iter()
+                    .any(|h| h.conn.target.id == id && h.conn.status == TxStatus::Failed);
+                if failed {
+                    let mut msg = BytesMut::new();
+                    msg.extend_from_slice(&build::error_response(
+                        build::Severity::Error,
+                        "25P02",
+                        "current transaction is aborted, commands ignored until end of transaction block",
+                    ));
+                    msg.extend_from_slice(&build::ready_for_query(TxStatus::Failed));
+                    self.io.write(&msg).await?;
+                    return Ok(true);
+                }
+                self.st.pending_mode = Some(mode);
+                TxStatus::InTransaction
+            }
+        };
+        let tag = if is_reset { "RESET" } else { "SET" };
+        let mut msg = BytesMut::new();
+        msg.extend_from_slice(&build::command_complete(tag));
+        msg.extend_from_slice(&build::ready_for_query(status));
+        self.io.write(&msg).await?;
+        Ok(true)
+    }
+
+    /// After `RESET ALL` / `DISCARD ALL` on connection `index`: puts the client's
+    /// startup parameters back (PostgreSQL resets to them, not to the server
+    /// defaults) and tells the client the values it now has.
+    async fn reapply_startup(&mut self, index: usize) -> Result<(), ClientError> {
+        if self.st.startup.is_empty() {
+            return Ok(());
+        }
+        let mut sql = Vec::new();
+        for entry in &self.st.startup {
+            if !sql.is_empty() {
+                sql.extend_from_slice(b"; ");
+            }
+            sql.extend_from_slice(&entry.sql);
+        }
+        let conn = &mut self.conns[index].conn;
+        let before = conn.params.clone();
+        conn.run_internal(&sql).await??;
+        let mut msg = BytesMut::new();
+        for (k, v) in &conn.params {
+            if before.get(k) != Some(v) {
+                msg.extend_from_slice(&build::parameter_status(k, v));
+            }
+        }
+        self.io.write(&msg).await
+    }
+
     async fn run_unit(&mut self, unit: Unit) -> Result<(), ClientError> {
+        if self.set_route_locally(&unit).await? {
+            return Ok(());
+        }
         let mut retried = false;
         loop {
             let placement = match self.place(&unit, retried).await {
@@ -344,9 +460,10 @@ impl Session {
                 extended: unit.frames.first().is_some_and(|f| f.tag != tag::QUERY),
                 // Only a unit that may commit a write needs its ReadyForQuery held
                 // back until the read-your-writes floor is recorded.
-                hold_ready: on_primary
-                    && self.tracks_floor()
-                    && (class.kind != Kind::Read || self.st.txn.is_some()),
+                hold_ready: unit.resets_all
+                    || (on_primary
+                        && self.tracks_floor()
+                        && (class.kind == Kind::Write || self.st.txn.is_some())),
                 retry_conflict: retryable,
             };
             let started = Instant::now();
@@ -358,13 +475,24 @@ impl Session {
                     retried = true;
                 }
                 Ok(outcome) => {
+                    // Only a transaction that may have written leaves a floor:
+                    // SHOW, SET, a read-only transaction or a bare Sync do not.
+                    let wrote = class.kind == Kind::Write || self.txn_wrote;
                     let committed_write = mode.hold_ready
+                        && wrote
                         && outcome.status == TxStatus::Idle
                         && outcome.error.is_none()
                         && !outcome.rolled_back;
+                    self.txn_wrote = outcome.status != TxStatus::Idle && wrote;
                     self.learn(&unit, index, &outcome);
                     if committed_write {
                         self.record_floor(index).await;
+                    }
+                    if unit.resets_all
+                        && outcome.error.is_none()
+                        && outcome.status == TxStatus::Idle
+                    {
+                        self.reapply_startup(index).await?;
                     }
                     if mode.hold_ready {
                         self.io
@@ -408,6 +536,7 @@ impl Session {
     async fn record_floor(&mut self, index: usize) {
         match self.conns[index].conn.wal_insert_lsn().await {
             Ok(lsn) => {
+                let lsn = lsn.record_boundary();
                 self.st.floor = Some(self.st.floor.map_or(lsn, |f| f.max(lsn)));
                 if self.ctx.config().routing.read_your_writes == ReadYourWrites::Pod {
                     self.ctx.pod_floor.fetch_max(lsn.0, Ordering::AcqRel);
@@ -502,6 +631,9 @@ impl Session {
             self.st.txn = Some(held.conn.target.id);
         }
         if ok {
+            if class.pin == Some(PinReason::Listen) {
+                self.listen_conn = Some(held.conn.target.id);
+            }
             if let Some(pin) = class.pin
                 && pin != PinReason::Hint
                 && self.st.pinned.is_none()
@@ -522,6 +654,43 @@ impl Session {
                 held.conn.unnamed = None;
             }
         }
+    }
+
+    /// Relays what a server sends between units (NotificationResponse,
+    /// NoticeResponse, ParameterStatus); anything else there is a protocol
+    /// breach by the server.
+    async fn forward_async_messages(&mut self, index: usize) -> Result<(), ClientError> {
+        let conn = &mut self.conns[index].conn;
+        let mut out = BytesMut::new();
+        loop {
+            match crate::protocol::decode_frame(
+                &mut conn.rbuf,
+                crate::backend::conn::MAX_SERVER_MESSAGE,
+            ) {
+                Ok(Some(f)) => match f.tag {
+                    b'A' | tag::backend::NOTICE_RESPONSE => out.extend_from_slice(&f.bytes),
+                    tag::backend::PARAMETER_STATUS => {
+                        conn.note_parameter(&f)?;
+                        out.extend_from_slice(&f.bytes);
+                    }
+                    other => {
+                        conn.broken = true;
+                        return Err(conn
+                            .protocol(ProtocolError::UnexpectedTag(char::from(other)))
+                            .into());
+                    }
+                },
+                Ok(None) => break,
+                Err(e) => {
+                    conn.broken = true;
+                    return Err(conn.protocol(e).into());
+                }
+            }
+        }
+        if !out.is_empty() {
+            self.io.write(&out).await?;
+        }
+        Ok(())
     }
 
     /// Tells the client a unit could not run and keeps the session going. An

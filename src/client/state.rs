@@ -23,6 +23,19 @@ pub struct ReplayEntry {
     pub startup: Option<(String, String)>,
     /// `DISCARD ALL` / `DEALLOCATE ALL`: clears the connection's prepared statements.
     pub drops_prepared: bool,
+    /// `RESET ALL` / `DISCARD ALL`: back to session defaults, which for the
+    /// client are its startup parameters; they are re-applied right after.
+    pub resets_all: bool,
+}
+
+/// Whether `sql` is `RESET ALL` or `DISCARD ALL` (one statement, any case).
+pub fn is_reset_all(sql: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(sql).to_ascii_lowercase();
+    let words: Vec<&str> = text
+        .split(|c: char| c.is_whitespace() || c == ';')
+        .filter(|w| !w.is_empty())
+        .collect();
+    matches!(words.as_slice(), ["reset", "all"] | ["discard", "all"])
 }
 
 /// A portal's class and, for a session-level statement, its text to replay.
@@ -65,6 +78,12 @@ pub struct SessionState {
     pub portals: HashMap<Bytes, Portal>,
     /// This session's read-your-writes floor.
     pub floor: Option<Lsn>,
+    /// The client's startup parameters as SET entries (the session defaults).
+    pub startup: Vec<ReplayEntry>,
+    /// The routing mode from the startup packet (what `RESET pgsplit.route` restores).
+    pub default_mode: RouteMode,
+    /// `SET pgsplit.route` inside the open transaction: applied on commit.
+    pub pending_mode: Option<RouteMode>,
 }
 
 impl SessionState {
@@ -75,12 +94,16 @@ impl SessionState {
                 sql: Bytes::from(set_statement(k, v)),
                 startup: Some((k.clone(), v.clone())),
                 drops_prepared: false,
+                resets_all: false,
             })
-            .collect();
+            .collect::<Vec<_>>();
         SessionState {
             txn: None,
             pinned: None,
             mode,
+            default_mode: mode,
+            pending_mode: None,
+            startup: replay.clone(),
             replay,
             pending: Vec::new(),
             statements: HashMap::new(),
@@ -101,9 +124,19 @@ impl SessionState {
     /// Moves pending changes into the log at transaction end.
     pub fn end_transaction(&mut self, committed: bool) {
         if committed {
-            self.replay.append(&mut self.pending);
+            for entry in std::mem::take(&mut self.pending) {
+                let resets = entry.resets_all;
+                self.replay.push(entry);
+                if resets {
+                    self.replay.extend(self.startup.iter().cloned());
+                }
+            }
+            if let Some(m) = self.pending_mode.take() {
+                self.mode = m;
+            }
         } else {
             self.pending.clear();
+            self.pending_mode = None;
         }
         if self.replay.len() > MAX_REPLAY && self.pinned.is_none() {
             self.pinned = Some(PinReason::SessionChange);
@@ -135,6 +168,14 @@ pub fn set_statement(name: &str, value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reset_all_is_recognised() {
+        assert!(is_reset_all(b"RESET ALL"));
+        assert!(is_reset_all(b"  discard   all ;"));
+        assert!(!is_reset_all(b"RESET search_path"));
+        assert!(!is_reset_all(b"DISCARD PLANS"));
+    }
 
     #[test]
     fn set_statement_quotes() {

@@ -5,7 +5,7 @@
 
 use bytes::Bytes;
 
-use super::state::{Portal, ReplayEntry, SessionState, Statement, hash_bytes};
+use super::state::{Portal, ReplayEntry, SessionState, Statement, hash_bytes, is_reset_all};
 use crate::protocol::{Frame, ProtocolError, fields, tag};
 use crate::route::class::{Class, Kind, merge};
 use crate::route::classify::Classifier;
@@ -23,6 +23,8 @@ pub struct Unit {
     /// Session changes this unit makes, to replay elsewhere once committed.
     pub session_changes: Vec<ReplayEntry>,
     pub bytes: usize,
+    /// Runs `RESET ALL` or `DISCARD ALL`.
+    pub resets_all: bool,
 }
 
 impl Unit {
@@ -41,10 +43,13 @@ impl Unit {
 
     fn note_session_change(&mut self, class: &Class, text: &Bytes) {
         if class.kind == Kind::Session {
+            let resets_all = is_reset_all(text);
+            self.resets_all |= resets_all;
             self.session_changes.push(ReplayEntry {
                 sql: text.clone(),
                 startup: None,
                 drops_prepared: class.drops_prepared,
+                resets_all,
             });
         }
     }

@@ -147,6 +147,10 @@ pub fn backend_key_data(pid: i32, secret: i32) -> Bytes {
     })
 }
 
+pub fn command_complete(tag: &str) -> Bytes {
+    tagged(b'C', |b| cstr(b, tag.as_bytes()))
+}
+
 pub fn ready_for_query(status: TxStatus) -> Bytes {
     tagged(b'Z', |b| b.put_u8(status.byte()))
 }
