@@ -85,6 +85,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Context>, mut stop: watch::Re
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| handle(ctx.clone(), req));
             let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(std::time::Duration::from_secs(5))
                 .serve_connection(TokioIo::new(tcp), service);
             let _ = conn.await;

@@ -151,7 +151,7 @@ impl Context {
 
     /// Applies a new configuration to a running pgsplit: servers, routing
     /// limits, pool settings, credentials. Listen addresses need a restart.
-    pub fn reload(&self, new: Config) {
+    pub fn reload(&self, mut new: Config) {
         let old = self.config();
         if new.listen != old.listen || new.admin_listen != old.admin_listen {
             tracing::warn!(
@@ -167,7 +167,10 @@ impl Context {
         // Fresh pools: new pool sizes, and server targets rebuilt with the
         // current TLS files. Connections lent out finish their sessions.
         self.pools.reconfigure(new.pool.clone());
-        self.client_tls.reload(&new.tls);
+        if !self.client_tls.reload(&new.tls) {
+            // The running TLS settings stay, and the config says so.
+            new.tls = old.tls.clone();
+        }
         *self.servers.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(servers);
         *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
         tracing::info!(servers = ?names, "configuration reloaded");

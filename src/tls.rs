@@ -116,15 +116,18 @@ impl ClientTls {
             .clone()
     }
 
-    /// Re-reads the files; on error keeps serving with what it had.
-    pub fn reload(&self, cfg: &TlsConfig) {
+    /// Re-reads the files; on error keeps serving with what it had and
+    /// returns false.
+    pub fn reload(&self, cfg: &TlsConfig) -> bool {
         match server_config(cfg) {
             Ok(new) => {
                 *self.current.write().unwrap_or_else(|p| p.into_inner()) = (cfg.mode, new);
                 tracing::info!(mode = ?cfg.mode, "client TLS configuration loaded");
+                true
             }
             Err(e) => {
                 tracing::error!(error = %e, "client TLS reload failed; keeping the previous certificate");
+                false
             }
         }
     }

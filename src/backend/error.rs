@@ -24,6 +24,13 @@ pub enum BackendError {
         server: String,
         source: ProtocolError,
     },
+    /// A pooled connection could not be opened (the pool's last failure).
+    #[error("{message}")]
+    Unavailable {
+        server: String,
+        code: String,
+        message: String,
+    },
     #[error("TLS to {server}: {message}")]
     Tls { server: String, message: String },
     #[error("authentication to {server} failed: {message}")]
@@ -43,7 +50,7 @@ impl BackendError {
             BackendError::Io { .. } | BackendError::Closed(_) => "08006",
             BackendError::Protocol { .. } => "08P01",
             BackendError::Auth { .. } => "28000",
-            BackendError::Server { code, .. } => code,
+            BackendError::Server { code, .. } | BackendError::Unavailable { code, .. } => code,
         }
     }
 }

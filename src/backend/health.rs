@@ -58,6 +58,8 @@ pub struct ServerHealth {
     pub usable: bool,
     pub lagging: bool,
     pub last_ok: Option<Instant>,
+    /// Why the last probe failed (set by the monitor, for error messages).
+    pub last_error: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,6 +98,7 @@ impl HealthSnapshot {
                     usable: false,
                     lagging: false,
                     last_ok: None,
+                    last_error: None,
                 })
                 .collect(),
             replicas: Vec::new(),
@@ -236,6 +239,7 @@ impl HealthState {
                 usable: false,
                 lagging: false,
                 last_ok: prev.as_ref().and_then(|p| p.last_ok),
+                last_error: None,
             };
             match probe {
                 None => {

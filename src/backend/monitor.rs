@@ -37,23 +37,28 @@ struct Prober {
     target: Arc<ServerTarget>,
     conn: Option<ServerConn>,
     timeout: Duration,
+    /// The last failure, logged once when it first appears or changes.
+    last_error: Option<String>,
 }
 
 impl Prober {
     async fn probe(&mut self) -> Option<Probe> {
-        match tokio::time::timeout(self.timeout, self.probe_inner()).await {
-            Ok(Ok(p)) => Some(p),
-            Ok(Err(e)) => {
-                tracing::debug!(server = %self.target.name, error = %e, "health probe failed");
-                self.conn = None;
-                None
+        let error = match tokio::time::timeout(self.timeout, self.probe_inner()).await {
+            Ok(Ok(p)) => {
+                if self.last_error.take().is_some() {
+                    tracing::info!(server = %self.target.name, "server answers health probes again");
+                }
+                return Some(p);
             }
-            Err(_) => {
-                tracing::debug!(server = %self.target.name, "health probe timed out");
-                self.conn = None;
-                None
-            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {:?}", self.timeout),
+        };
+        self.conn = None;
+        if self.last_error.as_deref() != Some(error.as_str()) {
+            tracing::warn!(server = %self.target.name, %error, "health probe failed; server not used until it answers");
+            self.last_error = Some(error);
         }
+        None
     }
 
     async fn probe_inner(&mut self) -> Result<Probe, BackendError> {
@@ -104,6 +109,7 @@ pub async fn run_monitor(ctx: Arc<Context>, mut shutdown: watch::Receiver<bool>)
                         target: s.clone(),
                         conn: None,
                         timeout,
+                        last_error: None,
                     });
                 }
             }
@@ -130,7 +136,14 @@ pub async fn run_monitor(ctx: Arc<Context>, mut shutdown: watch::Receiver<bool>)
                 tracing::info!("{change}");
             }
         }
-        ctx.health.publish(state.snapshot().clone());
+        let mut snapshot = state.snapshot().clone();
+        for s in &mut snapshot.servers {
+            s.last_error = probers
+                .iter()
+                .find(|p| p.target.id == s.id)
+                .and_then(|p| p.last_error.clone());
+        }
+        ctx.health.publish(snapshot);
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
             _ = shutdown.changed() => return,

@@ -17,6 +17,17 @@ pub struct ServerManager {
     target: Arc<ServerTarget>,
     login: Login,
     connect_timeout: Duration,
+    failures: Arc<Failures>,
+}
+
+/// bb8 opens connections in background tasks and only logs their errors, so a
+/// checkout would wait out its whole timeout on a server that refuses
+/// connections. Failures are announced here so a waiting checkout can fail at
+/// once with the real reason.
+#[derive(Default)]
+struct Failures {
+    notify: tokio::sync::Notify,
+    last: Mutex<Option<(String, String)>>,
 }
 
 impl bb8::ManageConnection for ServerManager {
@@ -24,7 +35,14 @@ impl bb8::ManageConnection for ServerManager {
     type Error = BackendError;
 
     async fn connect(&self) -> Result<ServerConn, BackendError> {
-        ServerConn::connect(self.target.clone(), &self.login, self.connect_timeout).await
+        let result =
+            ServerConn::connect(self.target.clone(), &self.login, self.connect_timeout).await;
+        if let Err(e) = &result {
+            *self.failures.last.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some((e.sqlstate().to_owned(), e.to_string()));
+            self.failures.notify.notify_waiters();
+        }
+        result
     }
 
     /// Cheap checks only, no round trip: the flags, and whether the server closed
@@ -93,7 +111,7 @@ type Key = (ServerId, String, String);
 
 pub struct Pools {
     config: Mutex<PoolConfig>,
-    pools: Mutex<HashMap<Key, bb8::Pool<ServerManager>>>,
+    pools: Mutex<HashMap<Key, (bb8::Pool<ServerManager>, Arc<Failures>)>>,
 }
 
 impl Pools {
@@ -125,14 +143,19 @@ impl Pools {
         pools.retain(|(id, _, _), _| keep.contains(id));
     }
 
-    fn pool(&self, target: &Arc<ServerTarget>, login: &Login) -> bb8::Pool<ServerManager> {
+    fn pool(
+        &self,
+        target: &Arc<ServerTarget>,
+        login: &Login,
+    ) -> (bb8::Pool<ServerManager>, Arc<Failures>) {
         let key = (target.id, login.user.clone(), login.database.clone());
         let config = self.config();
         let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
         pools
             .entry(key)
             .or_insert_with(|| {
-                bb8::Pool::builder()
+                let failures = Arc::new(Failures::default());
+                let pool = bb8::Pool::builder()
                     .max_size(config.max_size)
                     .min_idle(None)
                     .connection_timeout(config.checkout_timeout)
@@ -145,7 +168,9 @@ impl Pools {
                         target: target.clone(),
                         login: login.clone(),
                         connect_timeout: config.connect_timeout,
-                    })
+                        failures: failures.clone(),
+                    });
+                (pool, failures)
             })
             .clone()
     }
@@ -155,8 +180,28 @@ impl Pools {
         target: &Arc<ServerTarget>,
         login: &Login,
     ) -> Result<Pooled, CheckoutError> {
-        let pool = self.pool(target, login);
-        pool.get_owned().await.map_err(|e| match e {
+        let (pool, failures) = self.pool(target, login);
+        let failed = failures.notify.notified();
+        tokio::pin!(failed);
+        // Register before asking: a failure between here and the wait counts.
+        failed.as_mut().enable();
+        let got = tokio::select! {
+            got = pool.get_owned() => got,
+            () = failed => {
+                let (code, message) = failures
+                    .last
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone()
+                    .unwrap_or_else(|| ("08001".into(), "connection failed".into()));
+                return Err(CheckoutError::Backend(BackendError::Unavailable {
+                    server: target.name.clone(),
+                    code,
+                    message,
+                }));
+            }
+        };
+        got.map_err(|e| match e {
             bb8::RunError::User(e) => CheckoutError::Backend(e),
             bb8::RunError::TimedOut => {
                 let config = self.config();
@@ -174,7 +219,7 @@ impl Pools {
         let pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
         pools
             .iter()
-            .map(|((id, _, _), p)| {
+            .map(|((id, _, _), (p, _))| {
                 let s = p.state();
                 (*id, s.idle_connections, s.connections - s.idle_connections)
             })

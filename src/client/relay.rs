@@ -176,6 +176,46 @@ pub struct Outcome {
     /// The unit failed on a replica with a recovery conflict before any reply
     /// reached the client; everything was discarded and it may run elsewhere.
     pub retry_conflict: bool,
+    /// Some command completed with a tag that may mean it wrote (anything but
+    /// SHOW, SET, BEGIN, COMMIT, LISTEN, FETCH and the like).
+    pub wrote: bool,
+}
+
+/// Command tags of statements that never write, so a unit made only of them
+/// leaves no read-your-writes floor. SELECT is not here: a SELECT sent to the
+/// primary may call a function that writes.
+fn tag_never_writes(tag: &[u8]) -> bool {
+    const NEVER: &[&[u8]] = &[
+        b"SHOW",
+        b"SET",
+        b"RESET",
+        b"BEGIN",
+        b"START TRANSACTION",
+        b"COMMIT",
+        b"ROLLBACK",
+        b"SAVEPOINT",
+        b"RELEASE",
+        b"LISTEN",
+        b"UNLISTEN",
+        b"DECLARE CURSOR",
+        b"FETCH",
+        b"MOVE",
+        b"CLOSE CURSOR",
+        b"CLOSE CURSOR ALL",
+        b"DEALLOCATE",
+        b"DEALLOCATE ALL",
+        b"PREPARE",
+        b"DISCARD ALL",
+        b"DISCARD PLANS",
+        b"DISCARD SEQUENCES",
+        b"DISCARD TEMP",
+    ];
+    // "FETCH 5", "MOVE 2": compare the words before a trailing count.
+    let words = match tag.iter().rposition(|b| *b == b' ') {
+        Some(i) if tag[i + 1..].iter().all(u8::is_ascii_digit) && i + 1 < tag.len() => &tag[..i],
+        _ => tag,
+    };
+    NEVER.contains(&words)
 }
 
 /// How the relay treats the end and the errors of a unit.
@@ -222,6 +262,7 @@ pub async fn relay(
         rolled_back: false,
         sent_to_client: false,
         retry_conflict: false,
+        wrote: false,
     };
     let mut complete = !mode.open;
     let extended = mode.extended;
@@ -278,7 +319,9 @@ pub async fn relay(
                     copy_in = false;
                 }
                 tag::backend::COMMAND_COMPLETE => {
-                    out.rolled_back = fields::command_tag(body).is_ok_and(|t| t == b"ROLLBACK");
+                    let t = fields::command_tag(body).unwrap_or_default();
+                    out.rolled_back = t == b"ROLLBACK";
+                    out.wrote |= !tag_never_writes(t);
                 }
                 tag::backend::PARAMETER_STATUS => {
                     if let Ok((k, v)) = fields::parameter_status(body) {
@@ -394,4 +437,35 @@ fn client_write(r: Result<(), ClientError>, conn: &mut ServerConn) -> Result<(),
         conn.broken = true;
         RelayError::Client(e)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tag_never_writes;
+
+    #[test]
+    fn non_writing_tags() {
+        for t in [
+            "SHOW",
+            "SET",
+            "FETCH 10",
+            "MOVE 0",
+            "COMMIT",
+            "LISTEN",
+            "DISCARD ALL",
+        ] {
+            assert!(tag_never_writes(t.as_bytes()), "{t}");
+        }
+        for t in [
+            "INSERT 0 1",
+            "UPDATE 3",
+            "SELECT 1",
+            "CREATE TABLE",
+            "COPY 5",
+            "EXPLAIN",
+            "",
+        ] {
+            assert!(!tag_never_writes(t.as_bytes()), "{t}");
+        }
+    }
 }

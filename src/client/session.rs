@@ -189,9 +189,17 @@ impl Session {
                     let now = Instant::now();
                     if now >= deadline {
                         let why = if state == PrimaryState::Fenced {
-                            "more than one server claims to be primary; writes are refused until that is resolved"
+                            "more than one server claims to be primary; writes are refused until that is resolved".to_owned()
                         } else {
-                            "no primary server is available"
+                            // Say what is wrong with the configured primary, if known.
+                            let snapshot = self.ctx.health.get();
+                            let cause = snapshot
+                                .server(self.ctx.configured_primary())
+                                .and_then(|s| {
+                                    s.last_error.as_ref().map(|e| format!("; {}: {e}", s.name))
+                                })
+                                .unwrap_or_default();
+                            format!("no primary server is available{cause}")
                         };
                         return Err(ClientError::refused(
                             "57P03",
@@ -477,7 +485,7 @@ impl Session {
                 Ok(outcome) => {
                     // Only a transaction that may have written leaves a floor:
                     // SHOW, SET, a read-only transaction or a bare Sync do not.
-                    let wrote = class.kind == Kind::Write || self.txn_wrote;
+                    let wrote = (class.kind == Kind::Write && outcome.wrote) || self.txn_wrote;
                     let committed_write = mode.hold_ready
                         && wrote
                         && outcome.status == TxStatus::Idle

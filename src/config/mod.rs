@@ -42,6 +42,7 @@ impl ConfigError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum AuthMethod {
+    #[serde(rename = "scram-sha-256")]
     ScramSha256,
     Md5,
     Trust,
@@ -354,7 +355,10 @@ impl Config {
         let raw: RawConfig =
             serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
                 let key = e.path().to_string();
-                ConfigError::key(key, e.into_inner().to_string())
+                // toml appends "in `key`" on a second line; the key is named already.
+                let message = e.into_inner().to_string();
+                let first = message.lines().next().unwrap_or_default().to_owned();
+                ConfigError::key(key, first)
             })?;
         Self::finish(raw, flags)
     }
