@@ -36,6 +36,118 @@ const LATENCY_BUCKETS: &[f64] = &[
 static META: metrics::Metadata<'static> =
     metrics::Metadata::new(module_path!(), metrics::Level::INFO, None);
 
+/// Every family with its type and help text (`# HELP` lines; promtool wants them).
+const FAMILIES: &[(&str, char, &str)] = &[
+    (
+        "pgsplit_units_routed_total",
+        'c',
+        "Units (a query, or extended-protocol messages up to Sync) routed, by route and reason.",
+    ),
+    (
+        "pgsplit_unit_duration_seconds",
+        'h',
+        "Time from a unit's routing to its ReadyForQuery, in seconds.",
+    ),
+    (
+        "pgsplit_pool_checkout_seconds",
+        'h',
+        "Time to obtain a server connection from a pool, in seconds.",
+    ),
+    (
+        "pgsplit_pool_exhausted_total",
+        'c',
+        "Checkouts that timed out because the pool was at its limit, by server.",
+    ),
+    (
+        "pgsplit_client_connections",
+        'g',
+        "Client connections open now.",
+    ),
+    (
+        "pgsplit_client_connections_total",
+        'c',
+        "Client connections accepted.",
+    ),
+    (
+        "pgsplit_client_connections_rejected_total",
+        'c',
+        "Client connections refused, by reason.",
+    ),
+    (
+        "pgsplit_auth_failures_total",
+        'c',
+        "Client authentication failures.",
+    ),
+    (
+        "pgsplit_tls_handshakes_total",
+        'c',
+        "TLS handshakes with clients, by result.",
+    ),
+    (
+        "pgsplit_errors_total",
+        'c',
+        "Errors pgsplit reported to clients itself, by SQLSTATE class.",
+    ),
+    (
+        "pgsplit_retries_total",
+        'c',
+        "Reads retried on the primary after failing on a replica, by reason.",
+    ),
+    (
+        "pgsplit_fallbacks_total",
+        'c',
+        "Reads that wanted a replica but ran on the primary, by reason.",
+    ),
+    (
+        "pgsplit_server_up",
+        'g',
+        "1 when the server answered its last health probe.",
+    ),
+    (
+        "pgsplit_server_role",
+        'g',
+        "1 for the server's current role (primary or replica).",
+    ),
+    (
+        "pgsplit_server_usable",
+        'g',
+        "1 when a replica may take reads (healthy, within lag limits).",
+    ),
+    (
+        "pgsplit_server_lag_bytes",
+        'g',
+        "Replica replay position behind the primary's WAL position, in bytes.",
+    ),
+    (
+        "pgsplit_server_lag_seconds",
+        'g',
+        "How long ago the primary passed the replica's replay position, in seconds.",
+    ),
+    (
+        "pgsplit_server_probe_age_seconds",
+        'g',
+        "Seconds since the server last answered a health probe.",
+    ),
+    (
+        "pgsplit_server_connections",
+        'g',
+        "Pooled server connections, by server and state (idle, active).",
+    ),
+    ("pgsplit_build_info", 'g', "Build information; always 1."),
+];
+
+fn describe(recorder: &PrometheusRecorder) {
+    for (name, kind, help) in FAMILIES {
+        let key = metrics::KeyName::from_const_str(name);
+        let help = metrics::SharedString::const_str(help);
+        match kind {
+            'c' => recorder.describe_counter(key, None, help),
+            'h' => recorder.describe_histogram(key, None, help),
+            _ => recorder.describe_gauge(key, None, help),
+        }
+    }
+}
+
 pub struct Metrics {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
@@ -44,6 +156,9 @@ pub struct Metrics {
     checkout_seconds: Histogram,
     pub client_connections: Gauge,
     pub client_connections_total: Counter,
+    /// Server names rendered before: a server removed by a reload has its
+    /// gauges zeroed (the exporter cannot drop a series).
+    rendered: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 fn labels(pairs: &[(&'static str, String)]) -> Vec<Label> {
@@ -92,6 +207,7 @@ impl Metrics {
                 &META,
             )
             .set(1.0);
+        describe(&recorder);
         let m = Metrics {
             recorder,
             handle,
@@ -100,6 +216,7 @@ impl Metrics {
             checkout_seconds,
             client_connections,
             client_connections_total,
+            rendered: std::sync::Mutex::new(std::collections::HashSet::new()),
         };
         // Families that should exist (at zero) before their first event, so
         // dashboards and alerts see them from the start.
@@ -190,6 +307,22 @@ impl Metrics {
     /// Refreshes the per-server gauges from the health snapshot and the pools,
     /// then renders the Prometheus text exposition.
     pub fn render(&self, health: &HealthSnapshot, pools: &[(String, u32, u32)]) -> String {
+        {
+            let mut rendered = self.rendered.lock().unwrap_or_else(|p| p.into_inner());
+            let now: std::collections::HashSet<String> =
+                health.servers.iter().map(|s| s.name.clone()).collect();
+            for gone in rendered.difference(&now) {
+                let server = || vec![("server", gone.clone())];
+                self.gauge("pgsplit_server_up", &server()).set(0.0);
+                self.gauge("pgsplit_server_usable", &server()).set(0.0);
+                for role in [Role::Primary, Role::Replica] {
+                    let mut l = server();
+                    l.push(("role", role.as_str().into()));
+                    self.gauge("pgsplit_server_role", &l).set(0.0);
+                }
+            }
+            rendered.extend(now);
+        }
         for s in &health.servers {
             let server = || vec![("server", s.name.clone())];
             self.gauge("pgsplit_server_up", &server()).set(

@@ -38,7 +38,8 @@ impl Lsn {
         const SEGMENT: u64 = 16 << 20;
         let offset = self.0 % WAL_BLOCK;
         let page = self.0 - offset;
-        if (offset != 0 && offset <= SHORT_HEADER) || (offset == LONG_HEADER && page % SEGMENT == 0)
+        if (offset != 0 && offset <= SHORT_HEADER)
+            || (offset == LONG_HEADER && page.is_multiple_of(SEGMENT))
         {
             Lsn(page)
         } else {

@@ -108,10 +108,12 @@ impl CheckoutError {
 }
 
 type Key = (ServerId, String, String);
+/// A pool and the failure signal of its manager.
+type Entry = (bb8::Pool<ServerManager>, Arc<Failures>);
 
 pub struct Pools {
     config: Mutex<PoolConfig>,
-    pools: Mutex<HashMap<Key, (bb8::Pool<ServerManager>, Arc<Failures>)>>,
+    pools: Mutex<HashMap<Key, Entry>>,
 }
 
 impl Pools {
@@ -143,11 +145,7 @@ impl Pools {
         pools.retain(|(id, _, _), _| keep.contains(id));
     }
 
-    fn pool(
-        &self,
-        target: &Arc<ServerTarget>,
-        login: &Login,
-    ) -> (bb8::Pool<ServerManager>, Arc<Failures>) {
+    fn pool(&self, target: &Arc<ServerTarget>, login: &Login) -> Entry {
         let key = (target.id, login.user.clone(), login.database.clone());
         let config = self.config();
         let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
