@@ -69,6 +69,9 @@ pub struct ServerConn {
     pub prepared: HashMap<Bytes, u64>,
     /// Text hash of the unnamed statement last parsed here, if any.
     pub unnamed: Option<u64>,
+    /// Statements the client closed while this connection was not in use:
+    /// closed here ahead of the next unit it runs.
+    pub pending_close: Vec<Bytes>,
 }
 
 impl std::fmt::Debug for ServerConn {
@@ -160,6 +163,7 @@ impl ServerConn {
             broken: false,
             prepared: HashMap::new(),
             unnamed: None,
+            pending_close: Vec::new(),
         };
         let app = conn
             .target
@@ -465,6 +469,7 @@ impl ServerConn {
             Ok(Ok(())) => {
                 self.prepared.clear();
                 self.unnamed = None;
+                self.pending_close.clear();
                 Ok(())
             }
             Ok(Err(e)) | Err(e) => {
@@ -472,6 +477,16 @@ impl ServerConn {
                 Err(e)
             }
         }
+    }
+
+    /// Cheap check, no round trip: idle, nothing unread, and the socket has
+    /// neither data nor end-of-stream waiting.
+    pub fn is_idle_and_open(&mut self) -> bool {
+        if self.broken || self.status != TxStatus::Idle || !self.rbuf.is_empty() {
+            return false;
+        }
+        let mut probe = [0u8; 1];
+        matches!(self.stream.tcp().try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
     }
 
     pub async fn terminate(mut self) {

@@ -11,7 +11,6 @@ use thiserror::Error;
 use super::BackendError;
 use super::conn::{Login, ServerConn, ServerId, ServerTarget};
 use crate::config::PoolConfig;
-use crate::protocol::TxStatus;
 
 pub struct ServerManager {
     target: Arc<ServerTarget>,
@@ -49,16 +48,11 @@ impl bb8::ManageConnection for ServerManager {
     /// the socket or sent something unprompted (e.g. "terminating connection due
     /// to administrator command") while the connection sat idle.
     async fn is_valid(&self, conn: &mut ServerConn) -> Result<(), BackendError> {
-        if conn.broken || conn.status != TxStatus::Idle || !conn.rbuf.is_empty() {
-            return Err(BackendError::Closed(conn.target.name.clone()));
-        }
-        let mut probe = [0u8; 1];
-        match conn.stream.tcp().try_read(&mut probe) {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
-            _ => {
-                conn.broken = true;
-                Err(BackendError::Closed(conn.target.name.clone()))
-            }
+        if conn.is_idle_and_open() {
+            Ok(())
+        } else {
+            conn.broken = true;
+            Err(BackendError::Closed(conn.target.name.clone()))
         }
     }
 

@@ -32,6 +32,15 @@ pub struct Expect {
     close: VecDeque<bool>,
 }
 
+/// Closes, ahead of a unit, the statements the client closed earlier while
+/// `conn` was not in use.
+pub fn stage_pending_closes(conn: &mut ServerConn, out: &mut BytesMut, exp: &mut Expect) {
+    for name in conn.pending_close.drain(..) {
+        out.extend_from_slice(&build::close_statement(&name));
+        exp.close.push_back(true);
+    }
+}
+
 /// Appends `frame` to `out` for `conn`, adding what the connection lacks.
 pub fn stage(
     frame: &Frame,
@@ -314,6 +323,14 @@ pub async fn relay(
                             discarding = true;
                             out.retry_conflict = true;
                         }
+                        // The replica is shutting down or restarting: its
+                        // connection closes next, and the read is retried.
+                        if mode.retry_conflict
+                            && !replied
+                            && matches!(code.as_str(), "57P01" | "57P02" | "57P03")
+                        {
+                            discarding = true;
+                        }
                         out.error = Some(code);
                     }
                     copy_in = false;
@@ -347,12 +364,18 @@ pub async fn relay(
                 _ => {}
             }
             swallow |= discarding;
-            if !swallow {
+            // Notices, notifications and parameter changes are not a reply to
+            // the unit: a read may still be retried elsewhere after them.
+            let asynchronous = matches!(
+                header.tag,
+                tag::backend::NOTICE_RESPONSE | tag::backend::PARAMETER_STATUS | b'A'
+            );
+            if !swallow && !asynchronous {
                 replied = true;
             }
             if swallow {
                 if start < pos {
-                    let r = write_client(io, &conn.rbuf[start..pos], &mut out).await;
+                    let r = write_client(io, &conn.rbuf[start..pos], &mut out, replied).await;
                     client_write(r, conn)?;
                 }
                 start = end;
@@ -360,7 +383,7 @@ pub async fn relay(
             pos = end;
         }
         if start < pos {
-            let r = write_client(io, &conn.rbuf[start..pos], &mut out).await;
+            let r = write_client(io, &conn.rbuf[start..pos], &mut out, replied).await;
             client_write(r, conn)?;
         }
         conn.rbuf.advance(pos);
@@ -422,12 +445,15 @@ fn server_read(r: Result<usize, BackendError>, out: &Outcome) -> Result<(), Rela
     })
 }
 
+/// Writes relayed bytes; `replied` says whether they include a real reply
+/// (after which the unit can no longer be retried elsewhere).
 async fn write_client(
     io: &mut ClientIo,
     bytes: &[u8],
     out: &mut Outcome,
+    replied: bool,
 ) -> Result<(), ClientError> {
-    out.sent_to_client = true;
+    out.sent_to_client |= replied;
     io.write(bytes).await
 }
 

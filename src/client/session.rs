@@ -218,6 +218,18 @@ impl Session {
 
     /// A connection to server `id` carrying every session change so far.
     async fn attach(&mut self, id: ServerId) -> Result<usize, ClientError> {
+        // A held connection the server closed (or spoke on unprompted, e.g. a
+        // shutdown notice) while the session was idle is replaced, unless it
+        // runs the open transaction or the session's LISTEN.
+        if let Some(i) = self.conns.iter().position(|h| h.conn.target.id == id)
+            && self.st.txn != Some(id)
+            && self.listen_conn != Some(id)
+            && !self.conns[i].conn.is_idle_and_open()
+        {
+            tracing::debug!(server = %self.conns[i].conn.target.name, "held server connection went away; replacing it");
+            self.conns[i].conn.broken = true;
+            self.conns.swap_remove(i);
+        }
         let index = match self.conns.iter().position(|h| h.conn.target.id == id) {
             Some(i) => i,
             None => {
@@ -442,8 +454,46 @@ impl Session {
         self.io.write(&msg).await
     }
 
+    /// A unit of only Close/Sync/Flush outside a transaction (drivers send one
+    /// whenever they drop a prepared statement) needs no server: the replies
+    /// are composed here, and the statement is closed on each connection that
+    /// has it ahead of that connection's next unit. This keeps such units
+    /// working while there is no primary, and saves a round trip.
+    async fn answer_closes_locally(&mut self, unit: &Unit) -> Result<bool, ClientError> {
+        let statement_free = unit
+            .frames
+            .iter()
+            .all(|f| matches!(f.tag, tag::CLOSE | tag::SYNC | tag::FLUSH));
+        if !unit.complete || self.st.txn.is_some() || !statement_free {
+            return Ok(false);
+        }
+        let mut reply = BytesMut::new();
+        for frame in &unit.frames {
+            match frame.tag {
+                tag::CLOSE => {
+                    let (kind, name) = crate::protocol::fields::target(frame.body(), "Close")?;
+                    if kind == b'S' {
+                        for held in &mut self.conns {
+                            let conn = &mut held.conn;
+                            if name.is_empty() {
+                                conn.unnamed = None;
+                            } else if let Some((key, _)) = conn.prepared.remove_entry(name) {
+                                conn.pending_close.push(key);
+                            }
+                        }
+                    }
+                    reply.extend_from_slice(&build::close_complete());
+                }
+                tag::SYNC => reply.extend_from_slice(&build::ready_for_query(TxStatus::Idle)),
+                _ => {}
+            }
+        }
+        self.io.write(&reply).await?;
+        Ok(true)
+    }
+
     async fn run_unit(&mut self, unit: Unit) -> Result<(), ClientError> {
-        if self.set_route_locally(&unit).await? {
+        if self.set_route_locally(&unit).await? || self.answer_closes_locally(&unit).await? {
             return Ok(());
         }
         let mut retried = false;
@@ -595,6 +645,7 @@ impl Session {
         let conn = &mut conns[index].conn;
         let mut exp = Expect::default();
         let mut out = BytesMut::with_capacity(unit.bytes + 64);
+        relay::stage_pending_closes(conn, &mut out, &mut exp);
         for frame in &unit.frames {
             relay::stage(frame, st, conn, &mut out, &mut exp)
                 .map_err(|e| RelayError::Client(e.into()))?;

@@ -147,6 +147,10 @@ pub fn backend_key_data(pid: i32, secret: i32) -> Bytes {
     })
 }
 
+pub fn close_complete() -> Bytes {
+    tagged(b'3', |_| {})
+}
+
 pub fn command_complete(tag: &str) -> Bytes {
     tagged(b'C', |b| cstr(b, tag.as_bytes()))
 }

@@ -1,0 +1,520 @@
+//! DESIGN.md section 3 "Consistency" against a real primary and streaming replica:
+//! lag limits (time and bytes) and read-your-writes in its three scopes, with replay
+//! paused on the replica so that lag is real. Every test starts its own cluster: they
+//! pause and resume replay, which would disturb each other on a shared one.
+//!
+//! `measure_read_your_writes_cost` is a measurement, not a check; run it with
+//! `cargo test --release --test consistency -- --ignored --nocapture`.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{Proxy, connect, server_port};
+use pgsplit::backend::health::{Role, ServerHealth};
+use pgsplit::cluster::{Cluster, ClusterOptions, Node};
+use tokio_postgres::Client;
+
+/// Runs a blocking `Cluster` call off the runtime's threads.
+async fn blocking<R: Send + 'static>(
+    c: &Arc<Cluster>,
+    f: impl FnOnce(&Cluster) -> R + Send + 'static,
+) -> R {
+    let c = c.clone();
+    tokio::task::spawn_blocking(move || f(&c))
+        .await
+        .expect("blocking cluster call panicked")
+}
+
+async fn own_cluster() -> Arc<Cluster> {
+    let c = tokio::task::spawn_blocking(|| Cluster::start(ClusterOptions::default()))
+        .await
+        .expect("cluster start panicked")
+        .unwrap_or_else(|e| panic!("could not start a PostgreSQL cluster: {e}"));
+    Arc::new(c)
+}
+
+/// Polls `check` every 20ms until it holds; returns how long that took, or `None`
+/// after `timeout`.
+async fn poll_until<F, Fut>(timeout: Duration, mut check: F) -> Option<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if check().await {
+            return Some(start.elapsed());
+        }
+        if start.elapsed() > timeout {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The health of the server listening on `port`, as pgsplit sees it now.
+fn health_of(proxy: &Proxy, port: u16) -> ServerHealth {
+    let suffix = format!(":{port}");
+    proxy
+        .ctx
+        .health
+        .get()
+        .servers
+        .iter()
+        .find(|s| s.name.ends_with(&suffix))
+        .cloned()
+        .unwrap_or_else(|| panic!("no server on port {port} in the health snapshot"))
+}
+
+/// A direct connection to the primary as the application role.
+async fn primary_client(c: &Cluster) -> Client {
+    connect(&c.url(Node::Primary)).await
+}
+
+/// Keeps writing small rows to `table` directly on the primary until the flag is
+/// cleared, so that the primary's WAL position keeps moving.
+fn spawn_writer(
+    c: &Cluster,
+    table: &'static str,
+) -> (Arc<AtomicBool>, tokio::task::JoinHandle<u64>) {
+    let url = c.url(Node::Primary);
+    let running = Arc::new(AtomicBool::new(true));
+    let flag = running.clone();
+    let task = tokio::spawn(async move {
+        let client = connect(&url).await;
+        let mut n = 0u64;
+        while flag.load(Ordering::Acquire) {
+            client
+                .execute(&format!("INSERT INTO {table} (v) VALUES ('w')"), &[])
+                .await
+                .unwrap_or_else(|e| panic!("direct write to the primary: {e}"));
+            n += 1;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        n
+    });
+    (running, task)
+}
+
+/// Read-your-writes off: these tests are about lag limits alone, and no floor may
+/// keep reads off the replica for another reason.
+const LAG_CONFIG: &str =
+    "[routing]\nhealth_interval = \"100ms\"\nmax_lag = \"500ms\"\nread_your_writes = \"off\"\n";
+const INTERVAL: Duration = Duration::from_millis(100);
+const MAX_LAG: Duration = Duration::from_millis(500);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lagging_replica_loses_reads_past_max_lag_and_regains_them_after_catch_up() {
+    let c = own_cluster().await;
+    let (primary, replica) = (c.port(Node::Primary), c.port(Node::Replica));
+    primary_client(&c)
+        .await
+        .batch_execute("CREATE TABLE lag_t (id serial primary key, v text)")
+        .await
+        .unwrap();
+    blocking(&c, |c| c.wait_caught_up()).await.unwrap();
+    let proxy = Proxy::start(&c, LAG_CONFIG).await;
+    let client = connect(&proxy.url(&c)).await;
+    assert_eq!(server_port(&client).await, replica);
+
+    // An idle primary does not make the replica's time lag grow: well past max_lag
+    // with no writes, the replica still serves reads.
+    tokio::time::sleep(MAX_LAG * 3).await;
+    let h = health_of(&proxy, replica);
+    assert!(
+        h.usable && !h.lagging && h.lag.is_some_and(|l| l < MAX_LAG),
+        "idle primary: replica should stay usable: {h:?}"
+    );
+    assert_eq!(server_port(&client).await, replica);
+
+    blocking(&c, |c| c.pause_replay()).await.unwrap();
+    let (running, writer) = spawn_writer(&c, "lag_t");
+    // Lag counts from the writer's first commit at the earliest, which comes
+    // after this poll starts.
+    let switched = poll_until(Duration::from_secs(10), || async {
+        server_port(&client).await == primary
+    })
+    .await;
+    let h = health_of(&proxy, replica);
+    let Some(switched) = switched else {
+        panic!("replica with replay paused still gets reads after 10s: {h:?}");
+    };
+    eprintln!(
+        "lag: reads left the paused replica {switched:?} after writes started (max_lag \
+         {MAX_LAG:?}, health_interval {INTERVAL:?}); replica lag then {:?}",
+        h.lag
+    );
+    assert_eq!(h.role, Role::Replica, "{h:?}");
+    assert!(h.lagging && !h.usable, "snapshot should say lagging: {h:?}");
+    assert!(h.lag.is_some_and(|l| l > MAX_LAG), "{h:?}");
+    // Time lag counts from when the primary moved past the replay position, so the
+    // switch cannot come before max_lag; it should come about one interval after.
+    assert!(
+        switched >= MAX_LAG - INTERVAL,
+        "reads left the replica after {switched:?}, before max_lag {MAX_LAG:?} could be exceeded"
+    );
+    assert!(
+        switched <= MAX_LAG + Duration::from_millis(1500),
+        "reads left the replica only after {switched:?} (max_lag {MAX_LAG:?})"
+    );
+    // Reads keep going to the primary while the replica lags.
+    for _ in 0..5 {
+        assert_eq!(server_port(&client).await, primary);
+    }
+
+    running.store(false, Ordering::Release);
+    let writes = writer.await.unwrap();
+    assert!(writes > 0);
+    blocking(&c, |c| c.resume_replay()).await.unwrap();
+    let back = poll_until(Duration::from_secs(10), || async {
+        server_port(&client).await == replica
+    })
+    .await;
+    let h = health_of(&proxy, replica);
+    let Some(back) = back else {
+        panic!("replica never got reads back after replay resumed: {h:?}");
+    };
+    eprintln!("lag: reads returned to the replica {back:?} after replay resumed");
+    assert!(h.usable && !h.lagging, "{h:?}");
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_over_max_lag_bytes_loses_reads_and_regains_them() {
+    let c = own_cluster().await;
+    let (primary, replica) = (c.port(Node::Primary), c.port(Node::Replica));
+    let direct = primary_client(&c).await;
+    direct
+        .batch_execute("CREATE TABLE lag_bytes_t (id serial primary key, v text)")
+        .await
+        .unwrap();
+    blocking(&c, |c| c.wait_caught_up()).await.unwrap();
+    // Time lag out of the way: only bytes count here.
+    let proxy = Proxy::start(
+        &c,
+        "[routing]\nhealth_interval = \"100ms\"\nmax_lag = \"1h\"\nmax_lag_bytes = \"1MB\"\n\
+         read_your_writes = \"off\"\n",
+    )
+    .await;
+    let client = connect(&proxy.url(&c)).await;
+    assert_eq!(server_port(&client).await, replica);
+
+    blocking(&c, |c| c.pause_replay()).await.unwrap();
+    // About 4MB of WAL, directly on the primary (no read-your-writes floor).
+    direct
+        .batch_execute(
+            "INSERT INTO lag_bytes_t (v) SELECT repeat('x', 1000) FROM generate_series(1, 4000)",
+        )
+        .await
+        .unwrap();
+    let switched = poll_until(Duration::from_secs(10), || async {
+        server_port(&client).await == primary
+    })
+    .await;
+    let h = health_of(&proxy, replica);
+    assert!(
+        switched.is_some(),
+        "replica 4MB behind (max_lag_bytes 1MB) still gets reads: {h:?}"
+    );
+    assert!(h.lagging && !h.usable, "{h:?}");
+    assert!(h.lag_bytes.is_some_and(|b| b > 1 << 20), "{h:?}");
+
+    blocking(&c, |c| c.resume_replay()).await.unwrap();
+    let back = poll_until(Duration::from_secs(10), || async {
+        server_port(&client).await == replica
+    })
+    .await;
+    let h = health_of(&proxy, replica);
+    assert!(back.is_some(), "replica never got reads back: {h:?}");
+    assert!(h.usable && !h.lagging, "{h:?}");
+    proxy.stop().await;
+}
+
+// ----- read-your-writes -----
+
+/// Lag limits high enough that a paused replica stays usable: only the
+/// read-your-writes floor keeps reads off it.
+fn ryw_config(scope: &str) -> String {
+    format!(
+        "[routing]\nhealth_interval = \"100ms\"\nmax_lag = \"1h\"\nmax_lag_bytes = \"10GB\"\n\
+         read_your_writes = \"{scope}\"\n"
+    )
+}
+
+/// Whether row `id` is visible to `client`, and which server answered.
+async fn sees(client: &Client, id: i32) -> (bool, u16) {
+    let row = client
+        .query_one(
+            "SELECT count(*)::int, inet_server_port() FROM ryw WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("read of row {id}: {e}"));
+    let n: i32 = row.get(0);
+    let port: i32 = row.get(1);
+    (n == 1, u16::try_from(port).unwrap_or(0))
+}
+
+/// Where reads are expected to go right after a write, with replay paused.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Expect {
+    /// To the primary: the write is visible.
+    Primary,
+    /// To the paused replica: the write is not visible yet.
+    Replica,
+}
+
+/// With replay paused: session `a` writes (autocommit, then an explicit
+/// transaction); `a`, an older session `b` and a new session `fresh` read at once.
+async fn ryw_scenario(scope: &str, same: Expect, others: Expect) {
+    let c = own_cluster().await;
+    let (primary, replica) = (c.port(Node::Primary), c.port(Node::Replica));
+    primary_client(&c)
+        .await
+        .batch_execute("CREATE TABLE ryw (id int primary key, v text)")
+        .await
+        .unwrap();
+    blocking(&c, |c| c.wait_caught_up()).await.unwrap();
+    let proxy = Proxy::start(&c, &ryw_config(scope)).await;
+    let a = connect(&proxy.url(&c)).await;
+    let b = connect(&proxy.url(&c)).await;
+    assert_eq!(server_port(&a).await, replica);
+    assert_eq!(server_port(&b).await, replica);
+
+    blocking(&c, |c| c.pause_replay()).await.unwrap();
+    let port_for = |e: Expect| {
+        if e == Expect::Primary {
+            primary
+        } else {
+            replica
+        }
+    };
+
+    // Autocommit write, read at once.
+    a.execute("INSERT INTO ryw VALUES (1, 'mine')", &[])
+        .await
+        .unwrap();
+    let (seen, port) = sees(&a, 1).await;
+    assert_eq!(
+        (seen, port),
+        (same == Expect::Primary, port_for(same)),
+        "read_your_writes = {scope}: the writing session's own read (port {port}; primary \
+         {primary}, replica {replica})"
+    );
+    let (seen, port) = sees(&b, 1).await;
+    assert_eq!(
+        (seen, port),
+        (others == Expect::Primary, port_for(others)),
+        "read_your_writes = {scope}: another session's read (port {port}; primary {primary}, \
+         replica {replica})"
+    );
+    let fresh = connect(&proxy.url(&c)).await;
+    let (seen, port) = sees(&fresh, 1).await;
+    assert_eq!(
+        (seen, port),
+        (others == Expect::Primary, port_for(others)),
+        "read_your_writes = {scope}: a session opened after the write"
+    );
+
+    // A write committed by an explicit transaction sets the floor too.
+    let mut a = a;
+    let txn = a.transaction().await.unwrap();
+    txn.execute("INSERT INTO ryw VALUES (2, 'in a transaction')", &[])
+        .await
+        .unwrap();
+    txn.commit().await.unwrap();
+    let (seen, port) = sees(&a, 2).await;
+    assert_eq!(
+        (seen, port),
+        (same == Expect::Primary, port_for(same)),
+        "read_your_writes = {scope}: own read after COMMIT"
+    );
+    let (seen, port) = sees(&b, 2).await;
+    assert_eq!(
+        (seen, port),
+        (others == Expect::Primary, port_for(others)),
+        "read_your_writes = {scope}: another session's read after COMMIT"
+    );
+
+    // With replay running again, the replica passes the floor and gets reads back.
+    blocking(&c, |c| c.resume_replay()).await.unwrap();
+    blocking(&c, |c| c.wait_caught_up()).await.unwrap();
+    for (name, client) in [("writer", &a), ("other", &b), ("new", &fresh)] {
+        let back = poll_until(Duration::from_secs(10), || async {
+            server_port(client).await == replica
+        })
+        .await;
+        assert!(
+            back.is_some(),
+            "read_your_writes = {scope}: {name} session's reads never returned to the \
+             caught-up replica: {:?}",
+            health_of(&proxy, replica)
+        );
+        assert_eq!(sees(client, 1).await, (true, replica));
+        assert_eq!(sees(client, 2).await, (true, replica));
+    }
+    proxy.stop().await;
+}
+
+/// A session that never wrote has no floor of its own, and with `pod` the floor
+/// only moves on writes through pgsplit: a write made directly on the primary,
+/// with replay paused, must not keep pgsplit's readers off the replica. The reader
+/// uses tokio-postgres, whose dropped statements send `Close` + `Sync` units: those
+/// are not committed writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statement_closes_of_a_reading_session_do_not_raise_the_floor() {
+    let c = own_cluster().await;
+    let replica = c.port(Node::Replica);
+    let direct = primary_client(&c).await;
+    direct
+        .batch_execute("CREATE TABLE ryw (id int primary key, v text)")
+        .await
+        .unwrap();
+    blocking(&c, |c| c.wait_caught_up()).await.unwrap();
+    let proxy = Proxy::start(&c, &ryw_config("pod")).await;
+    let reader = connect(&proxy.url(&c)).await;
+    assert_eq!(server_port(&reader).await, replica);
+
+    blocking(&c, |c| c.pause_replay()).await.unwrap();
+    direct
+        .execute("INSERT INTO ryw VALUES (1, 'not through pgsplit')", &[])
+        .await
+        .unwrap();
+    // Let the monitor see the primary move past the paused replica.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for i in 0..5 {
+        // Each call prepares a statement and drops it (Close + Sync).
+        let (seen, port) = sees(&reader, 1).await;
+        assert_eq!(
+            (seen, port),
+            (false, replica),
+            "read {i} of a session that never wrote left the replica: pod floor {}, \
+             replica {:?}",
+            proxy.ctx.pod_floor.load(Ordering::Acquire),
+            health_of(&proxy, replica)
+        );
+    }
+    blocking(&c, |c| c.resume_replay()).await.unwrap();
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_your_writes_pod_every_session_reads_the_write_at_once() {
+    ryw_scenario("pod", Expect::Primary, Expect::Primary).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_your_writes_session_only_the_writing_session_is_held_to_it() {
+    ryw_scenario("session", Expect::Primary, Expect::Replica).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_your_writes_off_reads_stay_on_the_paused_replica() {
+    ryw_scenario("off", Expect::Replica, Expect::Replica).await;
+}
+
+// ----- measurement -----
+
+/// `tps = N (without initial connection time)` from pgbench's report.
+fn parse_tps(out: &str) -> Option<f64> {
+    out.lines()
+        .find(|l| l.starts_with("tps = ") && l.contains("without initial connection time"))
+        .and_then(|l| l["tps = ".len()..].split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+}
+
+async fn pgbench(c: &Cluster, port: u16, args: &[&str]) -> String {
+    let out = tokio::process::Command::new(c.bindir().join("pgbench"))
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", c.user()])
+        .args(args)
+        .arg(pgsplit::cluster::DATABASE)
+        .env("PGPASSWORD", c.password())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("run pgbench");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success(),
+        "pgbench {args:?} failed: {}\n{stdout}\n{stderr}",
+        out.status
+    );
+    stdout
+}
+
+const BENCH: &[&str] = &["-M", "extended", "-c", "8", "-j", "2", "-T", "10", "-n"];
+
+async fn bench_through_pgsplit(c: &Arc<Cluster>, scope: &str) -> f64 {
+    let proxy = Proxy::start(c, &format!("[routing]\nread_your_writes = \"{scope}\"\n")).await;
+    let out = pgbench(c, proxy.addr.port(), BENCH).await;
+    proxy.stop().await;
+    parse_tps(&out).unwrap_or_else(|| panic!("no tps in pgbench output:\n{out}"))
+}
+
+/// Brings the tables pgbench updates back to a like state before each run, and
+/// lets the replica catch up, so that runs compare.
+async fn settle(c: &Arc<Cluster>) {
+    blocking(c, |c| {
+        for sql in [
+            "TRUNCATE pgbench_history",
+            "VACUUM pgbench_branches",
+            "VACUUM pgbench_tellers",
+            "VACUUM pgbench_accounts",
+            "CHECKPOINT",
+        ] {
+            c.psql(Node::Primary, pgsplit::cluster::DATABASE, sql)?;
+        }
+        c.wait_caught_up()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("settling between pgbench runs: {e}"));
+}
+
+fn mean(xs: &[f64]) -> f64 {
+    xs.iter().sum::<f64>() / xs.len().max(1) as f64
+}
+
+/// The cost of read-your-writes on pgbench's TPC-B-like (write-heavy) script: one
+/// extra round trip (`pg_current_wal_insert_lsn()`) after every committed write.
+/// Runs alternate (pod, off, off, pod, pod, off) so that drift over the runs
+/// (table growth, checkpoints) falls on both alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement: cargo test --release --test consistency -- --ignored --nocapture"]
+async fn measure_read_your_writes_cost() {
+    let c = own_cluster().await;
+    let primary = c.port(Node::Primary);
+    // Scale 8: one branch row per client, so that the run measures pgsplit rather
+    // than contention on pgbench_branches.
+    pgbench(&c, primary, &["-i", "-q", "-s", "8"]).await;
+    settle(&c).await;
+    let direct = parse_tps(&pgbench(&c, primary, BENCH).await).expect("tps");
+
+    let (mut pod, mut off) = (Vec::new(), Vec::new());
+    for scope in ["pod", "off", "off", "pod", "pod", "off"] {
+        settle(&c).await;
+        let tps = bench_through_pgsplit(&c, scope).await;
+        eprintln!("  run read_your_writes={scope}: {tps:.0} tps");
+        if scope == "pod" {
+            pod.push(tps);
+        } else {
+            off.push(tps);
+        }
+    }
+    let (pod_mean, off_mean) = (mean(&pod), mean(&off));
+    eprintln!(
+        "read-your-writes cost (pgbench TPC-B-like, -M extended, 8 clients, 10s per run, \
+         scale 8, 3 runs each):"
+    );
+    eprintln!("  direct to the primary:          {direct:.0} tps");
+    eprintln!("  pgsplit read_your_writes=pod:   {pod_mean:.0} tps (runs {pod:.0?})");
+    eprintln!("  pgsplit read_your_writes=off:   {off_mean:.0} tps (runs {off:.0?})");
+    eprintln!(
+        "  pod/off = {:.3} ({:+.1}% throughput with read-your-writes)",
+        pod_mean / off_mean,
+        (pod_mean / off_mean - 1.0) * 100.0
+    );
+}
