@@ -10,64 +10,13 @@ mod common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::own::{blocking, health_of, own_cluster, poll_until};
 use common::{Proxy, connect, server_port};
-use pgsplit::backend::health::{Role, ServerHealth};
-use pgsplit::cluster::{Cluster, ClusterOptions, Node};
+use pgsplit::backend::health::Role;
+use pgsplit::cluster::{Cluster, Node};
 use tokio_postgres::Client;
-
-/// Runs a blocking `Cluster` call off the runtime's threads.
-async fn blocking<R: Send + 'static>(
-    c: &Arc<Cluster>,
-    f: impl FnOnce(&Cluster) -> R + Send + 'static,
-) -> R {
-    let c = c.clone();
-    tokio::task::spawn_blocking(move || f(&c))
-        .await
-        .expect("blocking cluster call panicked")
-}
-
-async fn own_cluster() -> Arc<Cluster> {
-    let c = tokio::task::spawn_blocking(|| Cluster::start(ClusterOptions::default()))
-        .await
-        .expect("cluster start panicked")
-        .unwrap_or_else(|e| panic!("could not start a PostgreSQL cluster: {e}"));
-    Arc::new(c)
-}
-
-/// Polls `check` every 20ms until it holds; returns how long that took, or `None`
-/// after `timeout`.
-async fn poll_until<F, Fut>(timeout: Duration, mut check: F) -> Option<Duration>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    loop {
-        if check().await {
-            return Some(start.elapsed());
-        }
-        if start.elapsed() > timeout {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// The health of the server listening on `port`, as pgsplit sees it now.
-fn health_of(proxy: &Proxy, port: u16) -> ServerHealth {
-    let suffix = format!(":{port}");
-    proxy
-        .ctx
-        .health
-        .get()
-        .servers
-        .iter()
-        .find(|s| s.name.ends_with(&suffix))
-        .cloned()
-        .unwrap_or_else(|| panic!("no server on port {port} in the health snapshot"))
-}
 
 /// A direct connection to the primary as the application role.
 async fn primary_client(c: &Cluster) -> Client {

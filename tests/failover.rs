@@ -8,63 +8,12 @@ mod common;
 use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
+use common::own::{blocking, health_of, own_cluster, poll_until};
 use common::{Proxy, connect, server_port};
-use pgsplit::backend::health::{PrimaryState, Role, ServerHealth};
-use pgsplit::cluster::{Cluster, ClusterOptions, Node};
+use pgsplit::backend::health::{PrimaryState, Role};
+use pgsplit::cluster::Node;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
-
-/// Runs a blocking `Cluster` call off the runtime's threads.
-async fn blocking<R: Send + 'static>(
-    c: &Arc<Cluster>,
-    f: impl FnOnce(&Cluster) -> R + Send + 'static,
-) -> R {
-    let c = c.clone();
-    tokio::task::spawn_blocking(move || f(&c))
-        .await
-        .expect("blocking cluster call panicked")
-}
-
-async fn own_cluster() -> Arc<Cluster> {
-    let c = tokio::task::spawn_blocking(|| Cluster::start(ClusterOptions::default()))
-        .await
-        .expect("cluster start panicked")
-        .unwrap_or_else(|e| panic!("could not start a PostgreSQL cluster: {e}"));
-    Arc::new(c)
-}
-
-/// Polls `check` every 10ms until it holds; returns how long that took, or `None`
-/// after `timeout`.
-async fn poll_until<F, Fut>(timeout: Duration, mut check: F) -> Option<Duration>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    loop {
-        if check().await {
-            return Some(start.elapsed());
-        }
-        if start.elapsed() > timeout {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// The health of the server listening on `port`, as pgsplit sees it now.
-fn health_of(proxy: &Proxy, port: u16) -> ServerHealth {
-    let suffix = format!(":{port}");
-    proxy
-        .ctx
-        .health
-        .get()
-        .servers
-        .iter()
-        .find(|s| s.name.ends_with(&suffix))
-        .cloned()
-        .unwrap_or_else(|| panic!("no server on port {port} in the health snapshot"))
-}
 
 fn primary_state(proxy: &Proxy) -> PrimaryState {
     proxy.ctx.health.get().primary

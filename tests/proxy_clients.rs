@@ -256,6 +256,27 @@ async fn psql_copy_in_and_out() {
     )
     .await;
     assert_eq!(out, "piped one\npiped two");
+
+    // A bad row early in a long COPY: the server fails it while psql is still
+    // sending; the rest of psql's data is ignored and the session goes on.
+    let mut data = b"3001,ok\nnot a number,bad\n".to_vec();
+    for i in 0..50_000 {
+        data.extend_from_slice(format!("{},filler\n", 10_000 + i).as_bytes());
+    }
+    data.extend_from_slice(b"\\.\n");
+    let out = psql(
+        c,
+        &proxy,
+        &[
+            "COPY cli_copy FROM STDIN WITH (FORMAT csv)",
+            "SELECT 'after ' || count(*) FROM cli_copy WHERE id >= 3000",
+        ],
+        Some(&data),
+    )
+    .await;
+    let (stdout, stderr) = text(&out);
+    assert!(stderr.contains("invalid input syntax"), "stderr: {stderr}");
+    assert_eq!(stdout.trim(), "after 0", "stderr: {stderr}");
     proxy.stop().await;
 }
 

@@ -1271,13 +1271,17 @@ async fn copy_in_with_bad_data_fails_and_the_session_continues() {
     .await;
     let proxy = start(c, "").await;
     let client = connect(&proxy.url(c)).await;
+
+    // The client ends the COPY with CopyDone after the server has already
+    // reported the bad row: PostgreSQL ignores the late CopyDone and answers
+    // at the Sync. The pause makes the error arrive first every time.
     let sink = client
         .copy_in("COPY ext_copy_bad FROM STDIN")
         .await
         .expect("COPY FROM STDIN");
     let mut sink = Box::pin(sink);
-    // The server may report the error as soon as it sees the bad row, or at the end.
     let sent = sink.send(Bytes::from_static(b"1\nnot a number\n3\n")).await;
+    sleep(Duration::from_millis(500)).await;
     let err = match sent {
         Err(e) => e,
         Ok(()) => sink
@@ -1287,16 +1291,65 @@ async fn copy_in_with_bad_data_fails_and_the_session_continues() {
             .expect_err("bad COPY data must fail"),
     };
     assert_eq!(sqlstate(&err), Some("22P02"), "{err}");
+    assert!(
+        [primary(c), replica(c)].contains(&server_port(&client).await),
+        "session after a late CopyDone"
+    );
+
     assert_eq!(
         count_on_primary(c, "SELECT count(*) FROM ext_copy_bad").await,
         0
     );
-    assert!([primary(c), replica(c)].contains(&server_port(&client).await));
     let n = client
         .execute("INSERT INTO ext_copy_bad VALUES (9)", &[])
         .await
         .expect("write after a failed COPY");
     assert_eq!(n, 1);
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_in_aborted_by_copy_fail_after_an_error_and_the_session_continues() {
+    let c = cluster();
+    setup(
+        c,
+        "DROP TABLE IF EXISTS ext_copy_fail; CREATE TABLE ext_copy_fail (id int)",
+    )
+    .await;
+    let proxy = start(c, "").await;
+    let client = connect(&proxy.url(c)).await;
+    // tokio-postgres sends CopyFail (then Sync) when the sink is dropped
+    // unfinished; here the server has already rejected the data by then.
+    let sink = client
+        .copy_in("COPY ext_copy_fail FROM STDIN")
+        .await
+        .expect("COPY FROM STDIN");
+    let mut sink = Box::pin(sink);
+    let _ = sink.send(Bytes::from_static(b"x\n")).await;
+    sleep(Duration::from_millis(500)).await;
+    drop(sink);
+    assert!(
+        [primary(c), replica(c)].contains(&server_port(&client).await),
+        "session after a late CopyFail"
+    );
+    // And CopyFail while the COPY is still healthy: the server aborts it.
+    let sink = client
+        .copy_in("COPY ext_copy_fail FROM STDIN")
+        .await
+        .expect("COPY FROM STDIN");
+    let mut sink = Box::pin(sink);
+    sink.send(Bytes::from_static(b"1\n2\n"))
+        .await
+        .expect("good rows");
+    drop(sink);
+    assert!(
+        [primary(c), replica(c)].contains(&server_port(&client).await),
+        "session after CopyFail"
+    );
+    assert_eq!(
+        count_on_primary(c, "SELECT count(*) FROM ext_copy_fail").await,
+        0
+    );
     proxy.stop().await;
 }
 
@@ -1720,5 +1773,144 @@ async fn statements_that_write_nothing_do_not_keep_reads_off_the_replica() {
             "other client, read {i}"
         );
     }
+    proxy.stop().await;
+}
+
+// ----- more of the routing contract -----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_that_look_like_reads_but_write_go_to_the_primary() {
+    let c = cluster();
+    setup(
+        c,
+        "DROP TABLE IF EXISTS ext_select_into; DROP TABLE IF EXISTS ext_explain; \
+         CREATE TABLE ext_explain (id int)",
+    )
+    .await;
+    let proxy = start(c, "").await;
+    let client = connect(&proxy.url(c)).await;
+    read_on_replica(c, &client, "SELECT inet_server_port()").await;
+    // Each of these fails with 25006 on a hot standby.
+    client
+        .batch_execute("SELECT 1 AS x INTO ext_select_into")
+        .await
+        .expect("SELECT INTO");
+    client
+        .batch_execute("EXPLAIN ANALYZE INSERT INTO ext_explain VALUES (1)")
+        .await
+        .expect("EXPLAIN ANALYZE of an INSERT");
+    client
+        .batch_execute("PREPARE ext_sql_prep AS SELECT inet_server_port()")
+        .await
+        .expect("SQL PREPARE");
+    let msgs = client
+        .simple_query("EXECUTE ext_sql_prep")
+        .await
+        .expect("SQL EXECUTE");
+    assert_eq!(simple_rows(&msgs), vec![vec![Some(primary(c).to_string())]]);
+    assert_eq!(
+        count_on_primary(c, "SELECT count(*) FROM ext_select_into").await,
+        1
+    );
+    assert_eq!(
+        count_on_primary(c, "SELECT count(*) FROM ext_explain").await,
+        1
+    );
+    // EXPLAIN without ANALYZE of a read is a read, and works wherever it runs.
+    let msgs = client
+        .simple_query("EXPLAIN SELECT * FROM ext_explain")
+        .await
+        .expect("EXPLAIN");
+    assert!(!simple_rows(&msgs).is_empty());
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discard_all_drops_prepared_statements_on_every_server() {
+    let c = cluster();
+    let proxy = start(c, "").await;
+    let client = connect(&proxy.url(c)).await;
+    let stmt = client
+        .prepare("SELECT 'before', inet_server_port()")
+        .await
+        .expect("prepare");
+    on_replica(c, "prepared read", || client.query_one(&stmt, &[])).await;
+    client
+        .batch_execute("DISCARD ALL")
+        .await
+        .expect("DISCARD ALL");
+    // As on a single PostgreSQL: the statement is gone.
+    let err = client
+        .query_one(&stmt, &[])
+        .await
+        .expect_err("a discarded statement cannot run");
+    assert_eq!(sqlstate(&err), Some("26000"), "{err}");
+    // Preparing again works, on the replica too.
+    let again = client
+        .prepare("SELECT 'after', inet_server_port()")
+        .await
+        .expect("prepare again");
+    let row = on_replica(c, "re-prepared read", || client.query_one(&again, &[])).await;
+    assert_eq!(row.get::<_, String>(0), "after");
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_results_and_large_statements_pass_through() {
+    let c = cluster();
+    let proxy = start(c, "").await;
+    let client = connect(&proxy.url(c)).await;
+    // About 20 MB of rows.
+    let rows = client
+        .query(
+            "SELECT g, repeat('x', 1000) FROM generate_series(1, 20000) g",
+            &[],
+        )
+        .await
+        .expect("large result");
+    assert_eq!(rows.len(), 20_000);
+    assert!(rows.iter().all(|r| r.get::<_, String>(1).len() == 1000));
+    assert_eq!(rows[19_999].get::<_, i32>(0), 20_000);
+    let msgs = client
+        .simple_query("SELECT repeat('y', 5000000)")
+        .await
+        .expect("one 5 MB value");
+    assert_eq!(
+        simple_rows(&msgs)[0][0].as_ref().map(String::len),
+        Some(5_000_000)
+    );
+
+    // A 3 MB parameter: the unit is larger than pgsplit buffers before its Sync.
+    let big = "z".repeat(3 << 20);
+    let row = client
+        .query_typed_one(
+            "SELECT length($1), inet_server_port()",
+            &[(&big as &(dyn ToSql + Sync), Type::TEXT)],
+        )
+        .await
+        .expect("large parameter");
+    assert_eq!(row.get::<_, i32>(0), 3 << 20);
+    // A 2 MB statement text, simple protocol.
+    let sql = format!("SELECT length('{}')", "w".repeat(2 << 20));
+    let msgs = client.simple_query(&sql).await.expect("large statement");
+    assert_eq!(simple_rows(&msgs), vec![vec![Some((2 << 20).to_string())]]);
+    assert_eq!(server_port(&client).await > 0, true);
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_and_comment_only_queries() {
+    let c = cluster();
+    let proxy = start(c, "").await;
+    let client = connect(&proxy.url(c)).await;
+    for sql in ["", ";", "  ", "-- nothing here", "/* nor here */"] {
+        let msgs = client
+            .simple_query(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql:?}: {e}"));
+        assert!(simple_rows(&msgs).is_empty(), "{sql:?}");
+    }
+    let row = client.query_one("SELECT 3", &[]).await.expect("after");
+    assert_eq!(row.get::<_, i32>(0), 3);
     proxy.stop().await;
 }
