@@ -414,7 +414,12 @@ pub async fn relay(
                         }
                         buf.extend_from_slice(&frame.bytes);
                     } else {
-                        if !super::unit::is_unit_message(frame.tag) && frame.tag != tag::COPY_DATA {
+                        // Copy messages arriving after the server ended the COPY
+                        // with an error are forwarded too: the server discards
+                        // them until Sync, as it does for a direct client.
+                        let late_copy =
+                            matches!(frame.tag, tag::COPY_DATA | tag::COPY_DONE | tag::COPY_FAIL);
+                        if !super::unit::is_unit_message(frame.tag) && !late_copy {
                             conn.broken = true;
                             return Err(RelayError::Client(
                                 ProtocolError::UnexpectedTag(char::from(frame.tag)).into(),

@@ -268,13 +268,17 @@ impl Session {
         if held.applied >= log.len() {
             return Ok(());
         }
-        let mut sql = Vec::new();
+        // Entries go in as few round trips as possible: one query string, cut
+        // before and after a `RESET ALL`/`DISCARD ALL` (DISCARD ALL refuses to
+        // run inside the implicit transaction of a multi-statement string).
+        let mut batches: Vec<Vec<u8>> = vec![Vec::new()];
         let mut drops = false;
+        let mut ran_any = false;
         for entry in &log[held.applied..] {
             // A startup setting the connection already reports needs no SET,
-            // but only while nothing else has run in this batch: after a
-            // RESET ALL the reported value is stale.
-            if sql.is_empty()
+            // but only while nothing else has run before it: after a RESET ALL
+            // the reported value is stale.
+            if !ran_any
                 && let Some((k, v)) = &entry.startup
                 && held
                     .conn
@@ -284,15 +288,21 @@ impl Session {
             {
                 continue;
             }
-            if !sql.is_empty() {
-                sql.extend_from_slice(b"; ");
+            ran_any = true;
+            if entry.resets_all {
+                batches.push(entry.sql.to_vec());
+                batches.push(Vec::new());
+            } else if let Some(batch) = batches.last_mut() {
+                if !batch.is_empty() {
+                    batch.extend_from_slice(b"; ");
+                }
+                batch.extend_from_slice(&entry.sql);
             }
-            sql.extend_from_slice(&entry.sql);
             drops |= entry.drops_prepared;
         }
         let applied = log.len();
-        if !sql.is_empty() {
-            match held.conn.run_internal(&sql).await {
+        for sql in batches.iter().filter(|b| !b.is_empty()) {
+            match held.conn.run_internal(sql).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
                     held.conn.broken = true;
@@ -360,7 +370,18 @@ impl Session {
             match self.attach(id).await {
                 Ok(index) => return Ok(Placement { index, reason }),
                 Err(e) => {
-                    tracing::debug!(error = %e, "replica unavailable, reading from the primary");
+                    // A session change the replica refused to replay would
+                    // fail again on every read: keep this session on the primary.
+                    if matches!(
+                        e,
+                        ClientError::Backend(crate::backend::BackendError::Server { .. })
+                    ) && self.st.pinned.is_none()
+                    {
+                        tracing::info!(error = %e, "replica refused the session's settings; session pinned to the primary");
+                        self.st.pinned = Some(PinReason::SessionChange);
+                    } else {
+                        tracing::debug!(error = %e, "replica unavailable, reading from the primary");
+                    }
                 }
             }
         }
