@@ -8,14 +8,14 @@ use std::sync::{Arc, Mutex};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::backend::CancelKey;
+use crate::backend::{CancelKey, ServerTarget};
 use crate::protocol::build;
 
 /// Where a cancel for this client should go right now.
 #[derive(Debug, Clone)]
 pub struct CancelTarget {
-    pub host: String,
-    pub port: u16,
+    /// Shared, so that pointing the slot at a connection allocates nothing.
+    pub server: Arc<ServerTarget>,
     pub key: CancelKey,
 }
 
@@ -84,14 +84,17 @@ impl CancelRegistry {
             }
         };
         let Some(t) = target else { return };
-        match TcpStream::connect((t.host.as_str(), t.port)).await {
+        let (host, port) = (t.server.url.host.as_str(), t.server.url.port);
+        match TcpStream::connect((host, port)).await {
             Ok(mut s) => {
                 let _ = s
                     .write_all(&build::cancel_request(t.key.pid, t.key.secret))
                     .await;
                 let _ = s.shutdown().await;
             }
-            Err(e) => tracing::warn!(server = %t.host, error = %e, "cannot forward cancel request"),
+            Err(e) => {
+                tracing::warn!(server = %t.server.name, error = %e, "cannot forward cancel request")
+            }
         }
     }
 }

@@ -526,8 +526,10 @@ impl Session {
             };
             let index = placement.index;
             let id = self.conns[index].conn.target.id;
-            let on_primary = Some(id) == self.current_primary()
-                || (self.current_primary().is_none() && id == self.ctx.configured_primary());
+            let on_primary = match self.current_primary() {
+                Some(p) => p == id,
+                None => id == self.ctx.configured_primary(),
+            };
             let class = unit.class();
             let retryable = !on_primary
                 && !retried
@@ -672,8 +674,7 @@ impl Session {
                 .map_err(|e| RelayError::Client(e.into()))?;
         }
         cancel.set(Some(CancelTarget {
-            host: conn.target.url.host.clone(),
-            port: conn.target.url.port,
+            server: conn.target.clone(),
             key: conn.key,
         }));
         let result = match conn.write(&out).await {
