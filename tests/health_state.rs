@@ -516,10 +516,19 @@ async fn a_promoted_replica_becomes_the_primary() {
     warm_up(&mut h, 100, 100).await;
     assert_eq!(route_read(&h), (Target::Replica(R), Reason::Read));
 
-    // The old primary stops answering; the replica is still in recovery.
+    // The old primary stops answering; the replica is still in recovery. One
+    // missed probe is forgiven (a slow answer is not a dead primary)...
     advance(secs(1)).await;
     let changes = h.observe(Instant::now(), &round(None, replica(100)));
+    assert_eq!(h.snapshot().primary, PrimaryState::Known(P));
+    // ...a second one in a row is not.
+    advance(secs(1)).await;
+    let second = h.observe(Instant::now(), &round(None, replica(100)));
     assert_eq!(h.snapshot().primary, PrimaryState::None);
+    assert!(
+        mentions(&second, "no server claims to be primary"),
+        "{second:?}"
+    );
     assert_eq!(server(&h, P).role, Role::Down);
     assert!(
         mentions(&changes, "server primary: primary -> down"),

@@ -124,6 +124,8 @@ pub struct HealthState {
     history: VecDeque<(Instant, Lsn)>,
     good_streak: HashMap<ServerId, u32>,
     snapshot: HealthSnapshot,
+    /// Consecutive failed probes of the known primary (see `observe`).
+    primary_misses: u32,
 }
 
 impl HealthState {
@@ -133,6 +135,7 @@ impl HealthState {
             history: VecDeque::new(),
             good_streak: HashMap::new(),
             snapshot: HealthSnapshot::initial(servers),
+            primary_misses: 0,
         }
     }
 
@@ -185,10 +188,25 @@ impl HealthState {
             .map(|(id, _)| *id)
             .collect();
         let primary = match claimants.as_slice() {
-            [] => PrimaryState::None,
+            // One missed probe (a slow answer on a loaded machine) does not
+            // unseat a known primary while nobody else claims the role; a
+            // second one in a row does.
+            [] => match self.snapshot.primary {
+                PrimaryState::Known(id)
+                    if self.primary_misses == 0
+                        && probes.iter().any(|(pid, p)| *pid == id && p.is_none()) =>
+                {
+                    self.primary_misses += 1;
+                    PrimaryState::Known(id)
+                }
+                _ => PrimaryState::None,
+            },
             [one] => PrimaryState::Known(*one),
             _ => PrimaryState::Fenced,
         };
+        if claimants.len() == 1 {
+            self.primary_misses = 0;
+        }
         let primary_lsn = match primary {
             PrimaryState::Known(id) => probes
                 .iter()
