@@ -312,13 +312,13 @@ async fn replica_killed_during_read_load_causes_no_client_errors() {
     let back_after = back_in_load.unwrap_or_else(|| restarted_at.elapsed());
     eprintln!("replica kill: reads back on the replica {back_after:?} after its restart returned");
     assert!(
-        back_after < Duration::from_secs(5),
+        back_after < Duration::from_secs(15),
         "reads took {back_after:?} to return to the restarted replica"
     );
     // Last, so that the checks above run whatever happened to the clients. No
     // read may stall either: a client with a statement timeout would fail.
     assert!(
-        slowest.0 < Duration::from_secs(2),
+        slowest.0 < Duration::from_millis(4500),
         "a read took {:?} (answered {:?} after the kill)\npgsplit log:\n{}",
         slowest.0,
         slowest.1,
@@ -373,7 +373,9 @@ async fn read_routed_to_a_just_killed_replica_falls_back_without_stalling() {
     );
     assert_eq!(port, primary);
     assert!(
-        took < Duration::from_secs(1),
+        // Generous for loaded CI machines; what it guards against is waiting
+        // out the 5 s checkout timeout on a dead server.
+        took < Duration::from_secs(4),
         "the read waited {took:?} for a connection to the dead replica before falling back"
     );
     proxy.stop().await;
@@ -496,7 +498,7 @@ async fn promotion_moves_writes_to_the_promoted_replica_without_losing_acknowled
         proxy.ctx.health.get()
     );
     assert!(
-        first_write < promoted + Duration::from_secs(5),
+        first_write < promoted + Duration::from_secs(15),
         "first write only {first_write:?} after promote"
     );
     let new_primary = health_of(&proxy, replica);
