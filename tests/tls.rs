@@ -180,7 +180,16 @@ async fn verify_full_client_logs_in_over_tls_on_both_sides() {
             .unwrap_or_else(|e| panic!("TLS login through {host}: {e}"));
         let one: i32 = client.query_one("SELECT 1", &[]).await.unwrap().get(0);
         assert_eq!(one, 1);
-        assert_eq!(server_port(&client).await, c.port(Node::Replica));
+        // The first pass writes; with read_your_writes = "pod" the second pass
+        // reads on the replica once pgsplit has seen it replay that write.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while server_port(&client).await != c.port(Node::Replica) {
+            assert!(
+                Instant::now() < deadline,
+                "reads never reached the replica through {host}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         // The server connection that answered is itself encrypted.
         let ssl: bool = client
             .query_one(
