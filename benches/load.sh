@@ -10,8 +10,9 @@
 #   --rounds N       interleaved rounds (default 3; the median is over rounds)
 #   --duration S     pgbench -T per run (default 10)
 #   --scale N        pgbench -i -s (default 10)
-#   --out DIR        where run logs and results.tsv go
+#   --out DIR        where run logs, results.tsv and report.md go
 #                    (default target/load-bench/<date>-<time>)
+#   --report-only DIR  render report.md again from DIR/results.tsv + meta.env
 #
 # Needs: cargo, PostgreSQL server binaries + psql + pgbench (Debian `postgresql`,
 # `postgresql-client`, `postgresql-contrib`), pgbouncer (installed with apt-get
@@ -30,8 +31,9 @@ DURATION=10
 SCALE=10
 OUT=""
 QUICK=0
+REPORT_ONLY=""
 
-usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; }
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -40,6 +42,7 @@ while [ $# -gt 0 ]; do
     --duration) DURATION="${2:?--duration needs a value}"; shift ;;
     --scale) SCALE="${2:?--scale needs a value}"; shift ;;
     --out) OUT="${2:?--out needs a value}"; shift ;;
+    --report-only) REPORT_ONLY="${2:?--report-only needs a directory}"; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "load.sh: unknown argument: $1" >&2; usage >&2; exit 64 ;;
   esac
@@ -51,17 +54,166 @@ done
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
-STAMP="$(date -u +%Y%m%d-%H%M%S)"
-OUT="${OUT:-$ROOT/target/load-bench/$STAMP}"
-mkdir -p "$OUT/runs"
-RESULTS="$OUT/results.tsv"
-: > "$RESULTS"
+if [ -z "$REPORT_ONLY" ]; then
+  OUT="${OUT:-$ROOT/target/load-bench/$(date -u +%Y%m%d-%H%M%S)}"
+  mkdir -p "$OUT/runs"
+  RESULTS="$OUT/results.tsv"
+  : >"$RESULTS"
+fi
 
 log() { printf '[load %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() {
   printf '\nload.sh: FAILED: %s\n' "$*" >&2
   exit 1
 }
+
+# ---------------------------------------------------------------- report
+
+# Everything the report needs besides results.tsv, so that `--report-only DIR`
+# can render it again.
+render_report() {
+
+  {
+    echo "# pgsplit load benchmark, $RUN_DATE"
+    echo "# $MACHINE; load average at the end of the runs: $LOADAVG"
+    echo "# rounds $ROUNDS, pgbench -T $DURATION -j 2, scale $SCALE; $ELAPSED s of runs; $VERSIONS"
+    if [ "$QUICK" -eq 1 ]; then echo "# QUICK MODE: 1 round of 3 s, figures are a smoke test only"; fi
+    echo
+  } >"$OUT/report.md"
+
+  awk -F'\t' -v rounds="$ROUNDS" \
+    -v rss_idle="$PGSPLIT_RSS_IDLE" -v b_rss_idle="$BOUNCER_RSS_IDLE" \
+    -v rss_idlec="$PGSPLIT_RSS_IDLE_CLIENTS" -v b_rss_idlec="$BOUNCER_RSS_IDLE_CLIENTS" \
+    -v idle_clients="$IDLE_CLIENTS" -v idle_gauge="$IDLE_GAUGE" \
+    -v rss_end="$PGSPLIT_RSS_END" -v b_rss_end="$BOUNCER_RSS_END" \
+    -v xcp="$((XC_PRIMARY1 - XC_PRIMARY0))" -v xcr="$((XC_REPLICA1 - XC_REPLICA0))" '
+  function median(list,    n, a, i, j, t) {
+    n = split(list, a, " ")
+    if (n == 0) return ""
+    for (i = 2; i <= n; i++) { t = a[i] + 0; for (j = i - 1; j >= 1 && a[j] + 0 > t; j--) a[j + 1] = a[j]; a[j + 1] = t }
+    return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+  }
+  function add(k, v) { if (k in vals) vals[k] = vals[k] " " v; else vals[k] = v }
+  function rounded(list,    n, a, i, out) {
+    n = split(list, a, " ")
+    out = ""
+    for (i = 1; i <= n; i++) out = out (i > 1 ? ", " : "") sprintf("%.0f", a[i])
+    return out
+  }
+  function ratio(a, b) { return (a == "" || b == "" || b + 0 == 0) ? "n/a" : sprintf("%.2f", a / b) }
+  function fmt(x, p) { return x == "" ? "n/a" : sprintf(p, x) }
+  function atleast(r, min) { return (r != "n/a" && r + 0 >= min) ? "MET" : "MISSED" }
+  function atmost(r, max) { return (r != "n/a" && r + 0 <= max) ? "MET" : "MISSED" }
+  {
+    w = $2; t = $3
+    if (!(w in seen)) { seen[w] = 1; order[++nw] = w }
+    add(w SUBSEP t SUBSEP "tps", $4)
+    add(w SUBSEP t SUBSEP "lat", $5)
+    if (t == "pgsplit" || t == "pgbouncer") {
+      cpu[w, t] += $8; q[w, t] += $7
+      if ($9 + 0 > rss64[w, t]) rss64[w, t] = $9 + 0
+      if ($9 + 0 > maxrss[t]) maxrss[t] = $9 + 0
+    }
+    if (t == "pgsplit") { rp[w] += $10; rr[w] += $11 }
+  }
+  END {
+    print "## Throughput (median of " rounds " rounds; TPS, latency average in ms)"
+    print ""
+    print "| workload | primary | replica | PgBouncer | pgsplit | pgsplit/primary | pgsplit/replica | pgsplit/PgBouncer |"
+    print "|---|---|---|---|---|---|---|---|"
+    for (i = 1; i <= nw; i++) {
+      w = order[i]
+      for (k = 1; k <= 4; k++) {
+        t = (k == 1) ? "primary" : (k == 2) ? "replica" : (k == 3) ? "pgbouncer" : "pgsplit"
+        key = w SUBSEP t SUBSEP "tps"
+        m[t] = (key in vals) ? median(vals[key]) : ""
+        l[t] = (w SUBSEP t SUBSEP "lat" in vals) ? median(vals[w SUBSEP t SUBSEP "lat"]) : ""
+        cell[t] = (m[t] == "") ? "n/a" : sprintf("%.0f (%.2f)", m[t], l[t])
+      }
+      printf "| %s | %s | %s | %s | %s | %s | %s | %s |\n", w, cell["primary"], cell["replica"], cell["pgbouncer"], cell["pgsplit"], ratio(m["pgsplit"], m["primary"]), ratio(m["pgsplit"], m["replica"]), ratio(m["pgsplit"], m["pgbouncer"])
+      med[w, "pgsplit"] = m["pgsplit"]; med[w, "pgbouncer"] = m["pgbouncer"]; med[w, "primary"] = m["primary"]
+    }
+    print ""
+    print "Per-round TPS (pgsplit / PgBouncer / primary):"
+    print ""
+    for (i = 1; i <= nw; i++) {
+      w = order[i]
+      printf "- %s: pgsplit [%s], PgBouncer [%s], primary [%s]\n", w, rounded(vals[w SUBSEP "pgsplit" SUBSEP "tps"]), rounded(vals[w SUBSEP "pgbouncer" SUBSEP "tps"]), rounded(vals[w SUBSEP "primary" SUBSEP "tps"])
+    }
+    print ""
+    print "## Proxy CPU (user+system seconds of the proxy process per 1,000 queries, all rounds)"
+    print ""
+    print "| workload | pgsplit ms/1k queries | PgBouncer ms/1k queries | pgsplit/PgBouncer |"
+    print "|---|---|---|---|"
+    for (i = 1; i <= nw; i++) {
+      w = order[i]
+      a = (q[w, "pgsplit"] > 0) ? 1e6 * cpu[w, "pgsplit"] / q[w, "pgsplit"] : ""
+      b = (q[w, "pgbouncer"] > 0) ? 1e6 * cpu[w, "pgbouncer"] / q[w, "pgbouncer"] : ""
+      printf "| %s | %s | %s | %s |\n", w, fmt(a, "%.1f"), fmt(b, "%.1f"), ratio(a, b)
+      cpuq[w] = ratio(a, b)
+    }
+    print ""
+    print "(ms of CPU per 1,000 queries = us per query; TPC-B-like counts 7 statements per transaction.)"
+    print ""
+    print "## Where pgsplit sent its units (pgsplit_units_routed_total deltas during pgsplit runs)"
+    print ""
+    print "| workload | to primary | to replica | replica share |"
+    print "|---|---|---|---|"
+    for (i = 1; i <= nw; i++) {
+      w = order[i]
+      if (!(w SUBSEP "pgsplit" SUBSEP "tps" in vals)) continue
+      tot = rp[w] + rr[w]
+      share = (tot > 0) ? sprintf("%.1f%%", 100 * rr[w] / tot) : "n/a"
+      printf "| %s | %d | %d | %s |\n", w, rp[w], rr[w], share
+    }
+    print ""
+    printf "pg_stat_database xact_commit over all rounds (every target): primary +%d, replica +%d.\n", xcp, xcr
+    print ""
+    print "## Memory (VmRSS)"
+    print ""
+    print "| | pgsplit | PgBouncer |"
+    print "|---|---|---|"
+    printf "| idle, before any client | %.1f MB | %.1f MB |\n", rss_idle / 1024, b_rss_idle / 1024
+    printf "| with %d idle clients | %.1f MB (%.1f KB per client) | %.1f MB (%.1f KB per client) |\n", idle_clients, rss_idlec / 1024, (rss_idlec - rss_idle) / idle_clients, b_rss_idlec / 1024, (b_rss_idlec - b_rss_idle) / idle_clients
+    printf "| under 64 clients (max mid-run sample) | %.1f MB | %.1f MB |\n", maxrss["pgsplit"] / 1024, maxrss["pgbouncer"] / 1024
+    printf "| idle, after all runs | %.1f MB | %.1f MB |\n", rss_end / 1024, b_rss_end / 1024
+    print ""
+    if (idle_gauge != "") printf "(pgsplit_client_connections during the idle-client sample: %s; each pgsplit client also holds a pooled server connection.)\n\n", idle_gauge
+    print "## Targets (issue 7)"
+    print ""
+    split("select-simple-c8 select-extended-c8 select-prepared-c8", sel, " ")
+    for (i = 1; i <= 3; i++) {
+      w = sel[i]
+      rb = ratio(med[w, "pgsplit"], med[w, "pgbouncer"]); rd = ratio(med[w, "pgsplit"], med[w, "primary"])
+      printf "- %s: pgsplit/PgBouncer %s (>= 1.00: %s), pgsplit/direct primary %s (>= 0.75: %s)\n", w, rb, atleast(rb, 1.0), rd, atleast(rd, 0.75)
+    }
+    w = "churn-select-c8"; rb = ratio(med[w, "pgsplit"], med[w, "pgbouncer"])
+    printf "- %s: pgsplit/PgBouncer %s (>= 1.00: %s)\n", w, rb, atleast(rb, 1.0)
+    for (i = 1; i <= nw; i++) {
+      w = order[i]; r = cpuq[w]
+      printf "- CPU per query %s: pgsplit/PgBouncer %s (<= 1.20: %s)\n", w, r, atmost(r, 1.2)
+    }
+    printf "- idle RSS %.1f MB (< 20 MB: %s)\n", rss_idle / 1024, atmost(rss_idle, 20 * 1024 - 1)
+    pc = (rss_idlec - rss_idle) / idle_clients
+    printf "- per idle client %.1f KB (< 100 KB: %s)\n", pc, atmost(pc, 99.99)
+  }' "$RESULTS" >>"$OUT/report.md"
+  echo
+  cat "$OUT/report.md"
+  echo
+}
+
+if [ -n "$REPORT_ONLY" ]; then
+  OUT="$REPORT_ONLY"
+  RESULTS="$OUT/results.tsv"
+  if [ ! -f "$OUT/meta.env" ] || [ ! -f "$RESULTS" ]; then
+    echo "load.sh: no results.tsv/meta.env in $OUT" >&2
+    exit 64
+  fi
+  # shellcheck disable=SC1091
+  . "$OUT/meta.env"
+  render_report
+  exit 0
+fi
 
 # ---------------------------------------------------------------- processes
 
@@ -215,7 +367,13 @@ wait_replica
 BOUNCER_PORT="$(free_port)"
 BDIR="$WORK/pgbouncer"
 mkdir -p "$BDIR"
-printf '"%s" "%s"\n' "$DB_USER" "$DB_PASSWORD" >"$BDIR/userlist.txt"
+# The role's SCRAM secret from pg_authid (PgBouncer's recommended setup: it then
+# verifies clients without deriving keys from a plain password, and passes the
+# client's proof on to the server).
+SCRAM_SECRET="$(printf "SELECT rolpassword FROM pg_authid WHERE rolname = :'u'\n" |
+  PGUSER=postgres psql -X -At -v ON_ERROR_STOP=1 -v u="$DB_USER" -p "$PRIMARY_PORT" -d "$DB_NAME")"
+case "$SCRAM_SECRET" in SCRAM-SHA-256\$*) ;; *) die "cannot read the SCRAM secret of $DB_USER" ;; esac
+printf '"%s" "%s"\n' "$DB_USER" "$SCRAM_SECRET" >"$BDIR/userlist.txt"
 cat >"$BDIR/pgbouncer.ini" <<EOF
 [databases]
 ; transaction pooling for simple/extended; prepared statements need session
@@ -248,8 +406,9 @@ for ((i = 0; i < 100; i++)); do
   kill -0 "$BOUNCER_RUNNER_PID" 2>/dev/null || break
   sleep 0.1
 done
-[ -n "$BOUNCER_PID" ] && kill -0 "$BOUNCER_PID" 2>/dev/null ||
+if [ -z "$BOUNCER_PID" ] || ! kill -0 "$BOUNCER_PID" 2>/dev/null; then
   die "PgBouncer did not start: $(cat "$OUT/pgbouncer.stderr" "$BDIR/pgbouncer.log" 2>/dev/null | tail -5)"
+fi
 for ((i = 0; i < 50; i++)); do
   sql "$BOUNCER_PORT" "SELECT 1" >/dev/null 2>&1 && break
   sleep 0.1
@@ -448,125 +607,13 @@ XC_REPLICA1="$(xact_commit "$REPLICA_PORT")"
 PGSPLIT_RSS_END="$(rss_kb "$PGSPLIT_PID")"
 BOUNCER_RSS_END="$(rss_kb "$BOUNCER_PID")"
 
-# ---------------------------------------------------------------- report
-
-{
-  echo "# pgsplit load benchmark, $(date -u '+%Y-%m-%d %H:%M UTC')"
-  echo "# $(nproc) CPUs ($(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)), $(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo) RAM; load average before report: $(cut -d' ' -f1-3 /proc/loadavg)"
-  echo "# rounds $ROUNDS, pgbench -T $DURATION -j 2, scale $SCALE; $ELAPSED s of runs; $(pgbench --version); $("$PGBOUNCER_BIN" --version | head -1); pgsplit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$ROOT" diff --quiet HEAD -- src 2>/dev/null || echo '+uncommitted src changes')"
-  if [ "$QUICK" -eq 1 ]; then echo "# QUICK MODE: 1 round of 3 s, figures are a smoke test only"; fi
-  echo
-} >"$OUT/report.md"
-
-awk -F'\t' -v rounds="$ROUNDS" \
-  -v rss_idle="$PGSPLIT_RSS_IDLE" -v b_rss_idle="$BOUNCER_RSS_IDLE" \
-  -v rss_idlec="$PGSPLIT_RSS_IDLE_CLIENTS" -v b_rss_idlec="$BOUNCER_RSS_IDLE_CLIENTS" \
-  -v idle_clients="$IDLE_CLIENTS" -v idle_gauge="$IDLE_GAUGE" \
-  -v rss_end="$PGSPLIT_RSS_END" -v b_rss_end="$BOUNCER_RSS_END" \
-  -v xcp="$((XC_PRIMARY1 - XC_PRIMARY0))" -v xcr="$((XC_REPLICA1 - XC_REPLICA0))" '
-function median(list,    n, a, i, j, t) {
-  n = split(list, a, " ")
-  if (n == 0) return ""
-  for (i = 2; i <= n; i++) { t = a[i] + 0; for (j = i - 1; j >= 1 && a[j] + 0 > t; j--) a[j + 1] = a[j]; a[j + 1] = t }
-  return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
-}
-function add(k, v) { vals[k] = (k in vals) ? vals[k] " " v : v }
-function ratio(a, b) { return (a == "" || b == "" || b + 0 == 0) ? "n/a" : sprintf("%.2f", a / b) }
-function fmt(x, p) { return x == "" ? "n/a" : sprintf(p, x) }
-{
-  w = $2; t = $3
-  if (!(w in seen)) { seen[w] = 1; order[++nw] = w }
-  add(w SUBSEP t SUBSEP "tps", $4)
-  add(w SUBSEP t SUBSEP "lat", $5)
-  if (t == "pgsplit" || t == "pgbouncer") {
-    cpu[w, t] += $8; q[w, t] += $7
-    if ($9 + 0 > rss64[w, t]) rss64[w, t] = $9 + 0
-    if ($9 + 0 > maxrss[t]) maxrss[t] = $9 + 0
-  }
-  if (t == "pgsplit") { rp[w] += $10; rr[w] += $11 }
-}
-END {
-  print "## Throughput (median of " rounds " rounds; TPS, latency average in ms)"
-  print ""
-  print "| workload | primary | replica | PgBouncer | pgsplit | pgsplit/primary | pgsplit/replica | pgsplit/PgBouncer |"
-  print "|---|---|---|---|---|---|---|---|"
-  for (i = 1; i <= nw; i++) {
-    w = order[i]
-    for (k = 1; k <= 4; k++) {
-      t = (k == 1) ? "primary" : (k == 2) ? "replica" : (k == 3) ? "pgbouncer" : "pgsplit"
-      key = w SUBSEP t SUBSEP "tps"
-      m[t] = (key in vals) ? median(vals[key]) : ""
-      l[t] = (w SUBSEP t SUBSEP "lat" in vals) ? median(vals[w SUBSEP t SUBSEP "lat"]) : ""
-      cell[t] = (m[t] == "") ? "n/a" : sprintf("%.0f (%.2f)", m[t], l[t])
-    }
-    printf "| %s | %s | %s | %s | %s | %s | %s | %s |\n", w, cell["primary"], cell["replica"], cell["pgbouncer"], cell["pgsplit"], ratio(m["pgsplit"], m["primary"]), ratio(m["pgsplit"], m["replica"]), ratio(m["pgsplit"], m["pgbouncer"])
-    med[w, "pgsplit"] = m["pgsplit"]; med[w, "pgbouncer"] = m["pgbouncer"]; med[w, "primary"] = m["primary"]
-  }
-  print ""
-  print "Per-round TPS (pgsplit / PgBouncer / primary):"
-  print ""
-  for (i = 1; i <= nw; i++) {
-    w = order[i]
-    printf "- %s: pgsplit [%s], PgBouncer [%s], primary [%s]\n", w, vals[w SUBSEP "pgsplit" SUBSEP "tps"], vals[w SUBSEP "pgbouncer" SUBSEP "tps"], vals[w SUBSEP "primary" SUBSEP "tps"]
-  }
-  print ""
-  print "## Proxy CPU (user+system seconds of the proxy process per 1,000 queries, all rounds)"
-  print ""
-  print "| workload | pgsplit ms/1k queries | PgBouncer ms/1k queries | pgsplit/PgBouncer |"
-  print "|---|---|---|---|"
-  for (i = 1; i <= nw; i++) {
-    w = order[i]
-    a = (q[w, "pgsplit"] > 0) ? 1e6 * cpu[w, "pgsplit"] / q[w, "pgsplit"] : ""
-    b = (q[w, "pgbouncer"] > 0) ? 1e6 * cpu[w, "pgbouncer"] / q[w, "pgbouncer"] : ""
-    printf "| %s | %s | %s | %s |\n", w, fmt(a, "%.1f"), fmt(b, "%.1f"), ratio(a, b)
-    cpuq[w] = ratio(a, b)
-  }
-  print ""
-  print "(ms of CPU per 1,000 queries = us per query; TPC-B-like counts 7 statements per transaction.)"
-  print ""
-  print "## Where pgsplit sent its units (pgsplit_units_routed_total deltas during pgsplit runs)"
-  print ""
-  print "| workload | to primary | to replica | replica share |"
-  print "|---|---|---|---|"
-  for (i = 1; i <= nw; i++) {
-    w = order[i]
-    if (!(w SUBSEP "pgsplit" SUBSEP "tps" in vals)) continue
-    tot = rp[w] + rr[w]
-    printf "| %s | %d | %d | %s |\n", w, rp[w], rr[w], tot > 0 ? sprintf("%.1f%%", 100 * rr[w] / tot) : "n/a"
-  }
-  print ""
-  printf "pg_stat_database xact_commit over all rounds (every target): primary +%d, replica +%d.\n", xcp, xcr
-  print ""
-  print "## Memory (VmRSS)"
-  print ""
-  print "| | pgsplit | PgBouncer |"
-  print "|---|---|---|"
-  printf "| idle, before any client | %.1f MB | %.1f MB |\n", rss_idle / 1024, b_rss_idle / 1024
-  printf "| with %d idle clients | %.1f MB (%.1f KB per client) | %.1f MB (%.1f KB per client) |\n", idle_clients, rss_idlec / 1024, (rss_idlec - rss_idle) / idle_clients, b_rss_idlec / 1024, (b_rss_idlec - b_rss_idle) / idle_clients
-  printf "| under 64 clients (max mid-run sample) | %.1f MB | %.1f MB |\n", maxrss["pgsplit"] / 1024, maxrss["pgbouncer"] / 1024
-  printf "| idle, after all runs | %.1f MB | %.1f MB |\n", rss_end / 1024, b_rss_end / 1024
-  print ""
-  if (idle_gauge != "") printf "(pgsplit_client_connections during the idle-client sample: %s; each pgsplit client also holds a pooled server connection.)\n\n", idle_gauge
-  print "## Targets (issue 7)"
-  print ""
-  split("select-simple-c8 select-extended-c8 select-prepared-c8", sel, " ")
-  for (i = 1; i <= 3; i++) {
-    w = sel[i]
-    rb = ratio(med[w, "pgsplit"], med[w, "pgbouncer"]); rd = ratio(med[w, "pgsplit"], med[w, "primary"])
-    printf "- %s: pgsplit/PgBouncer %s (>= 1.00: %s), pgsplit/direct %s (>= 0.75: %s)\n", w, rb, (rb != "n/a" && rb + 0 >= 1.0) ? "MET" : "MISSED", rd, (rd != "n/a" && rd + 0 >= 0.75) ? "MET" : "MISSED"
-  }
-  w = "churn-select-c8"; rb = ratio(med[w, "pgsplit"], med[w, "pgbouncer"])
-  printf "- %s: pgsplit/PgBouncer %s (>= 1.00: %s)\n", w, rb, (rb != "n/a" && rb + 0 >= 1.0) ? "MET" : "MISSED"
-  for (i = 1; i <= nw; i++) {
-    w = order[i]; r = cpuq[w]
-    printf "- CPU per query %s: pgsplit/PgBouncer %s (<= 1.20: %s)\n", w, r, (r != "n/a" && r + 0 <= 1.2) ? "MET" : "MISSED"
-  }
-  printf "- idle RSS %.1f MB (< 20 MB: %s)\n", rss_idle / 1024, (rss_idle < 20 * 1024) ? "MET" : "MISSED"
-  pc = (rss_idlec - rss_idle) / idle_clients
-  printf "- per idle client %.1f KB (< 100 KB: %s)\n", pc, (pc < 100) ? "MET" : "MISSED"
-}' "$RESULTS" >>"$OUT/report.md"
-
-echo
-cat "$OUT/report.md"
-echo
+RUN_DATE="$(date -u '+%Y-%m-%d %H:%M UTC')"
+MACHINE="$(nproc) CPUs ($(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)), $(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo) RAM"
+LOADAVG="$(cut -d' ' -f1-3 /proc/loadavg)"
+VERSIONS="$(pgbench --version); $("$PGBOUNCER_BIN" --version | head -1); pgsplit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$ROOT" diff --quiet HEAD -- src 2>/dev/null || echo ' + uncommitted src changes')"
+declare -p ROUNDS DURATION SCALE QUICK RUN_DATE MACHINE LOADAVG ELAPSED VERSIONS \
+  PGSPLIT_RSS_IDLE BOUNCER_RSS_IDLE PGSPLIT_RSS_IDLE_CLIENTS BOUNCER_RSS_IDLE_CLIENTS \
+  IDLE_CLIENTS IDLE_GAUGE PGSPLIT_RSS_END BOUNCER_RSS_END \
+  XC_PRIMARY0 XC_PRIMARY1 XC_REPLICA0 XC_REPLICA1 >"$OUT/meta.env"
+render_report
 log "raw results: $RESULTS; logs: $OUT/runs; report: $OUT/report.md"

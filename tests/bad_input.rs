@@ -7,7 +7,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{Proxy, cluster, connect};
+use common::{Proxy, cluster, connect, start};
 use pgsplit::cluster::Cluster;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -21,18 +21,6 @@ const GSSENC_REQUEST_CODE: i32 = 80_877_104;
 const CANCEL_REQUEST_CODE: i32 = 80_877_102;
 const PROTOCOL_3_0: i32 = 196_608;
 const TRUST: &str = "[auth]\nmethod = \"trust\"\n";
-
-fn logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-}
-
-async fn start(c: &Cluster, extra: &str) -> Proxy {
-    logs();
-    Proxy::start(c, extra).await
-}
 
 // ----- building messages -----
 

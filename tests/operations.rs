@@ -17,7 +17,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Proxy, cluster, connect, free_port};
+use common::{Proxy, cluster, connect, free_port, percent};
 use pgsplit::cluster::{Cluster, DATABASE, Node};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -273,18 +273,6 @@ async fn server_port(client: &Client) -> u16 {
             _ => None,
         })
         .expect("a port")
-}
-
-fn percent(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }
 
 /// A client URL for a pgsplit listening on `addr` in front of `c`.

@@ -7,25 +7,13 @@ use std::path::PathBuf;
 use std::process::Output;
 use std::time::Duration;
 
-use common::{Proxy, cluster, connect};
+use common::{Proxy, cluster, connect, start};
 use pgsplit::cluster::{Cluster, Node};
 use tokio::process::Command;
 use tokio::time::{Instant, sleep, timeout};
 
 /// Longest a psql or pgbench run may take before the test gives up on it.
 const CHILD_TIMEOUT: Duration = Duration::from_secs(180);
-
-fn logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-}
-
-async fn start(c: &Cluster, extra: &str) -> Proxy {
-    logs();
-    Proxy::start(c, extra).await
-}
 
 /// A client binary: the cluster's bindir first (same major version as the
 /// servers), then PATH.

@@ -12,7 +12,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{Proxy, cluster, connect, server_port};
+use common::{cluster, connect, server_port, start};
 use futures_util::{SinkExt, TryStreamExt, future};
 use pgsplit::cluster::{Cluster, Node};
 use tokio::sync::mpsc;
@@ -23,21 +23,6 @@ use tokio_postgres::{AsyncMessage, Client, Error, NoTls, Row, SimpleQueryMessage
 /// How long a read may keep landing on the primary (lag, probes) before a test
 /// decides that pgsplit does not send it to the replica.
 const REPLICA_PATIENCE: Duration = Duration::from_secs(15);
-
-/// Sends pgsplit's `tracing` output to the test's captured output, filtered by
-/// `RUST_LOG` (e.g. `RUST_LOG=pgsplit=debug cargo test ... -- --nocapture`).
-fn logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-}
-
-/// Starts pgsplit in front of `c` with `extra` config, with logs on.
-async fn start(c: &Cluster, extra: &str) -> Proxy {
-    logs();
-    Proxy::start(c, extra).await
-}
 
 fn primary(c: &Cluster) -> u16 {
     c.port(Node::Primary)

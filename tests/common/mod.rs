@@ -168,7 +168,8 @@ impl Proxy {
     }
 }
 
-fn percent(s: &str) -> String {
+/// Percent-encodes `s` for a URL's user or password.
+pub fn percent(s: &str) -> String {
     s.bytes()
         .map(|b| {
             if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
@@ -188,4 +189,19 @@ pub async fn server_port(client: &Client) -> u16 {
         .unwrap_or_else(|e| panic!("inet_server_port: {e}"));
     let port: i32 = row.get(0);
     u16::try_from(port).unwrap_or(0)
+}
+
+/// Sends pgsplit's `tracing` output to the test's captured output, filtered by
+/// `RUST_LOG` (e.g. `RUST_LOG=pgsplit=debug cargo test ... -- --nocapture`).
+pub fn logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+/// Starts pgsplit in front of `c` with `extra` config, with logs on.
+pub async fn start(c: &Cluster, extra: &str) -> Proxy {
+    logs();
+    Proxy::start(c, extra).await
 }
