@@ -522,7 +522,10 @@ impl Visitor for Scan<'_> {
 #[derive(Debug)]
 pub struct Classifier {
     catalog: RwLock<Arc<FunctionCatalog>>,
-    cache: RwLock<HashMap<Box<str>, Class>>,
+    /// foldhash: the keys are statement shapes, not attacker-chosen hash-flood
+    /// material we must defend with SipHash (the map is bounded and cleared
+    /// when full), and the cached path is hot: hashing is most of a lookup.
+    cache: RwLock<HashMap<Box<str>, Class, foldhash::fast::RandomState>>,
     capacity: usize,
 }
 
@@ -531,7 +534,7 @@ impl Classifier {
     pub fn new(catalog: FunctionCatalog, capacity: usize) -> Self {
         Classifier {
             catalog: RwLock::new(Arc::new(catalog)),
-            cache: RwLock::new(HashMap::new()),
+            cache: RwLock::new(HashMap::with_hasher(foldhash::fast::RandomState::default())),
             capacity,
         }
     }
