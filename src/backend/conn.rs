@@ -371,38 +371,19 @@ impl ServerConn {
         &mut self,
         sql: &[u8],
     ) -> Result<Result<(), BackendError>, BackendError> {
-        self.write(&build::query(sql)).await?;
-        let mut result = Ok(());
-        loop {
-            let frame = self.read_frame().await?;
-            match frame.tag {
-                tag::backend::READY_FOR_QUERY => {
-                    self.status =
-                        fields::ready_for_query(frame.body()).map_err(|e| self.protocol(e))?;
-                    return Ok(result);
-                }
-                tag::backend::ERROR_RESPONSE if result.is_ok() => {
-                    result = Err(self.server_error(&frame));
-                }
-                tag::backend::PARAMETER_STATUS => self.note_parameter(&frame)?,
-                tag::backend::COPY_IN_RESPONSE
-                | tag::backend::COPY_OUT_RESPONSE
-                | tag::backend::COPY_BOTH_RESPONSE => {
-                    // Internal statements never copy; a server that starts one is
-                    // in a state we cannot vouch for.
-                    self.broken = true;
-                    return Err(self.protocol(crate::protocol::ProtocolError::UnexpectedTag(
-                        char::from(frame.tag),
-                    )));
-                }
-                _ => {}
-            }
+        match self.simple_rows(sql).await {
+            Ok(_) => Ok(Ok(())),
+            // Reported by the server; the connection itself is still in sync.
+            Err(e @ BackendError::Server { .. }) => Ok(Err(e)),
+            Err(e) => Err(e),
         }
     }
 
     /// Runs one query pgsplit issues itself and returns its rows as text
-    /// (`None` for NULL). For the health monitor and the function catalog;
-    /// never on client traffic.
+    /// (`None` for NULL), consuming every reply up to ReadyForQuery. For the
+    /// health monitor, the function catalog, session replay and reset; never
+    /// on client traffic. Internal statements never COPY: a server that starts
+    /// one is in a state pgsplit cannot vouch for, so the connection is broken.
     pub async fn simple_rows(
         &mut self,
         sql: &[u8],
