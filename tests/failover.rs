@@ -417,9 +417,16 @@ async fn write_until(client: &Client, id: i32, deadline: Duration) -> (Option<u1
     (None, attempts, last)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn promotion_moves_writes_to_the_promoted_replica_without_losing_acknowledged_writes() {
-    capture_logs();
+/// An own cluster with table `acked` (caught up on the replica), pgsplit in
+/// front of it with `FAILOVER_CONFIG`, and a client: (cluster, primary port,
+/// replica port, proxy, client).
+async fn failover_setup() -> (
+    std::sync::Arc<pgsplit::cluster::Cluster>,
+    u16,
+    u16,
+    Proxy,
+    Client,
+) {
     let c = own_cluster().await;
     let (primary, replica) = (c.port(Node::Primary), c.port(Node::Replica));
     connect(&c.url(Node::Primary))
@@ -430,6 +437,13 @@ async fn promotion_moves_writes_to_the_promoted_replica_without_losing_acknowled
     blocking(&c, |c| c.wait_caught_up()).await.unwrap();
     let proxy = Proxy::start(&c, FAILOVER_CONFIG).await;
     let w = connect(&proxy.url(&c)).await;
+    (c, primary, replica, proxy, w)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promotion_moves_writes_to_the_promoted_replica_without_losing_acknowledged_writes() {
+    capture_logs();
+    let (c, primary, replica, proxy, w) = failover_setup().await;
 
     let mut acked = Vec::new();
     for id in 1..=200 {
@@ -554,16 +568,7 @@ async fn promotion_moves_writes_to_the_promoted_replica_without_losing_acknowled
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_primaries_fence_writes_until_one_is_gone() {
     capture_logs();
-    let c = own_cluster().await;
-    let (primary, replica) = (c.port(Node::Primary), c.port(Node::Replica));
-    connect(&c.url(Node::Primary))
-        .await
-        .batch_execute("CREATE TABLE acked (id int primary key)")
-        .await
-        .unwrap();
-    blocking(&c, |c| c.wait_caught_up()).await.unwrap();
-    let proxy = Proxy::start(&c, FAILOVER_CONFIG).await;
-    let w = connect(&proxy.url(&c)).await;
+    let (c, primary, replica, proxy, w) = failover_setup().await;
     assert_eq!(
         write_until(&w, 1, Duration::from_secs(5)).await.0,
         Some(primary)
