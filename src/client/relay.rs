@@ -53,7 +53,13 @@ pub fn stage(
     match frame.tag {
         tag::PARSE => {
             let (name, _) = fields::parse(body)?;
-            let hash = super::state::hash_bytes(body);
+            // Collecting the unit registered this very Parse with its hash;
+            // reuse it rather than hash the body a second time. (A frame
+            // forwarded while a unit is open was not registered: hash it.)
+            let hash = st
+                .statement(name)
+                .filter(|s| s.parse == frame.bytes)
+                .map_or_else(|| super::state::hash_bytes(body), |s| s.hash);
             if name.is_empty() {
                 conn.unnamed = Some(hash);
                 exp.parse.push_back(ParseExpect {
