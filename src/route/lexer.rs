@@ -146,6 +146,10 @@ struct Lexer<'a> {
     /// False when only counting: nothing is written to `key`.
     keyed: bool,
     key: String,
+    /// Source bytes `span.0..span.1` belong in the key but are not copied yet:
+    /// consecutive verbatim tokens (and single spaces between them) are copied
+    /// with one `push_str`, which is most of a typical statement.
+    span: (usize, usize),
     operators: usize,
     /// A space is owed before the next token (whitespace or a comment was skipped).
     space: bool,
@@ -168,6 +172,7 @@ impl<'a> Lexer<'a> {
             pos: 0,
             keyed,
             key: String::with_capacity(if keyed { src.len() } else { 0 }),
+            span: (0, 0),
             operators: 0,
             space: false,
             hint: None,
@@ -201,12 +206,22 @@ impl<'a> Lexer<'a> {
             }
             self.token(b);
         }
+        self.flush();
     }
 
     /// Writes the owed space (if any) before a token's text.
     fn begin_token(&mut self) {
-        if self.space && !self.key.is_empty() {
-            self.push(" ");
+        if self.space && (!self.key.is_empty() || self.span.1 > self.span.0) {
+            // One plain space right after the pending span is already the
+            // collapsed form: keep it in the span instead of writing it.
+            if self.span.1 > self.span.0
+                && self.span.1 + 1 == self.pos
+                && self.bytes.get(self.span.1) == Some(&b' ')
+            {
+                self.span.1 = self.pos;
+            } else {
+                self.push(" ");
+            }
         }
         self.space = false;
         self.leading = false;
@@ -255,6 +270,18 @@ impl<'a> Lexer<'a> {
 
     fn push(&mut self, text: &str) {
         if self.keyed {
+            self.flush();
+            self.key.push_str(text);
+        }
+    }
+
+    /// Writes the pending span into the key.
+    fn flush(&mut self) {
+        let (start, end) = std::mem::take(&mut self.span);
+        if self.keyed
+            && end > start
+            && let Some(text) = self.src.get(start..end)
+        {
             self.key.push_str(text);
         }
     }
@@ -263,8 +290,12 @@ impl<'a> Lexer<'a> {
     /// end of input, so the slice is on `char` boundaries.
     fn copy(&mut self, end: usize) {
         self.begin_token();
-        if let Some(text) = self.src.get(self.pos..end) {
-            self.push(text);
+        if self.keyed {
+            if self.span.1 != self.pos || self.span.1 == self.span.0 {
+                self.flush();
+                self.span.0 = self.pos;
+            }
+            self.span.1 = end;
         }
         self.pos = end;
     }
@@ -305,9 +336,8 @@ impl<'a> Lexer<'a> {
             }
             _ if is_ident_start(b) => self.word(),
             b';' => {
-                self.begin_token();
-                self.push(";");
-                self.pos += 1;
+                let end = self.pos + 1;
+                self.copy(end);
                 self.statement_start = true;
             }
             _ => {
@@ -366,7 +396,8 @@ impl<'a> Lexer<'a> {
             }
         }
         self.first_token(Some(word));
-        if OPERATOR_WORDS.iter().any(|k| k.eq_ignore_ascii_case(word)) {
+        // Only `operator_count` (an unkeyed run) needs the count.
+        if !self.keyed && OPERATOR_WORDS.iter().any(|k| k.eq_ignore_ascii_case(word)) {
             self.operators += 1;
         }
         self.copy(end);
@@ -617,6 +648,20 @@ mod tests {
         );
         assert_eq!(key("SELECT 1--x"), "SELECT ?");
         assert_eq!(key("SELECT a/**/FROM t"), "SELECT a FROM t");
+        // Verbatim runs are copied in spans: every kind of gap between two tokens
+        // still collapses to exactly one space, and none is added between
+        // adjacent tokens.
+        assert_eq!(
+            key("SELECT  a,b\tFROM\n\nt ; SELECT 1"),
+            "SELECT a,b FROM t ; SELECT ?"
+        );
+        assert_eq!(key(" a =1 "), "a =?");
+        assert_eq!(key("a= 'x' b"), "a= ? b");
+        assert_eq!(key("a /* c */ b"), "a b");
+        assert_eq!(key("a-- c\n b"), "a b");
+        assert_eq!(key("1 a"), "? a");
+        assert_eq!(key("a;b ;c"), "a;b ;c");
+        assert_eq!(key("\"x\" \"y\"\"z\""), "\"x\" \"y\"\"z\"");
     }
 
     #[test]
