@@ -29,6 +29,12 @@ struct Cli {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Threads that run client sessions. 1 (the default on machines with 2 cores or
+    /// fewer) runs everything on one thread, PgBouncer-style: a sidecar shares its
+    /// cores with the app and the servers, and threads waking each other cost more
+    /// CPU per query than a second thread gains. 0 means one per core.
+    #[arg(long, env = "PGSPLIT_WORKERS")]
+    workers: Option<usize>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -69,10 +75,7 @@ fn init_logs(format: LogFormat) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logs(cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match build_runtime(cli.workers) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("pgsplit: cannot start the runtime: {e}");
@@ -108,6 +111,26 @@ fn main() -> ExitCode {
             eprintln!("pgsplit: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The tokio runtime for `workers` session threads (see `Cli::workers`).
+fn build_runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers = match workers {
+        None if cores <= 2 => 1,
+        None | Some(0) => cores,
+        Some(n) => n,
+    };
+    if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()
     }
 }
 
