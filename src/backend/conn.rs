@@ -72,6 +72,11 @@ pub struct ServerConn {
     /// Statements the client closed while this connection was not in use:
     /// closed here ahead of the next unit it runs.
     pub pending_close: Vec<Bytes>,
+    /// Reported parameters (`application_name`, `TimeZone`...) the last client
+    /// set at startup and that were left in place because that client ran only
+    /// read-only work (no `DISCARD ALL`): the next client resets the ones it
+    /// does not set itself. See `Session::release`.
+    pub carried: Vec<String>,
 }
 
 impl std::fmt::Debug for ServerConn {
@@ -164,6 +169,7 @@ impl ServerConn {
             prepared: HashMap::new(),
             unnamed: None,
             pending_close: Vec::new(),
+            carried: Vec::new(),
         };
         let app = conn
             .target
@@ -451,6 +457,7 @@ impl ServerConn {
                 self.prepared.clear();
                 self.unnamed = None;
                 self.pending_close.clear();
+                self.carried.clear();
                 Ok(())
             }
             Ok(Err(e)) | Err(e) => {
@@ -458,6 +465,17 @@ impl ServerConn {
                 Err(e)
             }
         }
+    }
+
+    /// Idle, usable, and holding no prepared statement or pending close: with
+    /// only read-only work run since the last reset (the caller knows), it can
+    /// serve another client without `DISCARD ALL`.
+    pub fn is_clean(&self) -> bool {
+        !self.broken
+            && self.status == TxStatus::Idle
+            && self.rbuf.is_empty()
+            && self.prepared.is_empty()
+            && self.pending_close.is_empty()
     }
 
     /// Cheap check, no round trip: idle, nothing unread, and the socket has

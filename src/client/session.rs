@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use super::cancel::{CancelSlot, CancelTarget};
 use super::handshake::Hello;
 use super::relay::{self, Expect, Outcome, RelayError, RelayMode};
-use super::state::SessionState;
+use super::state::{SessionState, reset_statement};
 use super::unit::{Unit, is_unit_message};
 use super::{ClientError, ClientIo};
 use crate::app::Context;
@@ -24,7 +24,7 @@ use crate::backend::health::PrimaryState;
 use crate::backend::{Login, Pooled, ServerId};
 use crate::config::ReadYourWrites;
 use crate::protocol::{Frame, ProtocolError, TxStatus, build, tag};
-use crate::route::class::{Kind, PinReason};
+use crate::route::class::{Class, Kind, PinReason};
 use crate::route::router::{Reason, SessionView, Target, route};
 use crate::server::Lsn;
 
@@ -32,6 +32,22 @@ struct Held {
     conn: Pooled,
     /// How much of the session's replay log this connection has applied.
     applied: usize,
+    /// This session ran something here that may leave state on the connection
+    /// beyond reported parameters (see [`leaves_no_state`]): it needs
+    /// `DISCARD ALL` before another client may use it.
+    dirty: bool,
+}
+
+/// Whether a unit of this class leaves nothing on a server connection once its
+/// transaction ends: provably read-only statements (the replica test: no
+/// volatile function, no session effect, no cursor) and transaction control.
+fn leaves_no_state(class: &Class) -> bool {
+    matches!(
+        class.kind,
+        Kind::Read | Kind::Begin { .. } | Kind::TxnControl
+    ) && !class.session_effect
+        && !class.drops_prepared
+        && class.pin.is_none_or(|p| p == PinReason::Hint)
 }
 
 pub struct Session {
@@ -247,7 +263,11 @@ impl Session {
                     .metrics
                     .checkout(&target.name, started.elapsed(), exhausted);
                 let conn = conn?;
-                self.conns.push(Held { conn, applied: 0 });
+                self.conns.push(Held {
+                    conn,
+                    applied: 0,
+                    dirty: false,
+                });
                 self.conns.len() - 1
             }
         };
@@ -265,13 +285,28 @@ impl Session {
     async fn sync(&mut self, index: usize) -> Result<(), ClientError> {
         let held = &mut self.conns[index];
         let log = &self.st.replay;
-        if held.applied >= log.len() {
+        if held.applied >= log.len() && held.conn.carried.is_empty() {
             return Ok(());
         }
         // Entries go in as few round trips as possible: one query string, cut
         // before and after a `RESET ALL`/`DISCARD ALL` (DISCARD ALL refuses to
         // run inside the implicit transaction of a multi-statement string).
         let mut batches: Vec<Vec<u8>> = vec![Vec::new()];
+        // Startup parameters the connection's previous client left in place
+        // go back to the connection's defaults, unless this client sets them.
+        for name in std::mem::take(&mut held.conn.carried) {
+            let ours = self.st.startup.iter().any(|e| {
+                e.startup
+                    .as_ref()
+                    .is_some_and(|(k, _)| k.eq_ignore_ascii_case(&name))
+            });
+            if !ours && let Some(batch) = batches.last_mut() {
+                if !batch.is_empty() {
+                    batch.extend_from_slice(b"; ");
+                }
+                batch.extend_from_slice(reset_statement(&name).as_bytes());
+            }
+        }
         let mut drops = false;
         let mut ran_any = false;
         for entry in &log[held.applied..] {
@@ -289,6 +324,15 @@ impl Session {
                 continue;
             }
             ran_any = true;
+            // A startup setting the server reports stays visible in `params`;
+            // anything else is state only `DISCARD ALL` can clear.
+            let reported = entry.startup.as_ref().is_some_and(|(k, _)| {
+                held.conn
+                    .params
+                    .keys()
+                    .any(|pk| pk.eq_ignore_ascii_case(k.as_bytes()))
+            });
+            held.dirty |= !reported;
             if entry.resets_all {
                 batches.push(entry.sql.to_vec());
                 batches.push(Vec::new());
@@ -531,6 +575,8 @@ impl Session {
                 None => id == self.ctx.configured_primary(),
             };
             let class = unit.class();
+            // An open unit continues with statements not seen yet.
+            self.conns[index].dirty |= !unit.complete || !leaves_no_state(&class);
             let retryable = !on_primary
                 && !retried
                 && unit.complete
@@ -803,8 +849,24 @@ impl Session {
 
     /// Resets and returns every server connection (or drops the ones whose
     /// state is unknown).
+    ///
+    /// A connection this session used only for read-only work is returned
+    /// without `DISCARD ALL` (a round trip per connection per client, most of
+    /// the cost of a short-lived client): it differs from a fresh one only in
+    /// the reported startup parameters this client set, which the next client's
+    /// first `sync` sets or resets.
     async fn release(&mut self) {
+        let startup: Vec<String> = self
+            .st
+            .startup
+            .iter()
+            .filter_map(|e| e.startup.as_ref().map(|(k, _)| k.clone()))
+            .collect();
         for mut held in self.conns.drain(..) {
+            if !held.dirty && held.conn.is_clean() {
+                held.conn.carried.clone_from(&startup);
+                continue;
+            }
             if let Err(e) = held.conn.reset().await {
                 tracing::debug!(error = %e, "server connection not reusable");
             }

@@ -149,6 +149,25 @@ impl SessionState {
 pub fn set_statement(name: &str, value: &str) -> String {
     let mut s = String::with_capacity(name.len() + value.len() + 16);
     s.push_str("SET ");
+    push_setting_name(&mut s, name);
+    s.push_str(" TO '");
+    // standard_conforming_strings is on in every supported PostgreSQL, so only
+    // the quote needs doubling.
+    s.push_str(&value.replace('\'', "''"));
+    s.push('\'');
+    s
+}
+
+/// `RESET name`, with the name quoted as in [`set_statement`].
+pub fn reset_statement(name: &str) -> String {
+    let mut s = String::with_capacity(name.len() + 10);
+    s.push_str("RESET ");
+    push_setting_name(&mut s, name);
+    s
+}
+
+/// A setting name as quoted identifiers (`"my"."opt"`), whatever it contains.
+fn push_setting_name(s: &mut String, name: &str) {
     for (i, part) in name.split('.').enumerate() {
         if i > 0 {
             s.push('.');
@@ -157,12 +176,6 @@ pub fn set_statement(name: &str, value: &str) -> String {
         s.push_str(&part.replace('"', "\"\""));
         s.push('"');
     }
-    s.push_str(" TO '");
-    // standard_conforming_strings is on in every supported PostgreSQL, so only
-    // the quote needs doubling.
-    s.push_str(&value.replace('\'', "''"));
-    s.push('\'');
-    s
 }
 
 #[cfg(test)]
@@ -188,5 +201,7 @@ mod tests {
             "SET \"search_path\" TO 'a, ''b'''"
         );
         assert_eq!(set_statement("my.opt", "x"), "SET \"my\".\"opt\" TO 'x'");
+        assert_eq!(reset_statement("TimeZone"), "RESET \"TimeZone\"");
+        assert_eq!(reset_statement("a\"b.c"), "RESET \"a\"\"b\".\"c\"");
     }
 }
