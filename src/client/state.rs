@@ -53,6 +53,8 @@ pub struct Statement {
     pub text: Bytes,
     pub hash: u64,
     pub class: Class,
+    /// The classifier generation `class` was computed under.
+    pub generation: u64,
 }
 
 pub fn hash_bytes(b: &[u8]) -> u64 {

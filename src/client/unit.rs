@@ -78,12 +78,31 @@ impl Unit {
             }
             tag::PARSE => {
                 let (name, text) = fields::parse(body)?;
-                let class = classify_bytes(classifier, text);
+                let hash = hash_bytes(body);
+                let generation = classifier.generation();
+                // Drivers re-send the same Parse for every execution (the
+                // unnamed statement especially): its class is already known.
+                let known = if name.is_empty() {
+                    st.unnamed.as_ref()
+                } else {
+                    st.statements.get(name)
+                };
+                let class = match known {
+                    Some(s)
+                        if s.hash == hash
+                            && s.generation == generation
+                            && s.parse == frame.bytes =>
+                    {
+                        s.class
+                    }
+                    _ => classify_bytes(classifier, text),
+                };
                 let stmt = Statement {
                     parse: frame.bytes.clone(),
                     text: frame.bytes.slice_ref(text),
-                    hash: hash_bytes(body),
+                    hash,
                     class,
+                    generation,
                 };
                 if name.is_empty() {
                     st.unnamed = Some(stmt);
@@ -187,4 +206,56 @@ pub fn is_unit_message(t: u8) -> bool {
             | tag::FLUSH
             | tag::FUNCTION_CALL
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::{BufMut, BytesMut};
+
+    use super::*;
+    use crate::route::catalog::FunctionCatalog;
+    use crate::route::class::RouteMode;
+
+    fn parse_frame(name: &str, sql: &str) -> Frame {
+        let mut b = BytesMut::new();
+        b.put_u8(tag::PARSE);
+        let len = 4 + name.len() + 1 + sql.len() + 1 + 2;
+        b.put_u32(u32::try_from(len).unwrap());
+        b.put_slice(name.as_bytes());
+        b.put_u8(0);
+        b.put_slice(sql.as_bytes());
+        b.put_u8(0);
+        b.put_u16(0);
+        Frame {
+            tag: tag::PARSE,
+            bytes: b.freeze(),
+        }
+    }
+
+    fn parse_class(st: &mut SessionState, c: &Classifier, name: &str, sql: &str) -> Kind {
+        let mut unit = Unit::default();
+        unit.push(parse_frame(name, sql), st, c).unwrap();
+        unit.class().kind
+    }
+
+    #[test]
+    fn a_repeated_parse_reuses_its_class_until_the_catalog_changes() {
+        let catalog = |safe: bool| {
+            FunctionCatalog::from_rows([("public".to_owned(), "f".to_owned(), safe)], &[], &[])
+        };
+        // No cache: every classification the session does not reuse is fresh.
+        let c = Classifier::new(catalog(true), 0);
+        let mut st = SessionState::new(RouteMode::Auto, &[]);
+        for name in ["", "s1"] {
+            assert_eq!(parse_class(&mut st, &c, name, "SELECT f()"), Kind::Read);
+            assert_eq!(parse_class(&mut st, &c, name, "SELECT f()"), Kind::Read);
+        }
+        // f turns volatile: the same Parse must be classified again.
+        assert!(c.set_catalog(catalog(false)));
+        for name in ["", "s1"] {
+            assert_eq!(parse_class(&mut st, &c, name, "SELECT f()"), Kind::Write);
+        }
+        // Another text under the same name is classified on its own.
+        assert_eq!(parse_class(&mut st, &c, "s1", "SELECT 1"), Kind::Read);
+    }
 }

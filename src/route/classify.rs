@@ -527,6 +527,9 @@ pub struct Classifier {
     /// when full), and the cached path is hot: hashing is most of a lookup.
     cache: RwLock<HashMap<Box<str>, Class, foldhash::fast::RandomState>>,
     capacity: usize,
+    /// Bumped whenever the catalog changes: a class computed under an older
+    /// generation may be stale (see [`Classifier::generation`]).
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl Classifier {
@@ -536,6 +539,7 @@ impl Classifier {
             catalog: RwLock::new(Arc::new(catalog)),
             cache: RwLock::new(HashMap::with_hasher(foldhash::fast::RandomState::default())),
             capacity,
+            generation: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -582,12 +586,21 @@ impl Classifier {
                 return false;
             }
             *current = Arc::new(catalog);
+            self.generation
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         }
         self.cache
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .clear();
         true
+    }
+
+    /// Changes whenever the catalog does: a caller that keeps a class beyond
+    /// one statement (a session re-parsing the same text) may reuse it only
+    /// while the generation it was computed under is current.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The catalog in use.
