@@ -344,7 +344,7 @@ impl<'a> Lexer<'a> {
                 // Any other ASCII byte (operators, punctuation). Non-ASCII bytes are
                 // identifier characters and handled above.
                 self.first_token(None);
-                if OPERATOR_BYTES.contains(&b) {
+                if !self.keyed && OPERATOR_BYTES.contains(&b) {
                     self.operators += 1;
                 }
                 let end = self.pos + 1;
@@ -356,10 +356,9 @@ impl<'a> Lexer<'a> {
     /// An identifier or keyword, or the prefix of a prefixed string literal.
     fn word(&mut self) {
         let start = self.pos;
-        let mut end = start + 1;
-        while self.bytes.get(end).is_some_and(|&c| is_ident_cont(c)) {
-            end += 1;
-        }
+        // Identifier bytes are most of a statement: one table lookup each.
+        let rest = self.bytes.get(start + 1..).unwrap_or_default();
+        let end = start + 1 + rest.iter().take_while(|&&c| is_ident_cont(c)).count();
         let word = self.src.get(start..end).unwrap_or_default();
         let next = self.bytes.get(end).copied();
         if word.len() == 1 && next == Some(b'\'') {
@@ -413,8 +412,20 @@ fn is_ident_start(b: u8) -> bool {
 }
 
 fn is_ident_cont(b: u8) -> bool {
-    is_ident_start(b) || b.is_ascii_digit() || b == b'$'
+    IDENT_CONT[usize::from(b)]
 }
+
+/// [`is_ident_cont`] as a table: letters, digits, `_`, `$` and every non-ASCII byte.
+const IDENT_CONT: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        table[i] = b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80;
+        i += 1;
+    }
+    table
+};
 
 fn skip_whitespace(bytes: &[u8], mut i: usize) -> usize {
     while bytes.get(i).is_some_and(|&b| is_space(b)) {
