@@ -118,7 +118,11 @@ impl Session {
         hello.extend_from_slice(&build::ready_for_query(TxStatus::Idle));
         self.io.write(&hello).await?;
 
+        // One waiter for the whole session, not one registered per message.
         let mut terminate = self.ctx.terminate.subscribe();
+        let mut terminated = std::pin::pin!(async move {
+            let _ = terminate.wait_for(|t| *t).await;
+        });
         loop {
             // A LISTENing session gets notifications while idle, as it would
             // from PostgreSQL: watch the connection that ran the LISTEN too.
@@ -128,10 +132,7 @@ impl Session {
             // Between units is where a draining pgsplit may end the session.
             let frame = tokio::select! {
                 f = self.io.read_frame() => f?,
-                () = async {
-                    // Drop the watch guard here: it must not live across awaits.
-                    let _ = terminate.wait_for(|t| *t).await;
-                } => {
+                () = &mut terminated => {
                     return Err(ClientError::refused(
                         "57P01",
                         "terminating connection due to administrator command (pgsplit is shutting down)",
