@@ -150,13 +150,17 @@ impl Context {
     }
 
     /// Applies a new configuration to a running pgsplit: servers, routing
-    /// limits, pool settings, credentials. Listen addresses need a restart.
+    /// limits, pool settings, credentials. Listen addresses and `workers` need a
+    /// restart.
     pub fn reload(&self, mut new: Config) {
         let old = self.config();
         if new.listen != old.listen || new.admin_listen != old.admin_listen {
             tracing::warn!(
                 "listen addresses changed in the config; they take effect on restart only"
             );
+        }
+        if new.workers != old.workers {
+            tracing::warn!("workers changed in the config; it takes effect on restart only");
         }
         let servers = Servers::build(&new, Some(&self.servers()), &self.next_server_id);
         let names: Vec<String> = servers.list.iter().map(|s| s.name.clone()).collect();

@@ -29,11 +29,12 @@ struct Cli {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
-    /// Threads that run client sessions. 1 (the default on machines with 2 cores or
-    /// fewer) runs everything on one thread, PgBouncer-style: a sidecar shares its
-    /// cores with the app and the servers, and threads waking each other cost more
-    /// CPU per query than a second thread gains. 0 means one per core.
-    #[arg(long, env = "PGSPLIT_WORKERS")]
+    /// Threads that run client sessions (config `workers`). 1, the default on
+    /// machines with 2 cores or fewer, runs everything on one thread like
+    /// PgBouncer: a sidecar shares its cores with the app and the servers, and
+    /// threads waking each other cost more CPU per query than a second thread
+    /// gains. 0 means one per core.
+    #[arg(long)]
     workers: Option<usize>,
     #[command(subcommand)]
     command: Option<Command>,
@@ -75,14 +76,10 @@ fn init_logs(format: LogFormat) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logs(cli.log_format);
-    let runtime = match build_runtime(cli.workers) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("pgsplit: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
     if let Some(Command::Demo { port }) = cli.command {
+        let Some(runtime) = runtime_or_report(cli.workers) else {
+            return ExitCode::FAILURE;
+        };
         return match runtime.block_on(demo(port)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -92,6 +89,7 @@ fn main() -> ExitCode {
         };
     }
     let overrides = Overrides {
+        workers: cli.workers,
         listen: cli.listen,
         admin_listen: cli.admin_listen,
         primary: cli.primary,
@@ -105,11 +103,24 @@ fn main() -> ExitCode {
         }
     };
     let reload = cli.config.clone().map(|file| (file, overrides.clone()));
+    let Some(runtime) = runtime_or_report(config.workers) else {
+        return ExitCode::FAILURE;
+    };
     match runtime.block_on(serve(config, reload)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("pgsplit: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime_or_report(workers: Option<usize>) -> Option<tokio::runtime::Runtime> {
+    match build_runtime(workers) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            eprintln!("pgsplit: cannot start the runtime: {e}");
+            None
         }
     }
 }
@@ -156,6 +167,7 @@ async fn demo(port: u16) -> anyhow::Result<()> {
             admin_listen: Some("127.0.0.1:0".into()),
             primary: Some(cluster.url(Node::Primary)),
             replicas: vec![cluster.url(Node::Replica)],
+            ..Overrides::default()
         },
     )?;
     let app = App::bind(config).await?;

@@ -190,6 +190,7 @@ impl Default for LimitsConfig {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
+    workers: Option<usize>,
     listen: Option<String>,
     admin_listen: Option<String>,
     primary: Option<String>,
@@ -209,6 +210,9 @@ struct RawConfig {
 
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// Threads running client sessions; `None`: one on machines with 2 cores or
+    /// fewer, else one per core; `Some(0)`: one per core. Read at start only.
+    pub workers: Option<usize>,
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
     pub primary: ServerUrl,
@@ -223,6 +227,7 @@ pub struct Config {
 /// What the command line can override.
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
+    pub workers: Option<usize>,
     pub listen: Option<String>,
     pub admin_listen: Option<String>,
     pub primary: Option<String>,
@@ -232,6 +237,7 @@ pub struct Overrides {
 /// Keys reachable through the environment: `PGSPLIT_<SECTION>_<KEY>` upper-cased,
 /// e.g. `PGSPLIT_ROUTING_MAX_LAG=2s`, `PGSPLIT_REPLICAS=url1,url2`.
 const ENV_KEYS: &[(&str, &str)] = &[
+    ("", "workers"),
     ("", "listen"),
     ("", "admin_listen"),
     ("", "primary"),
@@ -405,6 +411,7 @@ impl Config {
             replicas.push(url);
         }
         let cfg = Config {
+            workers: flags.workers.or(raw.workers),
             listen,
             admin_listen,
             primary,
