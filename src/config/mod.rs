@@ -504,6 +504,7 @@ mod tests {
             &[
                 ("PGSPLIT_ROUTING_MAX_LAG", "300ms"),
                 ("PGSPLIT_POOL_MAX_SIZE", "7"),
+                ("PGSPLIT_WORKERS", "3"),
                 (
                     "PGSPLIT_REPLICAS",
                     "postgres://h1/app, postgres://h2:6000/app",
@@ -513,20 +514,23 @@ mod tests {
         .unwrap();
         assert_eq!(c.routing.max_lag, Duration::from_millis(300));
         assert_eq!(c.pool.max_size, 7);
+        assert_eq!(c.workers, Some(3));
         assert_eq!(c.replicas.len(), 2);
         assert_eq!(c.replicas[1].port, 6000);
         assert_eq!(c.replicas[0].user.as_deref(), Some("app"), "inherited");
         let flags = Overrides {
             listen: Some("127.0.0.1:7000".into()),
+            workers: Some(1),
             ..Overrides::default()
         };
         let c = Config::from_toml_str(
-            &format!("primary = \"{P}\"\nlisten = \"0.0.0.0:1\""),
+            &format!("primary = \"{P}\"\nlisten = \"0.0.0.0:1\"\nworkers = 4"),
             [],
             &flags,
         )
         .unwrap();
         assert_eq!(c.listen.port(), 7000);
+        assert_eq!(c.workers, Some(1));
     }
 
     #[test]
