@@ -617,3 +617,41 @@ async fn idle_raw_connections_count_against_the_limit_only_until_timeout() {
     }
     proxy.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bind_to_an_unnamed_statement_the_client_never_parsed_fails_with_26000() {
+    // With a pool of one, the second client gets the first client's primary
+    // connection, handed on without DISCARD ALL (it only read), which still
+    // holds the first client's unnamed statement on the server.
+    let c = cluster();
+    let proxy = start(c, &format!("{TRUST}[pool]\nmax_size = 1\n")).await;
+    let first = connect(&proxy.url(c)).await;
+    let row = first
+        .query_typed_one("/* pgsplit:primary */ SELECT 42::int4", &[])
+        .await
+        .expect("unnamed statement on the primary");
+    assert_eq!(row.get::<_, i32>(0), 42);
+    drop(first);
+    sleep(Duration::from_millis(300)).await;
+
+    let mut s = trusted_login(c, proxy.addr).await;
+    // Bind portal "" to statement "" (no formats, no parameters), Execute, Sync.
+    let mut unit = tagged(b'B', &[0, 0, 0, 0, 0, 0, 0, 0]);
+    unit.extend_from_slice(&tagged(b'E', &[0, 0, 0, 0, 0]));
+    unit.extend_from_slice(&tagged(b'S', &[]));
+    s.write_all(&unit).await.expect("send Bind/Execute/Sync");
+    let mut codes = Vec::new();
+    loop {
+        match next(&mut s).await {
+            Next::Message(b'E', body) => codes.push(sqlstate(&body).unwrap_or_default()),
+            Next::Message(b'D', _) => panic!("ran a statement this client never prepared"),
+            Next::Message(b'Z', _) => break,
+            Next::Message(_, _) => {}
+            Next::Closed => panic!("closed"),
+        }
+    }
+    assert_eq!(codes, ["26000"]);
+    // The session goes on normally.
+    assert_eq!(raw_query(&mut s, "SELECT 7").await.as_deref(), Some("7"));
+    proxy.stop().await;
+}

@@ -119,6 +119,14 @@ fn ensure_prepared(
     exp: &mut Expect,
 ) {
     let Some(stmt) = st.statement(name) else {
+        // The server holds an unnamed statement this client does not have
+        // (it ran a simple Query or a Close since, or it was the previous
+        // client's, see `Session::release`): close it, so that the client
+        // gets the error a connection of its own would give.
+        if name.is_empty() && conn.unnamed.take().is_some() {
+            out.extend_from_slice(&build::close_statement(b""));
+            exp.close.push_back(true);
+        }
         return;
     };
     if name.is_empty() {
