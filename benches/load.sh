@@ -5,14 +5,18 @@
 # pgsplit's reads went, CPU per 1,000 queries, and RSS.
 #
 # Usage: benches/load.sh [--quick] [--rounds N] [--duration SECONDS] [--scale N]
-#                        [--out DIR]
-#   --quick          smoke run: 1 round, 3 s per run (figures are not meaningful)
+#                        [--out DIR] [--no-instructions]
+#   --quick          smoke run: 1 round, 3 s per run (figures are not meaningful),
+#                    no instruction counts
 #   --rounds N       interleaved rounds (default 3; the median is over rounds)
 #   --duration S     pgbench -T per run (default 10)
 #   --scale N        pgbench -i -s (default 10)
 #   --out DIR        where run logs, results.tsv and report.md go
 #                    (default target/load-bench/<date>-<time>)
 #   --report-only DIR  render report.md again from DIR/results.tsv + meta.env
+#   --no-instructions  skip benches/instructions.sh (user-space instructions per
+#                    query of pgsplit and PgBouncer under callgrind, ~5 min; it
+#                    needs valgrind, installed with apt-get when running as root)
 #
 # Needs: cargo, PostgreSQL server binaries + psql + pgbench (Debian `postgresql`,
 # `postgresql-client`, `postgresql-contrib`), pgbouncer (installed with apt-get
@@ -32,12 +36,14 @@ SCALE=10
 OUT=""
 QUICK=0
 REPORT_ONLY=""
+INSTRUCTIONS=1
 
-usage() { sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; }
 
 while [ $# -gt 0 ]; do
   case "$1" in
-    --quick) QUICK=1; ROUNDS=1; DURATION=3 ;;
+    --quick) QUICK=1; ROUNDS=1; DURATION=3; INSTRUCTIONS=0 ;;
+    --no-instructions) INSTRUCTIONS=0 ;;
     --rounds) ROUNDS="${2:?--rounds needs a value}"; shift ;;
     --duration) DURATION="${2:?--duration needs a value}"; shift ;;
     --scale) SCALE="${2:?--scale needs a value}"; shift ;;
@@ -197,6 +203,16 @@ render_report() {
     pc = (rss_idlec - rss_idle) / idle_clients
     printf "- per idle client %.1f KB (< 100 KB: %s)\n", pc, atmost(pc, 99.99)
   }' "$RESULTS" >>"$OUT/report.md"
+  if [ -s "$OUT/instructions.md" ]; then
+    {
+      echo
+      echo "## User-space instructions per query (callgrind, benches/instructions.sh)"
+      echo
+      echo "Repeatable on a shared machine; kernel work (about the same for both proxies) not included."
+      echo
+      cat "$OUT/instructions.md"
+    } >>"$OUT/report.md"
+  fi
   echo
   cat "$OUT/report.md"
   echo
@@ -602,6 +618,27 @@ for ((round = 1; round <= ROUNDS; round++)); do
 done
 ELAPSED=$((SECONDS - STARTED))
 sleep 2
+if [ "$INSTRUCTIONS" -eq 1 ]; then
+  if ! command -v valgrind >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+    log "installing valgrind (apt-get)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null 2>&1 || true
+  fi
+  if command -v valgrind >/dev/null 2>&1; then
+    log "instructions per query under callgrind (benches/instructions.sh)"
+    IR_PORT="$(free_port)"
+    sed -e "s/^listen_port = .*/listen_port = $IR_PORT/" \
+      -e "s#^pidfile = .*#pidfile = $BDIR/pgbouncer-ir.pid#" \
+      -e "s#^logfile = .*#logfile = $BDIR/pgbouncer-ir.log#" \
+      "$BDIR/pgbouncer.ini" >"$BDIR/pgbouncer-ir.ini"
+    if [ ${#RUN_AS[@]} -gt 0 ]; then chown postgres: "$BDIR/pgbouncer-ir.ini"; fi
+    PRIMARY_URL="$PRIMARY_URL" REPLICA_URL="$REPLICA_URL" SPLIT_BIN="$PGSPLIT_BIN" \
+      PGBOUNCER_INI="$BDIR/pgbouncer-ir.ini" PGBOUNCER_PORT="$IR_PORT" OUT="$OUT/instructions" \
+      "$ROOT/benches/instructions.sh" >"$OUT/instructions.md" 9>&- ||
+      die "benches/instructions.sh failed; see $OUT/instructions"
+  else
+    log "valgrind not found: no instruction counts (Debian package valgrind)"
+  fi
+fi
 XC_PRIMARY1="$(xact_commit "$PRIMARY_PORT")"
 XC_REPLICA1="$(xact_commit "$REPLICA_PORT")"
 PGSPLIT_RSS_END="$(rss_kb "$PGSPLIT_PID")"
