@@ -78,24 +78,19 @@ impl Unit {
             }
             tag::PARSE => {
                 let (name, text) = fields::parse(body)?;
-                let hash = hash_bytes(body);
                 let generation = classifier.generation();
                 // Drivers re-send the same Parse for every execution (the
-                // unnamed statement especially): its class is already known.
+                // unnamed statement especially): its hash and class are known.
                 let known = if name.is_empty() {
                     st.unnamed.as_ref()
                 } else {
                     st.statements.get(name)
                 };
-                let class = match known {
-                    Some(s)
-                        if s.hash == hash
-                            && s.generation == generation
-                            && s.parse == frame.bytes =>
-                    {
-                        s.class
+                let (hash, class) = match known {
+                    Some(s) if s.generation == generation && s.parse == frame.bytes => {
+                        (s.hash, s.class)
                     }
-                    _ => classify_bytes(classifier, text),
+                    _ => (hash_bytes(body), classify_bytes(classifier, text)),
                 };
                 let stmt = Statement {
                     parse: frame.bytes.clone(),
