@@ -314,26 +314,22 @@ impl Session {
             // A startup setting the connection already reports needs no SET,
             // but only while nothing else has run before it: after a RESET ALL
             // the reported value is stale.
-            if !ran_any
-                && let Some((k, v)) = &entry.startup
-                && held
-                    .conn
+            // For a startup setting the server reports: whether it reports
+            // this very value.
+            let reported = entry.startup.as_ref().and_then(|(k, v)| {
+                held.conn
                     .params
                     .iter()
-                    .any(|(pk, pv)| pk.eq_ignore_ascii_case(k.as_bytes()) && pv == v.as_bytes())
-            {
+                    .find(|(pk, _)| pk.eq_ignore_ascii_case(k.as_bytes()))
+                    .map(|(_, pv)| pv.as_slice() == v.as_bytes())
+            });
+            if !ran_any && reported == Some(true) {
                 continue;
             }
             ran_any = true;
             // A startup setting the server reports stays visible in `params`;
             // anything else is state only `DISCARD ALL` can clear.
-            let reported = entry.startup.as_ref().is_some_and(|(k, _)| {
-                held.conn
-                    .params
-                    .keys()
-                    .any(|pk| pk.eq_ignore_ascii_case(k.as_bytes()))
-            });
-            held.dirty |= !reported;
+            held.dirty |= reported.is_none();
             if entry.resets_all {
                 batches.push(entry.sql.to_vec());
                 batches.push(Vec::new());
