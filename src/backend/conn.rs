@@ -448,7 +448,7 @@ impl ServerConn {
     /// drops prepared statements, temp tables, advisory locks, LISTENs and session
     /// settings. Only an idle connection can be reset; anything else is broken.
     pub async fn reset(&mut self) -> Result<(), BackendError> {
-        if self.broken || self.status != TxStatus::Idle || !self.rbuf.is_empty() {
+        if !self.idle() {
             self.broken = true;
             return Ok(());
         }
@@ -471,17 +471,18 @@ impl ServerConn {
     /// only read-only work run since the last reset (the caller knows), it can
     /// serve another client without `DISCARD ALL`.
     pub fn is_clean(&self) -> bool {
-        !self.broken
-            && self.status == TxStatus::Idle
-            && self.rbuf.is_empty()
-            && self.prepared.is_empty()
-            && self.pending_close.is_empty()
+        self.idle() && self.prepared.is_empty() && self.pending_close.is_empty()
+    }
+
+    /// Usable, outside any transaction, and nothing unread.
+    fn idle(&self) -> bool {
+        !self.broken && self.status == TxStatus::Idle && self.rbuf.is_empty()
     }
 
     /// Cheap check, no round trip: idle, nothing unread, and the socket has
     /// neither data nor end-of-stream waiting.
     pub fn is_idle_and_open(&mut self) -> bool {
-        if self.broken || self.status != TxStatus::Idle || !self.rbuf.is_empty() {
+        if !self.idle() {
             return false;
         }
         let mut probe = [0u8; 1];
