@@ -1,12 +1,18 @@
 //! The byte stream under a connection: plain TCP, or TLS once negotiated (as
 //! the server side toward clients, or the client side toward PostgreSQL). One
 //! enum so the session code is written once.
+//!
+//! Every write through a `Stream` must be followed by a flush before pgsplit
+//! waits for anything else: a TLS stream may accept bytes into its session
+//! buffer and return before they reach the socket (tokio-rustls does when the
+//! socket is full), and nothing sends them until the next write or flush. Use
+//! [`Stream::send`], which does both.
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 pub enum Stream {
@@ -15,19 +21,37 @@ pub enum Stream {
     Accepted(Box<tokio_rustls::server::TlsStream<TcpStream>>),
     /// TLS toward a PostgreSQL server (pgsplit is the TLS client).
     Connected(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    /// An in-process byte stream (`tokio::io::duplex`, possibly under TLS):
+    /// lets tests drive sessions and relays with peers that split, stall or
+    /// hold bytes as real sockets and TLS layers do.
+    Memory(Box<dyn Duplex>),
 }
 
+/// A byte stream that can stand in for a socket.
+pub trait Duplex: AsyncRead + AsyncWrite + Send + Sync + Unpin {}
+
+impl<T: AsyncRead + AsyncWrite + Send + Sync + Unpin> Duplex for T {}
+
 impl Stream {
-    pub fn tcp(&self) -> &TcpStream {
+    /// The socket under the stream; `None` for an in-memory stream.
+    pub fn tcp(&self) -> Option<&TcpStream> {
         match self {
-            Stream::Plain(s) => s,
-            Stream::Accepted(s) => s.get_ref().0,
-            Stream::Connected(s) => s.get_ref().0,
+            Stream::Plain(s) => Some(s),
+            Stream::Accepted(s) => Some(s.get_ref().0),
+            Stream::Connected(s) => Some(s.get_ref().0),
+            Stream::Memory(_) => None,
         }
     }
 
     pub fn is_tls(&self) -> bool {
-        !matches!(self, Stream::Plain(_))
+        matches!(self, Stream::Accepted(_) | Stream::Connected(_))
+    }
+
+    /// Writes all of `bytes` and flushes them to the socket. A write alone is
+    /// not enough under TLS (see the module comment).
+    pub async fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.write_all(bytes).await?;
+        self.flush().await
     }
 }
 
@@ -43,6 +67,10 @@ macro_rules! delegate {
                 $e
             }
             Stream::Connected($s) => {
+                let $s = Pin::new($s.as_mut());
+                $e
+            }
+            Stream::Memory($s) => {
                 let $s = Pin::new($s.as_mut());
                 $e
             }
@@ -90,6 +118,7 @@ impl AsyncWrite for Stream {
             Stream::Plain(s) => s.is_write_vectored(),
             Stream::Accepted(s) => s.is_write_vectored(),
             Stream::Connected(s) => s.is_write_vectored(),
+            Stream::Memory(s) => s.is_write_vectored(),
         }
     }
 }

@@ -1,7 +1,7 @@
 //! The client's side of the byte stream, framed.
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
 use super::ClientError;
 use crate::net::Stream;
@@ -49,10 +49,9 @@ impl ClientIo {
         }
     }
 
+    /// Writes and flushes `bytes` (under TLS a write alone may leave them in
+    /// the session buffer, see `net`).
     pub async fn write(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
-        self.stream
-            .write_all(bytes)
-            .await
-            .map_err(ClientError::Gone)
+        self.stream.send(bytes).await.map_err(ClientError::Gone)
     }
 }

@@ -11,6 +11,9 @@ pub mod session;
 pub mod state;
 pub mod unit;
 
+#[cfg(test)]
+mod copy_tests;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 
