@@ -8,6 +8,8 @@
 //! fails `verify-full` while `127.0.0.1` passes.
 
 mod common;
+#[path = "tls/copy_soak.rs"]
+mod copy_soak;
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
