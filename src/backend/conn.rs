@@ -3,13 +3,15 @@
 //! (tokio-postgres would hide the byte stream the session forwards).
 
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use postgres_protocol::authentication::md5_hash;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::BackendError;
@@ -44,6 +46,17 @@ impl ServerTarget {
         }
         Arc::new(ServerTarget { id, url, name, tls })
     }
+}
+
+/// What one step of [`ServerConn::pump`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pumped {
+    /// Wrote or flushed bytes toward the server.
+    Wrote,
+    /// Read bytes from the server into the read buffer.
+    Read,
+    /// The server closed the connection (reported as an error).
+    Closed,
 }
 
 /// What the session needs to send a cancel request for this connection.
@@ -344,6 +357,66 @@ impl ServerConn {
             return Err(self.io(e));
         }
         Ok(())
+    }
+
+    /// Moves bytes both ways at once: writes some of `out` (and, once it is
+    /// empty, flushes, tracked by `unflushed`) or reads what the server sent
+    /// into the read buffer, whichever the socket allows first. The relay uses
+    /// it so that a server answering while pgsplit still sends (a pipeline of
+    /// Executes, NOTICEs from a COPY FROM trigger) is always read, and neither
+    /// side can block the other with both sockets full.
+    pub async fn pump(
+        &mut self,
+        out: &mut BytesMut,
+        unflushed: &mut bool,
+    ) -> Result<Pumped, BackendError> {
+        let ServerConn { stream, rbuf, .. } = self;
+        // Only a TLS (or in-memory) stream can hold written bytes back.
+        let holds_writes = !matches!(stream, Stream::Plain(_));
+        let result = std::future::poll_fn(|cx| {
+            let mut stream = Pin::new(&mut *stream);
+            if !out.is_empty() {
+                match stream.as_mut().poll_write(cx, out) {
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+                    }
+                    Poll::Ready(Ok(n)) => {
+                        out.advance(n);
+                        *unflushed = holds_writes;
+                        return Poll::Ready(Ok(Pumped::Wrote));
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => {}
+                }
+            } else if *unflushed {
+                match stream.as_mut().poll_flush(cx) {
+                    Poll::Ready(Ok(())) => {
+                        *unflushed = false;
+                        return Poll::Ready(Ok(Pumped::Wrote));
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => {}
+                }
+            }
+            match tokio_util::io::poll_read_buf(stream, cx, rbuf) {
+                Poll::Ready(Ok(0)) => Poll::Ready(Ok(Pumped::Closed)),
+                Poll::Ready(Ok(_)) => Poll::Ready(Ok(Pumped::Read)),
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await;
+        match result {
+            Ok(Pumped::Closed) => {
+                self.broken = true;
+                Err(BackendError::Closed(self.target.name.clone()))
+            }
+            Ok(p) => Ok(p),
+            Err(e) => {
+                self.broken = true;
+                Err(self.io(e))
+            }
+        }
     }
 
     /// Reads more bytes into the buffer; end of stream is an error.

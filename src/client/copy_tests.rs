@@ -76,7 +76,11 @@ async fn tls_pipe(pgsplit_is_server: bool) -> (Stream, Box<dyn crate::net::Duple
 }
 
 fn plain_pipe() -> (Stream, DuplexStream) {
-    let (a, b) = duplex(PIPE);
+    plain_pipe_of(PIPE)
+}
+
+fn plain_pipe_of(size: usize) -> (Stream, DuplexStream) {
+    let (a, b) = duplex(size);
     (Stream::Memory(Box::new(a)), b)
 }
 
@@ -122,7 +126,33 @@ async fn read_msg<S: AsyncRead + Unpin>(s: &mut S, buf: &mut BytesMut) -> Frame 
 
 /// The PostgreSQL side of `COPY t FROM STDIN`: counts the CopyData payload,
 /// answers CommandComplete and ReadyForQuery after CopyDone.
-async fn copy_in_server<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) -> usize {
+async fn copy_in_server<S: AsyncRead + AsyncWrite + Unpin>(s: S) -> usize {
+    copy_in_server_noting(s, false).await
+}
+
+/// A NoticeResponse as a trigger's `RAISE NOTICE` would send.
+fn notice(i: usize) -> Vec<u8> {
+    let mut body = Vec::new();
+    for (code, text) in [
+        (b'S', "NOTICE".to_owned()),
+        (b'C', "00000".to_owned()),
+        (b'M', format!("row {i} arrived {}", "-".repeat(150))),
+    ] {
+        body.push(code);
+        body.extend_from_slice(text.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    msg(tag::backend::NOTICE_RESPONSE, &body)
+}
+
+/// As [`copy_in_server`]; with `notices`, it answers every CopyData with a
+/// NOTICE and reads nothing more until that NOTICE is written, as a backend
+/// blocked on a full socket does.
+async fn copy_in_server_noting<S: AsyncRead + AsyncWrite + Unpin>(
+    mut s: S,
+    notices: bool,
+) -> usize {
     let mut buf = BytesMut::new();
     let q = read_msg(&mut s, &mut buf).await;
     assert_eq!(q.tag, tag::QUERY);
@@ -134,7 +164,15 @@ async fn copy_in_server<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) -> usize {
     loop {
         let f = read_msg(&mut s, &mut buf).await;
         match f.tag {
-            tag::COPY_DATA => payload += f.body().len(),
+            tag::COPY_DATA => {
+                payload += f.body().len();
+                if notices {
+                    s.write_all(&notice(payload))
+                        .await
+                        .unwrap_or_else(|e| panic!("{e}"));
+                    s.flush().await.unwrap_or_else(|e| panic!("{e}"));
+                }
+            }
             tag::COPY_DONE => break,
             other => panic!("unexpected message {} during COPY IN", char::from(other)),
         }
@@ -170,14 +208,30 @@ async fn copy_in(
     row: usize,
     cut: Cut,
 ) -> (usize, Vec<Frame>, Outcome) {
+    copy_in_noting(server_tls, rows, row, cut, false).await
+}
+
+async fn copy_in_noting(
+    server_tls: bool,
+    rows: usize,
+    row: usize,
+    cut: Cut,
+    notices: bool,
+) -> (usize, Vec<Frame>, Outcome) {
     let (pg_stream, pg_end): (Stream, Box<dyn crate::net::Duplex>) = if server_tls {
         tls_pipe(false).await
     } else {
         let (s, e) = plain_pipe();
         (s, Box::new(e))
     };
-    let (client_stream, mut app) = plain_pipe();
-    let server = tokio::spawn(copy_in_server(pg_end));
+    // A client socket with room for everything it sends (kernel buffers are
+    // large) unless the point is the client's cuts.
+    let (client_stream, mut app) = if notices {
+        plain_pipe_of(4 << 20)
+    } else {
+        plain_pipe()
+    };
+    let server = tokio::spawn(copy_in_server_noting(pg_end, notices));
 
     let mut io = ClientIo::new(client_stream, BytesMut::new(), 64 << 20);
     let mut conn = server_conn(pg_stream);
@@ -191,10 +245,16 @@ async fn copy_in(
         };
         relay::stage(&frame, &mut st, &mut conn, &mut out, &mut exp)
             .unwrap_or_else(|e| panic!("{e}"));
-        if conn.write(&out).await.is_err() {
-            panic!("write to server");
-        }
-        match relay::relay(&mut io, &mut conn, &mut st, &mut exp, RelayMode::default()).await {
+        match relay::relay(
+            &mut io,
+            &mut conn,
+            &mut st,
+            &mut exp,
+            RelayMode::default(),
+            out,
+        )
+        .await
+        {
             Ok(o) => o,
             Err(_) => panic!("relay failed"),
         }
@@ -207,61 +267,70 @@ async fn copy_in(
     let first = read_msg(&mut app, &mut buf).await;
     assert_eq!(first.tag, b'G', "CopyInResponse reaches the client");
 
+    let (mut app_r, mut app) = tokio::io::split(app);
+    let reader = async move {
+        let mut replies = Vec::new();
+        loop {
+            let f = read_msg(&mut app_r, &mut buf).await;
+            let end = f.tag == tag::backend::READY_FOR_QUERY;
+            replies.push(f);
+            if end {
+                return replies;
+            }
+        }
+    };
     let data: Vec<Vec<u8>> = (0..rows)
         .map(|i| msg(tag::COPY_DATA, &vec![b'a' + (i % 26) as u8; row]))
         .collect();
     let done = msg(tag::COPY_DONE, &[]);
     let pause = || tokio::time::sleep(Duration::from_millis(20));
-    match cut {
-        Cut::Messages => {
-            for d in data.iter().chain(std::iter::once(&done)) {
-                app.write_all(d).await.unwrap_or_else(|e| panic!("{e}"));
+    let writer = async move {
+        match cut {
+            Cut::Messages => {
+                for d in data.iter().chain(std::iter::once(&done)) {
+                    app.write_all(d).await.unwrap_or_else(|e| panic!("{e}"));
+                }
             }
-        }
-        Cut::SplitHeaders => {
-            for d in data.iter().chain(std::iter::once(&done)) {
-                app.write_all(&d[..2])
-                    .await
-                    .unwrap_or_else(|e| panic!("{e}"));
+            Cut::SplitHeaders => {
+                for d in data.iter().chain(std::iter::once(&done)) {
+                    app.write_all(&d[..2])
+                        .await
+                        .unwrap_or_else(|e| panic!("{e}"));
+                    pause().await;
+                    app.write_all(&d[2..])
+                        .await
+                        .unwrap_or_else(|e| panic!("{e}"));
+                }
+            }
+            Cut::LastTwoTogether => {
+                let (last, rest) = data.split_last().unwrap_or_else(|| panic!("rows > 0"));
+                for d in rest {
+                    app.write_all(d).await.unwrap_or_else(|e| panic!("{e}"));
+                }
+                let mut tail = last.clone();
+                tail.extend_from_slice(&done);
+                app.write_all(&tail).await.unwrap_or_else(|e| panic!("{e}"));
+            }
+            Cut::DoneAfterPause => {
+                for d in &data {
+                    app.write_all(d).await.unwrap_or_else(|e| panic!("{e}"));
+                }
                 pause().await;
-                app.write_all(&d[2..])
-                    .await
-                    .unwrap_or_else(|e| panic!("{e}"));
+                app.write_all(&done).await.unwrap_or_else(|e| panic!("{e}"));
+            }
+            Cut::Chunks(n) => {
+                let mut all: Vec<u8> = data.concat();
+                all.extend_from_slice(&done);
+                for c in all.chunks(n) {
+                    app.write_all(c).await.unwrap_or_else(|e| panic!("{e}"));
+                }
             }
         }
-        Cut::LastTwoTogether => {
-            let (last, rest) = data.split_last().unwrap_or_else(|| panic!("rows > 0"));
-            for d in rest {
-                app.write_all(d).await.unwrap_or_else(|e| panic!("{e}"));
-            }
-            let mut tail = last.clone();
-            tail.extend_from_slice(&done);
-            app.write_all(&tail).await.unwrap_or_else(|e| panic!("{e}"));
-        }
-        Cut::DoneAfterPause => {
-            for d in &data {
-                app.write_all(d).await.unwrap_or_else(|e| panic!("{e}"));
-            }
-            pause().await;
-            app.write_all(&done).await.unwrap_or_else(|e| panic!("{e}"));
-        }
-        Cut::Chunks(n) => {
-            let mut all: Vec<u8> = data.concat();
-            all.extend_from_slice(&done);
-            for c in all.chunks(n) {
-                app.write_all(c).await.unwrap_or_else(|e| panic!("{e}"));
-            }
-        }
-    }
-    let mut replies = Vec::new();
-    loop {
-        let f = read_msg(&mut app, &mut buf).await;
-        let end = f.tag == tag::backend::READY_FOR_QUERY;
-        replies.push(f);
-        if end {
-            break;
-        }
-    }
+        app
+    };
+    let (mut replies, _app) = tokio::join!(reader, writer);
+    // NOTICEs are relayed as they come; the unit's own replies follow.
+    replies.retain(|f| f.tag != tag::backend::NOTICE_RESPONSE);
     let payload = server.await.unwrap_or_else(|e| panic!("server task: {e}"));
     let outcome = proxy.await.unwrap_or_else(|e| panic!("proxy task: {e}"));
     (payload, replies, outcome)
@@ -353,10 +422,15 @@ async fn copy_out_reaches_a_tls_client_whole() {
         };
         relay::stage(&frame, &mut st, &mut conn, &mut out, &mut exp)
             .unwrap_or_else(|e| panic!("{e}"));
-        if conn.write(&out).await.is_err() {
-            panic!("write to server");
-        }
-        let r = relay::relay(&mut io, &mut conn, &mut st, &mut exp, RelayMode::default()).await;
+        let r = relay::relay(
+            &mut io,
+            &mut conn,
+            &mut st,
+            &mut exp,
+            RelayMode::default(),
+            out,
+        )
+        .await;
         assert!(r.is_ok(), "relay failed");
         // Keep the client's stream open: only what was sent counts.
         tokio::time::sleep(BOUND * 2).await;
@@ -381,4 +455,20 @@ async fn copy_out_reaches_a_tls_client_whole() {
     assert_eq!(got, rows * row);
     proxy.abort();
     let _ = server.await;
+}
+
+/// A server that stops reading while its answers are not read (a COPY FROM
+/// with a NOTICE per row) and a client sending faster than the server reads:
+/// pgsplit must read the server while it writes to it, or both block.
+#[tokio::test]
+async fn copy_in_with_a_notice_per_row_does_not_deadlock() {
+    for server_tls in [false, true] {
+        let what = format!("NOTICE per row, server TLS {server_tls}");
+        let got = bounded(
+            &what,
+            copy_in_noting(server_tls, 300, 2_000, Cut::Messages, true),
+        )
+        .await;
+        assert_copied(&what, got, 300 * 2_000);
+    }
 }

@@ -269,16 +269,28 @@ fn server_only_param(name: &[u8]) -> bool {
     name == b"in_hot_standby" || name == b"default_transaction_read_only"
 }
 
-/// Relays replies until the unit's ReadyForQuery. While the unit is still
-/// open (sent on Flush) or the server is copying in, client messages are read
-/// and forwarded too.
+/// Client bytes queued toward the server above which pgsplit stops reading
+/// the client until the server has taken some: the memory one session can
+/// hold for a COPY or a pipeline the server reads slower than the client sends.
+const MAX_PENDING: usize = 1 << 20;
+
+/// Sends `pending` (the staged unit) and relays replies until the unit's
+/// ReadyForQuery. While the unit is still open (sent on Flush) or the server
+/// is copying in, client messages are read and forwarded too.
+///
+/// No byte waits for more input before it moves on: the server is read
+/// while pgsplit writes to it (see [`ServerConn::pump`]), every write is
+/// flushed, and client frames already buffered are taken before the socket is
+/// waited on.
 pub async fn relay(
     io: &mut ClientIo,
     conn: &mut ServerConn,
     st: &mut SessionState,
     exp: &mut Expect,
     mode: RelayMode,
+    mut pending: BytesMut,
 ) -> Result<Outcome, RelayError> {
+    let mut unflushed = false;
     let mut out = Outcome {
         status: TxStatus::Idle,
         error: None,
@@ -402,66 +414,68 @@ pub async fn relay(
         }
         conn.rbuf.advance(pos);
         if done {
-            return Ok(out);
-        }
-        if copy_in || !complete {
-            tokio::select! {
-                r = conn.fill() => server_read(r, &out)?,
-                f = io.read_frame() => {
-                    let frame = match f {
-                        Ok(Some(f)) => f,
-                        Ok(None) => {
-                            conn.broken = true;
-                            return Err(RelayError::Client(ClientError::Gone(
-                                std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "client left mid-statement"),
-                            )));
-                        }
-                        Err(e) => {
-                            conn.broken = true;
-                            return Err(RelayError::Client(e));
-                        }
-                    };
-                    let mut buf = BytesMut::new();
-                    if copy_in {
-                        if matches!(frame.tag, tag::COPY_DONE | tag::COPY_FAIL) {
-                            copy_in = false;
-                        }
-                        buf.extend_from_slice(&frame.bytes);
-                    } else {
-                        // Copy messages arriving after the server ended the COPY
-                        // with an error are forwarded too: the server discards
-                        // them until Sync, as it does for a direct client.
-                        let late_copy =
-                            matches!(frame.tag, tag::COPY_DATA | tag::COPY_DONE | tag::COPY_FAIL);
-                        if !super::unit::is_unit_message(frame.tag) && !late_copy {
-                            conn.broken = true;
-                            return Err(RelayError::Client(
-                                ProtocolError::UnexpectedTag(char::from(frame.tag)).into(),
-                            ));
-                        }
-                        if matches!(frame.tag, tag::SYNC | tag::QUERY | tag::FUNCTION_CALL) {
-                            complete = true;
-                        }
-                        stage(&frame, st, conn, &mut buf, exp)
-                            .map_err(|e| RelayError::Client(e.into()))?;
-                    }
-                    conn.write(&buf).await.map_err(|error| RelayError::Server {
+            // Anything still queued was sent by the client after the server
+            // ended the unit (copy data after a failed COPY): the server
+            // discards it, but it must arrive whole to keep the stream framed.
+            if !pending.is_empty() || unflushed {
+                conn.write(&pending)
+                    .await
+                    .map_err(|error| RelayError::Server {
                         error,
                         sent_to_client: out.sent_to_client,
                     })?;
+            }
+            return Ok(out);
+        }
+        let read_client = (copy_in || !complete) && pending.len() < MAX_PENDING;
+        tokio::select! {
+            r = conn.pump(&mut pending, &mut unflushed) => {
+                r.map_err(|error| RelayError::Server {
+                    error,
+                    sent_to_client: out.sent_to_client,
+                })?;
+            }
+            f = io.read_frame(), if read_client => {
+                let frame = match f {
+                    Ok(Some(f)) => f,
+                    Ok(None) => {
+                        conn.broken = true;
+                        return Err(RelayError::Client(ClientError::Gone(
+                            std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "client left mid-statement"),
+                        )));
+                    }
+                    Err(e) => {
+                        conn.broken = true;
+                        return Err(RelayError::Client(e));
+                    }
+                };
+                let buf = &mut pending;
+                if copy_in {
+                    if matches!(frame.tag, tag::COPY_DONE | tag::COPY_FAIL) {
+                        copy_in = false;
+                    }
+                    buf.extend_from_slice(&frame.bytes);
+                } else {
+                    // Copy messages arriving after the server ended the COPY
+                    // with an error are forwarded too: the server discards
+                    // them until Sync, as it does for a direct client.
+                    let late_copy =
+                        matches!(frame.tag, tag::COPY_DATA | tag::COPY_DONE | tag::COPY_FAIL);
+                    if !super::unit::is_unit_message(frame.tag) && !late_copy {
+                        conn.broken = true;
+                        return Err(RelayError::Client(
+                            ProtocolError::UnexpectedTag(char::from(frame.tag)).into(),
+                        ));
+                    }
+                    if matches!(frame.tag, tag::SYNC | tag::QUERY | tag::FUNCTION_CALL) {
+                        complete = true;
+                    }
+                    stage(&frame, st, conn, buf, exp)
+                        .map_err(|e| RelayError::Client(e.into()))?;
                 }
             }
-        } else {
-            server_read(conn.fill().await, &out)?;
         }
     }
-}
-
-fn server_read(r: Result<usize, BackendError>, out: &Outcome) -> Result<(), RelayError> {
-    r.map(|_| ()).map_err(|error| RelayError::Server {
-        error,
-        sent_to_client: out.sent_to_client,
-    })
 }
 
 /// Writes relayed bytes; `replied` says whether they include a real reply

@@ -720,13 +720,7 @@ impl Session {
             server: conn.target.clone(),
             key: conn.key,
         }));
-        let result = match conn.write(&out).await {
-            Ok(()) => relay::relay(io, conn, st, &mut exp, mode).await,
-            Err(error) => Err(RelayError::Server {
-                error,
-                sent_to_client: false,
-            }),
-        };
+        let result = relay::relay(io, conn, st, &mut exp, mode, out).await;
         cancel.set(None);
         relay::settle(&mut exp, st, conn);
         result
