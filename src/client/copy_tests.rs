@@ -124,12 +124,6 @@ async fn read_msg<S: AsyncRead + Unpin>(s: &mut S, buf: &mut BytesMut) -> Frame 
     }
 }
 
-/// The PostgreSQL side of `COPY t FROM STDIN`: counts the CopyData payload,
-/// answers CommandComplete and ReadyForQuery after CopyDone.
-async fn copy_in_server<S: AsyncRead + AsyncWrite + Unpin>(s: S) -> usize {
-    copy_in_server_noting(s, false).await
-}
-
 /// A NoticeResponse as a trigger's `RAISE NOTICE` would send.
 fn notice(i: usize) -> Vec<u8> {
     let mut body = Vec::new();
@@ -146,9 +140,10 @@ fn notice(i: usize) -> Vec<u8> {
     msg(tag::backend::NOTICE_RESPONSE, &body)
 }
 
-/// As [`copy_in_server`]; with `notices`, it answers every CopyData with a
-/// NOTICE and reads nothing more until that NOTICE is written, as a backend
-/// blocked on a full socket does.
+/// The PostgreSQL side of `COPY t FROM STDIN`: counts the CopyData payload,
+/// answers CommandComplete and ReadyForQuery after CopyDone. With `notices`,
+/// it answers every CopyData with a NOTICE and reads nothing more until that
+/// NOTICE is written, as a backend blocked on a full socket does.
 async fn copy_in_server_noting<S: AsyncRead + AsyncWrite + Unpin>(
     mut s: S,
     notices: bool,
