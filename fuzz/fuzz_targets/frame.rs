@@ -175,7 +175,7 @@ fn read_fields(t: u8, body: &[u8], bytes: &[u8]) {
         tag::backend::BACKEND_KEY_DATA => {
             if let Ok((pid, key)) = fields::backend_key_data(body) {
                 assert_eq!(body.len(), 8);
-                assert_eq!(&build::backend_key_data(pid, key)[..], bytes);
+                assert_eq!(&build::backend_key_data(pid, &key.to_be_bytes())[..], bytes);
             }
         }
         tag::backend::AUTHENTICATION => {

@@ -43,10 +43,10 @@ fn check(packet: &[u8]) {
     let parsed = parse_startup(packet);
     match parsed {
         Ok(Startup::SslRequest) | Ok(Startup::GssEncRequest) => assert_eq!(packet.len(), 8),
-        Ok(Startup::Cancel { pid, secret }) => {
-            assert_eq!(packet.len(), 16);
+        Ok(Startup::Cancel { pid, ref secret }) => {
+            assert!((16..=12 + 256).contains(&packet.len()));
             assert_eq!(pid.to_be_bytes(), packet[8..12]);
-            assert_eq!(secret.to_be_bytes(), packet[12..16]);
+            assert_eq!(secret[..], packet[12..]);
         }
         Ok(Startup::Message { minor, ref params }) => {
             assert_eq!(packet[4..6], [0, 3], "accepted a major version other than 3");

@@ -384,7 +384,7 @@ pub fn md5_verify(user: &str, password: &str, salt: [u8; 4], client_response: &[
 
 /// Equality that takes the same time wherever the first difference is, so a
 /// client cannot learn a secret byte by byte from response timing.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     // The lengths are public (fixed key sizes, fixed md5 response format),
     // so an early return on mismatch leaks nothing.
     if a.len() != b.len() {

@@ -34,14 +34,14 @@ impl CancelSlot {
 
 #[derive(Default)]
 pub struct CancelRegistry {
-    map: Mutex<HashMap<i32, (i32, Arc<CancelSlot>)>>,
+    map: Mutex<HashMap<i32, (Vec<u8>, Arc<CancelSlot>)>>,
 }
 
 /// Unregisters the client's key when its session ends.
 pub struct CancelGuard<'a> {
     registry: &'a CancelRegistry,
     pub pid: i32,
-    pub secret: i32,
+    pub secret: Vec<u8>,
     pub slot: Arc<CancelSlot>,
 }
 
@@ -53,7 +53,9 @@ impl Drop for CancelGuard<'_> {
 }
 
 impl CancelRegistry {
-    pub fn register(&self) -> CancelGuard<'_> {
+    /// Mints a (pid, secret) pair with a secret of `key_len` bytes (see
+    /// `startup::cancel_key_len`).
+    pub fn register(&self, key_len: usize) -> CancelGuard<'_> {
         let slot = Arc::new(CancelSlot::default());
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         loop {
@@ -61,8 +63,9 @@ impl CancelRegistry {
             if pid == 0 || map.contains_key(&pid) {
                 continue;
             }
-            let secret: i32 = rand::random();
-            map.insert(pid, (secret, slot.clone()));
+            let mut secret = vec![0u8; key_len];
+            rand::fill(&mut secret[..]);
+            map.insert(pid, (secret.clone(), slot.clone()));
             return CancelGuard {
                 registry: self,
                 pid,
@@ -74,12 +77,11 @@ impl CancelRegistry {
 
     /// Forwards a client's cancel request. Unknown keys and wrong secrets are
     /// ignored silently, as PostgreSQL does (the requester learns nothing).
-    pub async fn cancel(&self, pid: i32, secret: i32) {
+    pub async fn cancel(&self, pid: i32, secret: &[u8]) {
         let target = {
             let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
             match map.get(&pid) {
-                // Compare without an early exit on the first differing bit.
-                Some((s, slot)) if (s ^ secret) == 0 => slot.get(),
+                Some((s, slot)) if crate::client::auth::constant_time_eq(s, secret) => slot.get(),
                 _ => None,
             }
         };
@@ -88,7 +90,10 @@ impl CancelRegistry {
         match TcpStream::connect((host, port)).await {
             Ok(mut s) => {
                 let _ = s
-                    .write_all(&build::cancel_request(t.key.pid, t.key.secret))
+                    .write_all(&build::cancel_request(
+                        t.key.pid,
+                        &t.key.secret.to_be_bytes(),
+                    ))
                     .await;
                 let _ = s.shutdown().await;
             }

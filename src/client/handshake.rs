@@ -14,7 +14,9 @@ use super::{ClientError, ClientIo};
 use crate::app::Context;
 use crate::config::{AuthMethod, TlsMode};
 use crate::net::Stream;
-use crate::protocol::startup::{MAX_STARTUP_LEN, Startup, parse_startup, peek_startup_len};
+use crate::protocol::startup::{
+    LATEST_MINOR, MAX_STARTUP_LEN, Startup, parse_startup, peek_startup_len,
+};
 use crate::protocol::{ProtocolError, build, tag};
 use crate::route::class::RouteMode;
 
@@ -26,6 +28,8 @@ pub struct Hello {
     /// Startup parameters to apply on every server connection, as (name, value).
     pub settings: Vec<(String, String)>,
     pub mode: RouteMode,
+    /// The protocol 3.x minor version agreed with the client.
+    pub minor: u16,
 }
 
 pub enum Outcome {
@@ -158,7 +162,7 @@ pub async fn handshake(
                 }
             }
             Startup::Cancel { pid, secret } => {
-                ctx.cancels.cancel(pid, secret).await;
+                ctx.cancels.cancel(pid, &secret).await;
                 return Ok(Outcome::Cancelled);
             }
             Startup::Message { minor, params } => break (minor, params),
@@ -175,18 +179,19 @@ pub async fn handshake(
     }
     let mut io = ClientIo::new(stream, buf, ctx.config().limits.max_message_size.as_usize());
     match login(ctx, &mut io, minor, params).await {
-        Ok((user, database, settings, mode)) => Ok(Outcome::Session(Hello {
+        Ok((user, database, settings, mode, minor)) => Ok(Outcome::Session(Hello {
             io,
             user,
             database,
             settings,
             mode,
+            minor,
         })),
         Err(e) => Err((e, Some(io))),
     }
 }
 
-type LoginInfo = (String, String, Vec<(String, String)>, RouteMode);
+type LoginInfo = (String, String, Vec<(String, String)>, RouteMode, u16);
 
 async fn login(
     ctx: &Context,
@@ -215,20 +220,23 @@ async fn login(
         .unwrap_or(&user)
         .to_owned();
     let (mut settings, mode) = settings_from(&params)?;
-    // Protocol 3.x minor versions and `_pq_.` options we do not speak are
-    // declined the standard way; the client then continues with 3.0.
+    // As PostgreSQL does: a newer minor version than we speak, or `_pq_.`
+    // options we do not know (we know none), are answered with the version
+    // we grant and the options we ignored; the client decides whether to go on.
+    let granted = minor.min(LATEST_MINOR);
     let unknown: Vec<&str> = params
         .iter()
         .filter(|(k, _)| k.starts_with("_pq_."))
         .map(|(k, _)| k.as_str())
         .collect();
-    if minor > 0 || !unknown.is_empty() {
-        io.write(&build::negotiate_protocol_version(0, &unknown))
+    if minor > LATEST_MINOR || !unknown.is_empty() {
+        let version = build::protocol_version(3, granted);
+        io.write(&build::negotiate_protocol_version(version, &unknown))
             .await?;
     }
     settings.retain(|(k, _)| !k.starts_with("_pq_."));
     authenticate(ctx, io, &user).await?;
-    Ok((user, database, settings, mode))
+    Ok((user, database, settings, mode, granted))
 }
 
 /// Startup parameters to replay as SET, plus the `pgsplit.route` option.

@@ -62,9 +62,11 @@ pub async fn serve_client(ctx: Arc<Context>, tcp: TcpStream, peer: SocketAddr) {
     let user = hello.user.clone();
     let database = hello.database.clone();
     tracing::info!(%peer, %user, %database, "client connected");
-    let guard = ctx.cancels.register();
+    let guard = ctx
+        .cancels
+        .register(crate::protocol::startup::cancel_key_len(hello.minor));
     let session = session::Session::new(ctx.clone(), hello, guard.slot.clone());
-    match session.run(guard.pid, guard.secret).await {
+    match session.run(guard.pid, &guard.secret).await {
         Ok(()) | Err(ClientError::Gone(_)) => {
             tracing::info!(%peer, %user, "client disconnected");
         }

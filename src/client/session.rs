@@ -92,7 +92,7 @@ impl Session {
     /// Finishes the login: the primary's parameters and our cancel key, then
     /// serves the client until it leaves. Server connections are reset and
     /// returned to their pools on the way out, whatever happened.
-    pub async fn run(mut self, pid: i32, secret: i32) -> Result<(), ClientError> {
+    pub async fn run(mut self, pid: i32, secret: &[u8]) -> Result<(), ClientError> {
         let result = self.serve(pid, secret).await;
         if let Err(e) = &result
             && !matches!(e, ClientError::Gone(_))
@@ -105,7 +105,7 @@ impl Session {
         result
     }
 
-    async fn serve(&mut self, pid: i32, secret: i32) -> Result<(), ClientError> {
+    async fn serve(&mut self, pid: i32, secret: &[u8]) -> Result<(), ClientError> {
         let primary = self.primary_id().await?;
         let index = self.attach(primary).await?;
         let mut hello = BytesMut::new();

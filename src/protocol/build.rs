@@ -41,12 +41,20 @@ pub fn ssl_request() -> Bytes {
     Bytes::from_static(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
 }
 
-pub fn cancel_request(pid: i32, secret: i32) -> Bytes {
-    let mut buf = BytesMut::with_capacity(16);
-    buf.put_i32(16);
+/// The protocol version code of a StartupMessage: major in the high 16 bits.
+pub const fn protocol_version(major: u16, minor: u16) -> i32 {
+    ((major as i32) << 16) | minor as i32
+}
+
+/// CancelRequest with a key of any length (4 bytes in protocol 3.0, up to
+/// 256 in 3.2).
+pub fn cancel_request(pid: i32, secret: &[u8]) -> Bytes {
+    let len = 12 + secret.len();
+    let mut buf = BytesMut::with_capacity(len);
+    buf.put_i32(i32::try_from(len).unwrap_or(i32::MAX));
     buf.put_i32(80_877_102);
     buf.put_i32(pid);
-    buf.put_i32(secret);
+    buf.put_slice(secret);
     buf.freeze()
 }
 
@@ -140,10 +148,12 @@ pub fn parameter_status(name: &[u8], value: &[u8]) -> Bytes {
     })
 }
 
-pub fn backend_key_data(pid: i32, secret: i32) -> Bytes {
+/// BackendKeyData: the process id and a secret key of 4 bytes (protocol
+/// 3.0) or longer (3.2).
+pub fn backend_key_data(pid: i32, secret: &[u8]) -> Bytes {
     tagged(b'K', |b| {
         b.put_i32(pid);
-        b.put_i32(secret);
+        b.put_slice(secret);
     })
 }
 
@@ -159,10 +169,12 @@ pub fn ready_for_query(status: TxStatus) -> Bytes {
     tagged(b'Z', |b| b.put_u8(status.byte()))
 }
 
-/// NegotiateProtocolVersion: we speak 3.0 and list the `_pq_.` options we ignored.
-pub fn negotiate_protocol_version(minor: u16, unrecognized: &[&str]) -> Bytes {
+/// NegotiateProtocolVersion: the newest version we speak that is not newer
+/// than the client's (the full version code, as PostgreSQL sends it: `3.0` is
+/// 196608), and the `_pq_.` options we do not recognise.
+pub fn negotiate_protocol_version(version: i32, unrecognized: &[&str]) -> Bytes {
     tagged(b'v', |b| {
-        b.put_i32(i32::from(minor));
+        b.put_i32(version);
         b.put_i32(i32::try_from(unrecognized.len()).unwrap_or(0));
         for o in unrecognized {
             cstr(b, o.as_bytes());
@@ -222,5 +234,32 @@ mod tests {
             fields::parameter_status(s.body()).unwrap(),
             (&b"TimeZone"[..], &b"UTC"[..])
         );
+    }
+
+    /// NegotiateProtocolVersion byte for byte as PostgreSQL sends it: libpq
+    /// compares the version field with 3.0 = 196608 and refuses 0 ("server
+    /// requested downgrade to pre-3.0 protocol version").
+    #[test]
+    fn negotiate_protocol_version_carries_the_full_version_code() {
+        assert_eq!(protocol_version(3, 0), 196_608);
+        assert_eq!(protocol_version(3, 2), 196_610);
+        let m = negotiate_protocol_version(protocol_version(3, 2), &["_pq_.foo", "_pq_.b"]);
+        let mut want = vec![b'v', 0, 0, 0, 28, 0, 3, 0, 2, 0, 0, 0, 2];
+        want.extend_from_slice(b"_pq_.foo\0_pq_.b\0");
+        assert_eq!(&m[..], &want[..]);
+        let none = negotiate_protocol_version(protocol_version(3, 0), &[]);
+        assert_eq!(&none[..], &[b'v', 0, 0, 0, 12, 0, 3, 0, 0, 0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn cancel_keys_of_both_protocol_versions() {
+        let k = backend_key_data(7, &[1, 2, 3, 4]);
+        assert_eq!(&k[..], &[b'K', 0, 0, 0, 12, 0, 0, 0, 7, 1, 2, 3, 4]);
+        let long = backend_key_data(7, &[5; 32]);
+        assert_eq!(long.len(), 1 + 4 + 4 + 32);
+        let c = cancel_request(7, &[5; 32]);
+        assert_eq!(&c[..4], &44i32.to_be_bytes());
+        assert_eq!(&c[4..8], &80_877_102i32.to_be_bytes());
+        assert_eq!(&c[12..], &[5; 32]);
     }
 }

@@ -6,6 +6,17 @@ use super::ProtocolError;
 use super::fields::Reader;
 
 pub const MAX_STARTUP_LEN: usize = 10_000;
+/// The longest cancel key protocol 3.2 allows.
+pub const MAX_CANCEL_KEY_LEN: usize = 256;
+/// The newest protocol 3.x minor version pgsplit speaks to clients. 3.2
+/// (PostgreSQL 18) differs from 3.0 only in the longer cancel key.
+pub const LATEST_MINOR: u16 = 2;
+
+/// The cancel key length pgsplit mints for a client of protocol `3.minor`:
+/// 32 bytes from 3.2 on, as PostgreSQL 18 does, else the 4 bytes of 3.0.
+pub fn cancel_key_len(minor: u16) -> usize {
+    if minor >= 2 { 32 } else { 4 }
+}
 const SSL_REQUEST: i32 = 80_877_103;
 const GSSENC_REQUEST: i32 = 80_877_104;
 const CANCEL_REQUEST: i32 = 80_877_102;
@@ -21,7 +32,8 @@ pub enum Startup {
     GssEncRequest,
     Cancel {
         pid: i32,
-        secret: i32,
+        /// 4 bytes (protocol 3.0) to [`MAX_CANCEL_KEY_LEN`] (3.2).
+        secret: Vec<u8>,
     },
 }
 
@@ -72,9 +84,14 @@ pub fn parse_startup(packet: &[u8]) -> Result<Startup, ProtocolError> {
         }
         CANCEL_REQUEST => {
             let pid = r.i32()?;
-            let secret = r.i32()?;
-            r.finish()?;
-            Ok(Startup::Cancel { pid, secret })
+            let secret = r.rest();
+            if !(4..=MAX_CANCEL_KEY_LEN).contains(&secret.len()) {
+                return Err(ProtocolError::Malformed("CancelRequest"));
+            }
+            Ok(Startup::Cancel {
+                pid,
+                secret: secret.to_vec(),
+            })
         }
         _ => {
             let major = u16::try_from(code >> 16).unwrap_or(0);
@@ -120,11 +137,35 @@ mod tests {
         assert_eq!(peek_startup_len(&pkt).unwrap(), Some(pkt.len()));
         let ssl = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
         assert_eq!(parse_startup(&ssl).unwrap(), Startup::SslRequest);
-        let cancel = build::cancel_request(42, 7);
+        let cancel = build::cancel_request(42, &7i32.to_be_bytes());
         assert_eq!(
             parse_startup(&cancel).unwrap(),
-            Startup::Cancel { pid: 42, secret: 7 }
+            Startup::Cancel {
+                pid: 42,
+                secret: vec![0, 0, 0, 7]
+            }
         );
+        // Protocol 3.2: a longer key.
+        let long = build::cancel_request(42, &[9; 32]);
+        assert_eq!(
+            parse_startup(&long).unwrap(),
+            Startup::Cancel {
+                pid: 42,
+                secret: vec![9; 32]
+            }
+        );
+    }
+
+    #[test]
+    fn cancel_keys_outside_4_to_256_bytes_are_refused() {
+        for len in [0, 3, 257] {
+            let pkt = build::cancel_request(1, &vec![1; len]);
+            assert!(parse_startup(&pkt).is_err(), "key of {len} bytes");
+        }
+        assert!(parse_startup(&build::cancel_request(1, &[1; 256])).is_ok());
+        assert_eq!(cancel_key_len(0), 4);
+        assert_eq!(cancel_key_len(1), 4);
+        assert_eq!(cancel_key_len(2), 32);
     }
 
     #[test]
