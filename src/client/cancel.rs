@@ -32,9 +32,12 @@ impl CancelSlot {
     }
 }
 
+/// A registered client: its secret key and where its cancels go.
+type Registered = (Vec<u8>, Arc<CancelSlot>);
+
 #[derive(Default)]
 pub struct CancelRegistry {
-    map: Mutex<HashMap<i32, (Vec<u8>, Arc<CancelSlot>)>>,
+    map: Mutex<HashMap<i32, Registered>>,
 }
 
 /// Unregisters the client's key when its session ends.
