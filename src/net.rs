@@ -47,6 +47,20 @@ impl Stream {
         matches!(self, Stream::Accepted(_) | Stream::Connected(_))
     }
 
+    /// The `tls-server-end-point` channel-binding value of the certificate a
+    /// server presented on this connection (pgsplit as the TLS client).
+    pub fn server_end_point(&self) -> Option<Vec<u8>> {
+        match self {
+            Stream::Connected(s) => s
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|certs| certs.first())
+                .and_then(|cert| crate::tls::end_point::hash(cert)),
+            _ => None,
+        }
+    }
+
     /// Writes all of `bytes` and flushes them to the socket. A write alone is
     /// not enough under TLS (see the module comment).
     pub async fn send(&mut self, bytes: &[u8]) -> io::Result<()> {

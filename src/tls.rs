@@ -9,6 +9,8 @@
 //! behaves like `verify-ca`, `verify-ca` checks the chain, `verify-full` also
 //! checks the host name against the certificate's SAN.
 
+pub mod end_point;
+
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
@@ -67,8 +69,17 @@ fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
     Ok(roots)
 }
 
+/// What pgsplit presents to TLS clients: the rustls config and the
+/// `tls-server-end-point` channel-binding value of its certificate (`None`
+/// when the certificate's signature hash is not one RFC 5929 defines, in which
+/// case SCRAM-SHA-256-PLUS is not offered, as PostgreSQL would fail it).
+pub struct Acceptor {
+    pub config: Arc<rustls::ServerConfig>,
+    pub end_point: Option<Arc<[u8]>>,
+}
+
 /// Builds the client-facing server config, or `None` when TLS is disabled.
-pub fn server_config(cfg: &TlsConfig) -> Result<Option<Arc<rustls::ServerConfig>>, TlsError> {
+pub fn server_config(cfg: &TlsConfig) -> Result<Option<Arc<Acceptor>>, TlsError> {
     if cfg.mode == TlsMode::Disable {
         return Ok(None);
     }
@@ -76,6 +87,10 @@ pub fn server_config(cfg: &TlsConfig) -> Result<Option<Arc<rustls::ServerConfig>
         return Err(TlsError::Config("tls.cert and tls.key are required".into()));
     };
     let certs = load_certs(cert)?;
+    let end_point = certs
+        .first()
+        .and_then(|c| end_point::hash(c))
+        .map(Arc::from);
     let key = load_key(key)?;
     let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
@@ -94,12 +109,15 @@ pub fn server_config(cfg: &TlsConfig) -> Result<Option<Arc<rustls::ServerConfig>
         .with_single_cert(certs, key)
         .map_err(|e| TlsError::Config(format!("tls.cert/tls.key: {e}")))?;
     config.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
-    Ok(Some(Arc::new(config)))
+    Ok(Some(Arc::new(Acceptor {
+        config: Arc::new(config),
+        end_point,
+    })))
 }
 
 /// The client-facing TLS state: the mode and the current acceptor config.
 pub struct ClientTls {
-    current: RwLock<(TlsMode, Option<Arc<rustls::ServerConfig>>)>,
+    current: RwLock<(TlsMode, Option<Arc<Acceptor>>)>,
 }
 
 impl ClientTls {
@@ -109,7 +127,10 @@ impl ClientTls {
         })
     }
 
-    pub fn get(&self) -> (TlsMode, Option<Arc<rustls::ServerConfig>>) {
+    /// The mode and the acceptor for one handshake: the certificate it
+    /// presents and the channel-binding value checked later in that same
+    /// connection come from one snapshot, whatever a reload does meanwhile.
+    pub fn get(&self) -> (TlsMode, Option<Arc<Acceptor>>) {
         self.current
             .read()
             .unwrap_or_else(|p| p.into_inner())

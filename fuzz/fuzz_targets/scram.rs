@@ -6,6 +6,10 @@
 //! SASLInitialResponse body or a client-first-message, the rest is the
 //! client-final-message (or, in mode bit 0x01, extensions spliced into a correct
 //! one). The secret is fixed: password "pencil", a fixed salt, 16 iterations.
+//! Mode bits 0x06 pick the channel binding the server side runs with: none
+//! offered, SCRAM-SHA-256-PLUS offered but declined, or PLUS chosen with a fixed
+//! `tls-server-end-point` hash (then only `p=tls-server-end-point,,` headers may
+//! start an exchange, and the correct client-final binds to that hash).
 //!
 //! Checked, beyond "never panics":
 //! - `parse_password` accepts exactly one NUL-terminated string;
@@ -27,7 +31,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use hmac::{Hmac, KeyInit as _, Mac as _};
 use libfuzzer_sys::fuzz_target;
 use pgsplit::client::auth::{
-    AuthError, SCRAM_SHA_256, ScramExchange, ScramSecret, parse_password, parse_sasl_initial_response,
+    AuthError, Binding, SCRAM_SHA_256, ScramExchange, ScramSecret, parse_password, parse_sasl_initial_response,
     parse_scram_initial_response,
 };
 use sha2::{Digest as _, Sha256};
@@ -36,6 +40,16 @@ const PASSWORD: &str = "pencil";
 const SALT: &[u8] = b"pgsplit-fuzz-salt";
 const ITERATIONS: u32 = 16;
 const NONCE: [u8; 18] = [0x5a; 18];
+/// The certificate hash of the PLUS mode.
+const END_POINT: [u8; 32] = [0x42; 32];
+
+fn binding(mode: u8) -> Binding<'static> {
+    match mode & 0x06 {
+        0x02 | 0x06 => Binding::EndPoint(&END_POINT),
+        0x04 => Binding::Declined,
+        _ => Binding::NotOffered,
+    }
+}
 
 struct Fixture {
     secret: ScramSecret,
@@ -113,14 +127,29 @@ fn check_initial(body: &[u8], mechanism: &str, client_first: &[u8]) {
 
 fn exchange(mode: u8, client_first: &[u8], second: &[u8]) {
     let fx = fixture();
-    let start = || ScramExchange::start(&fx.secret, client_first, NONCE);
+    let bind = binding(mode);
+    let start = || ScramExchange::start(&fx.secret, client_first, NONCE, bind);
     let Ok((exchange, server_first)) = start() else {
         return;
     };
     // What start accepted: "<gs2 header>n=...,r=<nonce>[,ext...]" in UTF-8.
     let text = std::str::from_utf8(client_first).expect("start accepted non-UTF-8");
-    let (gs2, bare) = text.split_at(3);
-    assert!(gs2 == "n,," || gs2 == "y,,", "start accepted GS2 header {gs2:?}");
+    let header_len = text
+        .match_indices(',')
+        .nth(1)
+        .map(|(i, _)| i + 1)
+        .expect("start accepted a message without a GS2 header");
+    let (gs2, bare) = text.split_at(header_len);
+    let allowed: &[&str] = match bind {
+        Binding::NotOffered => &["n,,", "y,,"],
+        Binding::Declined => &["n,,"],
+        Binding::EndPoint(_) => &["p=tls-server-end-point,,"],
+    };
+    assert!(allowed.contains(&gs2), "start accepted GS2 header {gs2:?} under {bind:?}");
+    let mut cbind = gs2.as_bytes().to_vec();
+    if let Binding::EndPoint(hash) = bind {
+        cbind.extend_from_slice(hash);
+    }
     let client_nonce = bare
         .split(',')
         .nth(1)
@@ -149,7 +178,7 @@ fn exchange(mode: u8, client_first: &[u8], second: &[u8]) {
     let Ok((exchange, _)) = start() else {
         panic!("start is not deterministic");
     };
-    let mut without_proof = format!("c={},r={combined}", BASE64.encode(gs2));
+    let mut without_proof = format!("c={},r={combined}", BASE64.encode(&cbind));
     let extensions = if mode & 1 == 1 {
         std::str::from_utf8(second).ok().filter(|s| !s.is_empty())
     } else {
@@ -173,7 +202,7 @@ fn exchange(mode: u8, client_first: &[u8], second: &[u8]) {
     let Ok((exchange, _)) = start() else {
         panic!("start is not deterministic");
     };
-    let without_proof = format!("c={},r={combined}", BASE64.encode(gs2));
+    let without_proof = format!("c={},r={combined}", BASE64.encode(&cbind));
     let (proof, _) = proof_for(bare, &server_first, &without_proof);
     let mut raw = BASE64.decode(&proof).expect("own proof decodes");
     raw[usize::from(mode >> 3) % 32] ^= 1 << (mode & 7);

@@ -15,7 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::BackendError;
-use crate::config::ServerUrl;
+use crate::config::{ChannelBindingMode, ServerUrl};
 use crate::net::Stream;
 use crate::protocol::{Frame, TxStatus, build, decode_frame, fields, tag};
 use crate::tls::ServerTls;
@@ -231,7 +231,9 @@ impl ServerConn {
 
     async fn authenticate(&mut self, login: &Login) -> Result<(), BackendError> {
         let password = self.target.url.password.clone().unwrap_or_default();
+        let binding_mode = self.target.url.channel_binding;
         let mut scram: Option<ScramSha256> = None;
+        let mut bound = false;
         loop {
             let frame = self.read_frame().await?;
             match frame.tag {
@@ -257,6 +259,11 @@ impl ServerConn {
             let (code, data) =
                 fields::authentication(frame.body()).map_err(|e| self.protocol(e))?;
             match code {
+                0 if binding_mode == ChannelBindingMode::Require && !bound => {
+                    return Err(self.auth_error(
+                        "channel_binding=require, but the server authenticated pgsplit without channel binding",
+                    ));
+                }
                 0 => return Ok(()),
                 3 => {
                     let mut msg = password.as_bytes().to_vec();
@@ -278,14 +285,38 @@ impl ServerConn {
                     self.write(&build::password_message(&msg)).await?;
                 }
                 10 => {
-                    let offered = data.split(|&b| b == 0).any(|m| m == b"SCRAM-SHA-256");
-                    if !offered {
-                        return Err(
-                            self.auth_error("server offers no SASL mechanism pgsplit supports")
-                        );
-                    }
-                    let s = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
-                    self.write(&build::sasl_initial_response("SCRAM-SHA-256", s.message()))
+                    let offers = |m: &[u8]| data.split(|&b| b == 0).any(|o| o == m);
+                    // As libpq: bind to the TLS channel when the server offers
+                    // SCRAM-SHA-256-PLUS; over TLS without that offer say "y"
+                    // (we could have), so a server that does support it can
+                    // tell its offer was stripped.
+                    let end_point = match binding_mode {
+                        ChannelBindingMode::Disable => None,
+                        _ => self.stream.server_end_point(),
+                    };
+                    let (mechanism, binding) = match end_point {
+                        Some(hash) if offers(b"SCRAM-SHA-256-PLUS") => {
+                            bound = true;
+                            (
+                                "SCRAM-SHA-256-PLUS",
+                                ChannelBinding::tls_server_end_point(hash),
+                            )
+                        }
+                        _ if binding_mode == ChannelBindingMode::Require => {
+                            return Err(self.auth_error(
+                                "channel_binding=require, but the server offers no SCRAM-SHA-256-PLUS over TLS",
+                            ));
+                        }
+                        _ if !offers(b"SCRAM-SHA-256") => {
+                            return Err(
+                                self.auth_error("server offers no SASL mechanism pgsplit supports")
+                            );
+                        }
+                        Some(_) => ("SCRAM-SHA-256", ChannelBinding::unrequested()),
+                        None => ("SCRAM-SHA-256", ChannelBinding::unsupported()),
+                    };
+                    let s = ScramSha256::new(password.as_bytes(), binding);
+                    self.write(&build::sasl_initial_response(mechanism, s.message()))
                         .await?;
                     scram = Some(s);
                 }

@@ -10,8 +10,10 @@
 //!
 //! * SCRAM-SHA-256 (RFC 5802 / RFC 7677) in the dialect PostgreSQL speaks:
 //!   the user name inside the SCRAM messages is ignored (the startup packet's
-//!   user is authoritative) and channel binding is never offered, so only the
-//!   `n,,` and `y,,` GS2 headers are acceptable.
+//!   user is authoritative). On TLS connections SCRAM-SHA-256-PLUS is offered
+//!   too, with `tls-server-end-point` channel binding (RFC 5929): the hash of
+//!   the certificate pgsplit presented is part of what the client proves, so a
+//!   relay that terminated TLS with another certificate fails.
 //! * md5, for old clients that cannot do SCRAM.
 //!
 //! Every byte handled here comes from an unauthenticated peer, so parsing
@@ -25,8 +27,36 @@ use md5::Md5;
 use rand::Rng as _;
 use sha2::{Digest as _, Sha256};
 
-/// The only SASL mechanism the proxy offers.
+/// The SASL mechanism offered on every connection.
 pub const SCRAM_SHA_256: &str = "SCRAM-SHA-256";
+/// The SASL mechanism with channel binding, offered (first) over TLS.
+pub const SCRAM_SHA_256_PLUS: &str = "SCRAM-SHA-256-PLUS";
+
+/// The only channel-binding type PostgreSQL defines.
+const TLS_SERVER_END_POINT: &str = "tls-server-end-point";
+
+/// What channel binding means for one SCRAM exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Binding<'a> {
+    /// Not a TLS connection: only SCRAM-SHA-256 was offered.
+    NotOffered,
+    /// SCRAM-SHA-256-PLUS was offered and the client chose SCRAM-SHA-256.
+    Declined,
+    /// The client chose SCRAM-SHA-256-PLUS: the `tls-server-end-point`
+    /// value of the certificate pgsplit presented on this connection.
+    EndPoint(&'a [u8]),
+}
+
+/// The channel-binding flag of a GS2 header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gs2<'a> {
+    /// `n`: the client does not support channel binding.
+    No,
+    /// `y`: the client supports it but thinks the server does not.
+    ClientOnly,
+    /// `p=<type>`: the client binds to the channel with this type.
+    Bound(&'a str),
+}
 
 /// Iteration count used by [`ScramSecret::generate`]; PostgreSQL's default.
 pub const DEFAULT_ITERATIONS: u32 = 4096;
@@ -171,7 +201,8 @@ pub fn random_server_nonce() -> [u8; 18] {
 pub struct ScramExchange {
     stored_key: [u8; KEY_LEN],
     server_key: [u8; KEY_LEN],
-    /// `c=` value the client must echo: base64 of the GS2 header it sent.
+    /// `c=` value the client must echo: base64 of the GS2 header it sent,
+    /// followed by the channel-binding data when it bound to the channel.
     expected_cbind: String,
     /// Client nonce followed by our nonce; the client must echo it verbatim.
     combined_nonce: String,
@@ -199,9 +230,40 @@ impl ScramExchange {
         secret: &ScramSecret,
         client_first: &[u8],
         server_nonce_raw: [u8; 18],
+        binding: Binding<'_>,
     ) -> Result<(ScramExchange, Vec<u8>), AuthError> {
         let message = scram_text(client_first)?;
-        let (gs2_header, bare) = split_gs2_header(message)?;
+        let (flag, gs2_header, bare) = split_gs2_header(message)?;
+        // The same checks, and the same downgrade detection, as PostgreSQL's
+        // read_client_first_message.
+        let cbind_data: &[u8] = match (binding, flag) {
+            (Binding::EndPoint(hash), Gs2::Bound(TLS_SERVER_END_POINT)) => hash,
+            (Binding::EndPoint(_), Gs2::Bound(_)) => {
+                return Err(AuthError::Malformed(
+                    "unsupported SCRAM channel-binding type",
+                ));
+            }
+            (Binding::EndPoint(_), _) => {
+                return Err(AuthError::Malformed(
+                    "the client selected SCRAM-SHA-256-PLUS, but the SCRAM message does not include channel binding data",
+                ));
+            }
+            // The client could bind but believes we cannot, while we offered
+            // it: something between us removed the offer.
+            (Binding::Declined, Gs2::ClientOnly) => {
+                return Err(AuthError::Malformed(
+                    "SCRAM channel binding negotiation error: the client supports channel binding but thinks the server does not, yet this server offered it",
+                ));
+            }
+            (_, Gs2::Bound(_)) => {
+                return Err(AuthError::Malformed(
+                    "the client selected SCRAM-SHA-256 without channel binding, but the SCRAM message includes channel binding data",
+                ));
+            }
+            (_, Gs2::No | Gs2::ClientOnly) => &[],
+        };
+        let mut cbind = gs2_header.as_bytes().to_vec();
+        cbind.extend_from_slice(cbind_data);
 
         let mut attrs = bare.split(',');
         let first = parse_attr(attrs.next())?;
@@ -239,7 +301,7 @@ impl ScramExchange {
         let exchange = ScramExchange {
             stored_key: secret.stored_key,
             server_key: secret.server_key,
-            expected_cbind: BASE64.encode(gs2_header),
+            expected_cbind: BASE64.encode(cbind),
             combined_nonce,
             auth_message_prefix: format!("{bare},{server_first},"),
         };
@@ -267,11 +329,12 @@ impl ScramExchange {
         if name != b'c' {
             return Err(AuthError::Malformed("expected channel binding attribute"));
         }
-        // Without channel binding the only valid value is the GS2 header from
-        // the first message, re-encoded. The header is not part of the
+        // The GS2 header from the first message and, with channel binding,
+        // the certificate hash, re-encoded. The header is not part of the
         // AuthMessage, so this echo is what ties it to the proof; a mismatch
-        // (e.g. `n` switched to `y`) means a tampered or confused exchange.
-        // The encoded text is compared directly, as PostgreSQL does.
+        // (`n` switched to `y`, or a hash of another certificate: a relay
+        // that terminated TLS) means a tampered or confused exchange. The
+        // encoded text is compared directly, as PostgreSQL does.
         if cbind != self.expected_cbind {
             return Err(AuthError::Malformed("channel binding data does not match"));
         }
@@ -404,41 +467,33 @@ fn scram_text(message: &[u8]) -> Result<&str, AuthError> {
     std::str::from_utf8(message).map_err(|_| AuthError::Malformed("SCRAM message is not UTF-8"))
 }
 
-/// Splits a client-first-message into its GS2 header (`n,,` or `y,,`) and
-/// the client-first-message-bare.
-fn split_gs2_header(message: &str) -> Result<(&str, &str), AuthError> {
-    let bytes = message.as_bytes();
-    match bytes.first() {
-        // `n`: client does not support channel binding. `y`: client supports
-        // it but thinks the server does not. Both are fine because we never
-        // offer SCRAM-SHA-256-PLUS, so there is no downgrade to detect.
-        Some(b'n' | b'y') => {}
-        Some(b'p') => {
-            return Err(AuthError::Malformed(
-                "channel binding was requested but is not offered",
-            ));
-        }
-        _ => return Err(AuthError::Malformed("invalid GS2 header")),
-    }
-    if bytes.get(1) != Some(&b',') {
-        return Err(AuthError::Malformed("invalid GS2 header"));
-    }
-    match bytes.get(2) {
-        Some(b',') => {}
+/// Splits a client-first-message into its channel-binding flag, its GS2
+/// header (`n,,`, `y,,` or `p=<type>,,`) and the client-first-message-bare.
+fn split_gs2_header(message: &str) -> Result<(Gs2<'_>, &str, &str), AuthError> {
+    let invalid = AuthError::Malformed("invalid GS2 header");
+    let (flag, rest) = message.split_once(',').ok_or(invalid.clone())?;
+    let flag = match flag {
+        "n" => Gs2::No,
+        "y" => Gs2::ClientOnly,
+        other => match other.strip_prefix("p=") {
+            Some(name) if !name.is_empty() && name.bytes().all(is_printable) => Gs2::Bound(name),
+            _ => return Err(invalid),
+        },
+    };
+    let (authzid, bare) = rest.split_once(',').ok_or(invalid.clone())?;
+    if !authzid.is_empty() {
         // PostgreSQL authenticates exactly the startup user, so there is no
         // way to honour a request to act as someone else.
-        Some(b'a') => {
-            return Err(AuthError::Malformed(
-                "authorization identity is not supported",
-            ));
-        }
-        _ => return Err(AuthError::Malformed("invalid GS2 header")),
+        return Err(if authzid.starts_with("a=") {
+            AuthError::Malformed("authorization identity is not supported")
+        } else {
+            invalid
+        });
     }
-    // The first three bytes are ASCII, so index 3 is a char boundary.
-    match (message.get(..3), message.get(3..)) {
-        (Some(header), Some(bare)) => Ok((header, bare)),
-        _ => Err(AuthError::Malformed("invalid GS2 header")),
-    }
+    // Both commas are ASCII, so these are char boundaries.
+    let header_len = message.len() - bare.len();
+    let header = message.get(..header_len).ok_or(invalid)?;
+    Ok((flag, header, bare))
 }
 
 /// Splits one `x=value` SCRAM attribute into its name byte and value. `None`
@@ -508,9 +563,25 @@ mod tests {
         client_password: &[u8],
         binding: ChannelBinding,
     ) -> Result<(), AuthError> {
+        run_bound_client(
+            server_password,
+            client_password,
+            binding,
+            Binding::NotOffered,
+        )
+    }
+
+    /// As [`run_real_client`], with the server's side of channel binding.
+    fn run_bound_client(
+        server_password: &str,
+        client_password: &[u8],
+        binding: ChannelBinding,
+        server_binding: Binding<'_>,
+    ) -> Result<(), AuthError> {
         let secret = secret(server_password);
         let mut client = ScramSha256::new(client_password, binding);
-        let (exchange, server_first) = ScramExchange::start(&secret, client.message(), NONCE)?;
+        let (exchange, server_first) =
+            ScramExchange::start(&secret, client.message(), NONCE, server_binding)?;
         client
             .update(&server_first)
             .expect("client accepts server-first");
@@ -548,7 +619,7 @@ mod tests {
             let bare = "n=ignored,r=clientnonce";
             let client_first = format!("{}{bare}", self.gs2);
             let (exchange, server_first) =
-                ScramExchange::start(&secret, client_first.as_bytes(), NONCE)?;
+                ScramExchange::start(&secret, client_first.as_bytes(), NONCE, Binding::NotOffered)?;
             let server_first = String::from_utf8(server_first).unwrap();
             let nonce = server_first
                 .strip_prefix("r=")
@@ -588,8 +659,13 @@ mod tests {
         assert_eq!(secret.iterations(), 4096);
         assert_eq!(secret.salt().len(), 16);
         let mut client = ScramSha256::new(b"pw", ChannelBinding::unsupported());
-        let (exchange, server_first) =
-            ScramExchange::start(&secret, client.message(), random_server_nonce()).unwrap();
+        let (exchange, server_first) = ScramExchange::start(
+            &secret,
+            client.message(),
+            random_server_nonce(),
+            Binding::NotOffered,
+        )
+        .unwrap();
         client.update(&server_first).unwrap();
         let server_final = exchange.finish(client.message()).unwrap();
         client.finish(&server_final).unwrap();
@@ -697,22 +773,23 @@ mod tests {
             b"",
         ];
         for msg in bad {
-            match ScramExchange::start(&secret, msg, NONCE) {
+            match ScramExchange::start(&secret, msg, NONCE, Binding::NotOffered) {
                 Err(e) => assert_eq!(e.sqlstate(), "08P01", "{msg:?}"),
                 Ok(_) => panic!("accepted {msg:?}"),
             }
         }
         let mut long = b"n,,n=,r=".to_vec();
         long.resize(2000, b'a');
-        assert!(ScramExchange::start(&secret, &long, NONCE).is_err());
+        assert!(ScramExchange::start(&secret, &long, NONCE, Binding::NotOffered).is_err());
         // A well-formed optional extension after the nonce is ignored.
-        ScramExchange::start(&secret, b"n,,n=u,r=abc,x=1", NONCE).unwrap();
+        ScramExchange::start(&secret, b"n,,n=u,r=abc,x=1", NONCE, Binding::NotOffered).unwrap();
     }
 
     #[test]
     fn server_first_format() {
         let secret = ScramSecret::from_password("pw", b"salt", 4096);
-        let (_, server_first) = ScramExchange::start(&secret, b"n,,n=,r=abc", NONCE).unwrap();
+        let (_, server_first) =
+            ScramExchange::start(&secret, b"n,,n=,r=abc", NONCE, Binding::NotOffered).unwrap();
         let expected = format!(
             "r=abc{},s={},i=4096",
             BASE64.encode(NONCE),
@@ -727,7 +804,7 @@ mod tests {
         assert_eq!(secret.iterations(), 1);
         let mut client = ScramSha256::new(b"pw", ChannelBinding::unsupported());
         let (exchange, server_first) =
-            ScramExchange::start(&secret, client.message(), NONCE).unwrap();
+            ScramExchange::start(&secret, client.message(), NONCE, Binding::NotOffered).unwrap();
         client.update(&server_first).unwrap();
         let server_final = exchange.finish(client.message()).unwrap();
         client.finish(&server_final).unwrap();
@@ -741,7 +818,8 @@ mod tests {
             !text.contains("stored_key") && !text.contains("server_key"),
             "{text}"
         );
-        let (exchange, _) = ScramExchange::start(&secret, b"n,,n=,r=abc", NONCE).unwrap();
+        let (exchange, _) =
+            ScramExchange::start(&secret, b"n,,n=,r=abc", NONCE, Binding::NotOffered).unwrap();
         let text = format!("{exchange:?}");
         assert!(!text.contains("key"), "{text}");
     }
@@ -755,17 +833,21 @@ mod tests {
         // before its first character must fail. None may panic.
         let nonce_start = client_first.windows(2).position(|w| w == b"r=").unwrap() + 2;
         for end in 0..client_first.len() {
-            let result = ScramExchange::start(&secret, &client_first[..end], NONCE);
+            let result =
+                ScramExchange::start(&secret, &client_first[..end], NONCE, Binding::NotOffered);
             assert_eq!(result.is_ok(), end > nonce_start, "{end}");
         }
-        let (_, server_first) = ScramExchange::start(&secret, &client_first, NONCE).unwrap();
+        let (_, server_first) =
+            ScramExchange::start(&secret, &client_first, NONCE, Binding::NotOffered).unwrap();
         client.update(&server_first).unwrap();
         let client_final = client.message().to_vec();
         for end in 0..client_final.len() {
-            let (exchange, _) = ScramExchange::start(&secret, &client_first, NONCE).unwrap();
+            let (exchange, _) =
+                ScramExchange::start(&secret, &client_first, NONCE, Binding::NotOffered).unwrap();
             assert!(exchange.finish(&client_final[..end]).is_err(), "{end}");
         }
-        let (exchange, _) = ScramExchange::start(&secret, &client_first, NONCE).unwrap();
+        let (exchange, _) =
+            ScramExchange::start(&secret, &client_first, NONCE, Binding::NotOffered).unwrap();
         exchange.finish(&client_final).unwrap();
     }
 
@@ -787,8 +869,9 @@ mod tests {
                     }
                 })
                 .collect();
-            let _ = ScramExchange::start(&secret, &bytes, NONCE);
-            let (exchange, _) = ScramExchange::start(&secret, b"n,,n=,r=abc", NONCE).unwrap();
+            let _ = ScramExchange::start(&secret, &bytes, NONCE, Binding::NotOffered);
+            let (exchange, _) =
+                ScramExchange::start(&secret, b"n,,n=,r=abc", NONCE, Binding::NotOffered).unwrap();
             let _ = exchange.finish(&bytes);
             let _ = parse_sasl_initial_response(&bytes);
             let _ = parse_scram_initial_response(&bytes);
@@ -916,5 +999,97 @@ mod tests {
         assert!(constant_time_eq(b"abc", b"abc"));
         assert!(!constant_time_eq(b"abc", b"abd"));
         assert!(!constant_time_eq(b"abc", b"ab"));
+    }
+
+    /// SCRAM-SHA-256-PLUS with postgres-protocol's client, as libpq and
+    /// tokio-postgres run it: the hash of the certificate pgsplit presented is
+    /// what both sides must agree on.
+    #[test]
+    fn channel_binding_with_real_client() {
+        let ours = [0x11u8; 32];
+        let theirs = [0x22u8; 32];
+        let bound = |h: &[u8]| ChannelBinding::tls_server_end_point(h.to_vec());
+        run_bound_client("pw", b"pw", bound(&ours), Binding::EndPoint(&ours)).unwrap();
+        // A relay that terminated TLS: the client hashed another certificate.
+        assert_eq!(
+            run_bound_client("pw", b"pw", bound(&theirs), Binding::EndPoint(&ours)),
+            Err(AuthError::Malformed("channel binding data does not match"))
+        );
+        // The wrong password still fails as a wrong password.
+        assert_eq!(
+            run_bound_client("pw", b"nope", bound(&ours), Binding::EndPoint(&ours)),
+            Err(AuthError::WrongPassword)
+        );
+    }
+
+    #[test]
+    fn channel_binding_negotiation_is_checked() {
+        let hash = [0x33u8; 32];
+        let cases = [
+            // (client binding, server side, accepted)
+            (ChannelBinding::unsupported(), Binding::Declined, true),
+            (ChannelBinding::unsupported(), Binding::NotOffered, true),
+            (ChannelBinding::unrequested(), Binding::NotOffered, true),
+            // `y` although PLUS was offered: a downgrade.
+            (ChannelBinding::unrequested(), Binding::Declined, false),
+            // PLUS chosen but no binding data, and the reverse.
+            (
+                ChannelBinding::unsupported(),
+                Binding::EndPoint(&hash),
+                false,
+            ),
+            (
+                ChannelBinding::unrequested(),
+                Binding::EndPoint(&hash),
+                false,
+            ),
+            (
+                ChannelBinding::tls_server_end_point(hash.to_vec()),
+                Binding::NotOffered,
+                false,
+            ),
+            (
+                ChannelBinding::tls_server_end_point(hash.to_vec()),
+                Binding::Declined,
+                false,
+            ),
+        ];
+        for (i, (client, server, ok)) in cases.into_iter().enumerate() {
+            let got = run_bound_client("pw", b"pw", client, server);
+            assert_eq!(got.is_ok(), ok, "case {i}: {got:?}");
+        }
+    }
+
+    #[test]
+    fn gs2_headers() {
+        assert_eq!(
+            split_gs2_header("n,,n=,r=x").unwrap(),
+            (Gs2::No, "n,,", "n=,r=x")
+        );
+        assert_eq!(
+            split_gs2_header("p=tls-server-end-point,,n=,r=x").unwrap(),
+            (
+                Gs2::Bound("tls-server-end-point"),
+                "p=tls-server-end-point,,",
+                "n=,r=x"
+            )
+        );
+        for bad in ["p=,,n=", "p,,n=", "x,,n=", "n,a=bob,n=", "n,b,n=", "n,", ""] {
+            assert!(split_gs2_header(bad).is_err(), "{bad:?}");
+        }
+        // An unknown binding type is refused when binding is in use.
+        let secret = secret("pw");
+        assert_eq!(
+            ScramExchange::start(
+                &secret,
+                b"p=tls-unique,,n=,r=abc",
+                NONCE,
+                Binding::EndPoint(&[1; 32])
+            )
+            .err(),
+            Some(AuthError::Malformed(
+                "unsupported SCRAM channel-binding type"
+            ))
+        );
     }
 }

@@ -7,8 +7,8 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::auth::{
-    self, AuthError, SCRAM_SHA_256, ScramExchange, md5_verify, parse_password,
-    parse_sasl_initial_response, random_server_nonce,
+    self, AuthError, Binding, SCRAM_SHA_256, SCRAM_SHA_256_PLUS, ScramExchange, md5_verify,
+    parse_password, parse_sasl_initial_response, random_server_nonce,
 };
 use super::{ClientError, ClientIo};
 use crate::app::Context;
@@ -73,10 +73,10 @@ const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 async fn accept_tls(
     ctx: &Context,
     tcp: tokio::net::TcpStream,
-    config: std::sync::Arc<rustls::ServerConfig>,
+    config: std::sync::Arc<crate::tls::Acceptor>,
     direct: bool,
 ) -> Result<Stream, ClientError> {
-    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let acceptor = tokio_rustls::TlsAcceptor::from(config.config.clone());
     match acceptor.accept(tcp).await {
         Ok(s) => {
             // Direct TLS is only for clients that speak PostgreSQL over it:
@@ -122,6 +122,13 @@ pub async fn handshake(
     } else {
         Stream::Plain(tcp)
     };
+    // The channel-binding value of the certificate this connection presents
+    // (from the same snapshot as the certificate itself).
+    let mut end_point = if direct {
+        tls.as_ref().and_then(|a| a.end_point.clone())
+    } else {
+        None
+    };
     let mut buf = BytesMut::with_capacity(1024);
     let (minor, params) = loop {
         let startup = match read_startup(&mut stream, &mut buf).await {
@@ -149,6 +156,7 @@ pub async fn handshake(
                         if let Err(e) = tcp.write_all(b"S").await {
                             return Err((ClientError::Gone(e), None));
                         }
+                        end_point.clone_from(&config.end_point);
                         stream = accept_tls(ctx, tcp, config, false)
                             .await
                             .map_err(|e| (e, None))?;
@@ -178,7 +186,7 @@ pub async fn handshake(
         ));
     }
     let mut io = ClientIo::new(stream, buf, ctx.config().limits.max_message_size.as_usize());
-    match login(ctx, &mut io, minor, params).await {
+    match login(ctx, &mut io, minor, params, end_point).await {
         Ok((user, database, settings, mode, minor)) => Ok(Outcome::Session(Hello {
             io,
             user,
@@ -198,6 +206,7 @@ async fn login(
     io: &mut ClientIo,
     minor: u16,
     params: Vec<(String, String)>,
+    end_point: Option<std::sync::Arc<[u8]>>,
 ) -> Result<LoginInfo, ClientError> {
     let user = Startup::param(&params, "user")
         .ok_or_else(|| {
@@ -235,7 +244,7 @@ async fn login(
             .await?;
     }
     settings.retain(|(k, _)| !k.starts_with("_pq_."));
-    authenticate(ctx, io, &user).await?;
+    authenticate(ctx, io, &user, end_point.as_deref()).await?;
     Ok((user, database, settings, mode, granted))
 }
 
@@ -350,7 +359,15 @@ async fn read_password_frame(io: &mut ClientIo) -> Result<bytes::Bytes, ClientEr
     Ok(frame.bytes.slice(5..))
 }
 
-async fn authenticate(ctx: &Context, io: &mut ClientIo, user: &str) -> Result<(), ClientError> {
+/// Authenticates the client. `end_point` is the channel-binding value of the
+/// certificate presented on this TLS connection: with it, SCRAM-SHA-256-PLUS
+/// is offered first, as PostgreSQL does.
+async fn authenticate(
+    ctx: &Context,
+    io: &mut ClientIo,
+    user: &str,
+    end_point: Option<&[u8]>,
+) -> Result<(), ClientError> {
     let creds = ctx.credentials();
     let known = user == creds.user;
     let result = match ctx.config().auth.method {
@@ -373,12 +390,20 @@ async fn authenticate(ctx: &Context, io: &mut ClientIo, user: &str) -> Result<()
             }
         }
         AuthMethod::ScramSha256 => {
-            io.write(&build::auth_sasl(&[SCRAM_SHA_256])).await?;
+            let offered: &[&str] = if end_point.is_some() {
+                &[SCRAM_SHA_256_PLUS, SCRAM_SHA_256]
+            } else {
+                &[SCRAM_SHA_256]
+            };
+            io.write(&build::auth_sasl(offered)).await?;
             let body = read_password_frame(io).await?;
             let (mechanism, first) = parse_sasl_initial_response(&body)?;
-            if mechanism != SCRAM_SHA_256 {
-                return Err(AuthError::UnsupportedMechanism(mechanism.to_owned()).into());
-            }
+            let binding = match (mechanism, end_point) {
+                (SCRAM_SHA_256, None) => Binding::NotOffered,
+                (SCRAM_SHA_256, Some(_)) => Binding::Declined,
+                (SCRAM_SHA_256_PLUS, Some(hash)) => Binding::EndPoint(hash),
+                _ => return Err(AuthError::UnsupportedMechanism(mechanism.to_owned()).into()),
+            };
             // An unknown user runs the same exchange against a throwaway secret,
             // so the reply does not reveal which user names exist.
             let decoy;
@@ -389,7 +414,7 @@ async fn authenticate(ctx: &Context, io: &mut ClientIo, user: &str) -> Result<()
                 &decoy
             };
             let (exchange, server_first) =
-                ScramExchange::start(secret, first, random_server_nonce())?;
+                ScramExchange::start(secret, first, random_server_nonce(), binding)?;
             io.write(&build::auth_sasl_continue(&server_first)).await?;
             let body = read_password_frame(io).await?;
             // A SASLResponse body is the raw SASL data, no terminator.

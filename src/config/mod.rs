@@ -13,7 +13,7 @@ use serde::Deserialize;
 use thiserror::Error;
 
 pub use units::ByteSize;
-pub use url::{ServerUrl, SslMode};
+pub use url::{ChannelBindingMode, ServerUrl, SslMode};
 
 use units::{de_duration, de_size};
 

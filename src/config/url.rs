@@ -31,6 +31,17 @@ impl SslMode {
     }
 }
 
+/// libpq's `channel_binding`: whether SCRAM must bind to the TLS channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ChannelBindingMode {
+    Disable,
+    /// Bind when the server offers SCRAM-SHA-256-PLUS over TLS.
+    #[default]
+    Prefer,
+    /// Refuse to log in unless the server authenticates with SCRAM-SHA-256-PLUS.
+    Require,
+}
+
 #[derive(Clone, PartialEq, Eq)]
 pub struct ServerUrl {
     pub host: String,
@@ -39,6 +50,7 @@ pub struct ServerUrl {
     pub password: Option<String>,
     pub dbname: Option<String>,
     pub sslmode: SslMode,
+    pub channel_binding: ChannelBindingMode,
     pub sslrootcert: Option<String>,
     pub sslcert: Option<String>,
     pub sslkey: Option<String>,
@@ -109,6 +121,7 @@ impl ServerUrl {
             password,
             dbname,
             sslmode: SslMode::default(),
+            channel_binding: ChannelBindingMode::default(),
             sslrootcert: None,
             sslcert: None,
             sslkey: None,
@@ -123,6 +136,14 @@ impl ServerUrl {
                 "sslmode" => {
                     url.sslmode =
                         SslMode::parse(&v).ok_or_else(|| format!("invalid sslmode {v:?}"))?
+                }
+                "channel_binding" => {
+                    url.channel_binding = match v.as_str() {
+                        "disable" => ChannelBindingMode::Disable,
+                        "prefer" => ChannelBindingMode::Prefer,
+                        "require" => ChannelBindingMode::Require,
+                        _ => return Err(format!("invalid channel_binding {v:?}")),
+                    }
                 }
                 "sslrootcert" => url.sslrootcert = Some(v),
                 "sslcert" => url.sslcert = Some(v),
