@@ -482,3 +482,31 @@ async fn pgbench_initializes_and_runs_in_every_protocol_mode() {
     assert_eq!(n, 1);
     proxy.stop().await;
 }
+
+/// libpq 18 connection options with TLS off on both sides (pgsplit's default
+/// `[tls] mode = "disable"`, a server without `ssl`): each row has the same
+/// kind of outcome through pgsplit as directly against PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn libpq_options_behave_as_against_postgres_without_tls() {
+    let c = cluster();
+    let proxy = start(c, "").await;
+    let mut rows = common::libpq::option_rows();
+    for (name, option) in [
+        ("sslmode=disable", "sslmode=disable"),
+        ("sslmode=allow", "sslmode=allow"),
+        ("sslmode=prefer", "sslmode=prefer"),
+        ("sslmode=require", "sslmode=require"),
+    ] {
+        rows.push((name, option.to_owned()));
+    }
+    rows.push(("sslnegotiation=direct", "sslnegotiation=direct".to_owned()));
+    let through =
+        common::libpq::compare("TLS off", &c.url(Node::Primary), &proxy.url(c), "", &rows).await;
+    let protocol_32 = rows
+        .iter()
+        .position(|(n, _)| *n == "protocol 3.2")
+        .map(|i| &through[i])
+        .unwrap_or_else(|| panic!("protocol row"));
+    assert_eq!(protocol_32.protocol, 30_002, "{protocol_32:?}");
+    proxy.stop().await;
+}

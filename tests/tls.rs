@@ -10,6 +10,8 @@
 mod common;
 #[path = "tls/copy_soak.rs"]
 mod copy_soak;
+#[path = "tls/libpq_compat.rs"]
+mod libpq_compat;
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -591,6 +593,19 @@ async fn reload_rotates_the_client_facing_certificate() {
         .expect("TLS login with the second certificate");
     assert_eq!(tls.seen.last().as_ref(), Some(&second.der));
     after.simple_query("SELECT 1").await.unwrap();
+    // SCRAM-SHA-256-PLUS binds to the certificate now presented: libpq
+    // hashes the second certificate, and so does pgsplit.
+    let bound = format!(
+        "{}?sslmode=verify-full&sslrootcert={}&channel_binding=require",
+        proxy.url(c),
+        t.ca_file.display()
+    );
+    let (_, got) = common::libpq::attempt_all(&[("after reload".to_owned(), bound)]).await;
+    assert!(
+        got[0].connected(),
+        "SCRAM-PLUS after a reload: {}",
+        got[0].message
+    );
     // The connection opened before the reload is still up.
     let v: i32 = before.query_one("SELECT 41 + 1", &[]).await.unwrap().get(0);
     assert_eq!(v, 42);

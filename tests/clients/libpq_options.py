@@ -1,13 +1,15 @@
-"""Connects with libpq (the one bundled in psycopg[binary]) once per line of
-input and prints one JSON outcome per line.
+"""Connects with libpq (the one bundled in psycopg[binary]) once per input
+line and prints one outcome line per case.
 
-Input: JSON lines {"name": ..., "conninfo": ...}. Output: JSON lines
-{"name", "ok", "sqlstate", "error", "protocol", "libpq"}: `ok` when the
-connection was made and `SELECT 1` answered; otherwise the SQLSTATE the
-server sent (None when libpq itself refused) and libpq's message.
+Input lines: NAME<TAB>CONNINFO. Output lines:
+NAME<TAB>OUTCOME<TAB>PROTOCOL<TAB>MESSAGE, where OUTCOME is `ok` (connected and
+`SELECT 1` answered), `sqlstate:XXXXX` (the server refused with that code),
+`server` (the server refused a connection: libpq keeps no code for that) or
+`client` (libpq refused by itself), PROTOCOL is libpq's full protocol
+version number (30000, 30002) or 0, and MESSAGE is libpq's error on one line.
+The first output line is `libpq<TAB><version>`.
 """
 
-import json
 import sys
 
 import psycopg
@@ -18,28 +20,30 @@ def attempt(conninfo):
         with psycopg.connect(conninfo, connect_timeout=10, autocommit=True) as conn:
             one = conn.execute("SELECT 1").fetchone()
             if one != (1,):
-                return {"ok": False, "sqlstate": None, "error": f"SELECT 1 gave {one!r}"}
-            return {
-                "ok": True,
-                "sqlstate": None,
-                "error": None,
-                "protocol": conn.pgconn.full_protocol_version,
-            }
+                return "client", 0, f"SELECT 1 gave {one!r}"
+            return "ok", conn.pgconn.full_protocol_version, ""
     except psycopg.Error as e:
-        return {"ok": False, "sqlstate": e.sqlstate, "error": str(e).strip()}
+        message = " ".join(str(e).split())
+        if e.sqlstate:
+            kind = f"sqlstate:{e.sqlstate}"
+        elif "FATAL:" in message or "ERROR:" in message:
+            # libpq keeps no SQLSTATE for a refused connection; the server's
+            # severity in the message says who refused.
+            kind = "server"
+        else:
+            kind = "client"
+        return kind, 0, message
 
 
 def main():
-    version = psycopg.pq.version()
+    print(f"libpq\t{psycopg.pq.version()}", flush=True)
     for line in sys.stdin:
-        line = line.strip()
+        line = line.rstrip("\n")
         if not line:
             continue
-        case = json.loads(line)
-        out = attempt(case["conninfo"])
-        out["name"] = case["name"]
-        out["libpq"] = version
-        print(json.dumps(out), flush=True)
+        name, conninfo = line.split("\t", 1)
+        kind, protocol, message = attempt(conninfo)
+        print(f"{name}\t{kind}\t{protocol}\t{message}", flush=True)
 
 
 if __name__ == "__main__":

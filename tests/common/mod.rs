@@ -12,6 +12,7 @@
 // Each test binary uses a subset of these helpers.
 #![allow(dead_code)]
 
+pub mod libpq;
 pub mod own;
 pub mod tls;
 
