@@ -655,3 +655,119 @@ async fn a_bind_to_an_unnamed_statement_the_client_never_parsed_fails_with_26000
     assert_eq!(raw_query(&mut s, "SELECT 7").await.as_deref(), Some("7"));
     proxy.stop().await;
 }
+
+/// A StartupMessage for protocol `3.minor` with `params`.
+fn startup_v(minor: u16, params: &[(&str, &str)]) -> Vec<u8> {
+    let mut packet = startup(params);
+    // Bytes 4..8 hold the version: 3 in the high half, the minor in the low.
+    packet[6..8].copy_from_slice(&minor.to_be_bytes());
+    packet
+}
+
+/// The messages of a login up to ReadyForQuery.
+async fn login_messages(s: &mut TcpStream) -> Vec<(u8, Vec<u8>)> {
+    let mut got = Vec::new();
+    loop {
+        match next(s).await {
+            Next::Message(b'Z', _) => return got,
+            Next::Message(b'E', body) => panic!("login refused: {:?}", sqlstate(&body)),
+            Next::Message(t, body) => got.push((t, body)),
+            Next::Closed => panic!("closed during login"),
+        }
+    }
+}
+
+/// Protocol negotiation as PostgreSQL 18 does it: 3.2 is granted as asked
+/// (with a 32-byte cancel key that cancels), a newer minor version or an
+/// unknown `_pq_.` option gets NegotiateProtocolVersion with the full version
+/// code granted and the options ignored, and 3.0 gets 4-byte keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_versions_are_negotiated_as_postgresql_does() {
+    let c = cluster();
+    let proxy = start(c, TRUST).await;
+    let user = c.user();
+    let cases: [(u16, &[(&str, &str)], Option<(i32, Vec<&str>)>, usize); 4] = [
+        (0, &[], None, 4),
+        (2, &[], None, 32),
+        (9, &[], Some((196_610, vec![])), 32),
+        (
+            0,
+            &[("_pq_.compression", "on"), ("_pq_.other", "x")],
+            Some((196_608, vec!["_pq_.compression", "_pq_.other"])),
+            4,
+        ),
+    ];
+    for (minor, extra, want_v, key_len) in cases {
+        let mut params = vec![("user", user), ("database", "app")];
+        params.extend_from_slice(extra);
+        let mut s = raw(proxy.addr).await;
+        s.write_all(&startup_v(minor, &params))
+            .await
+            .expect("send startup");
+        let got = login_messages(&mut s).await;
+        let v: Vec<&Vec<u8>> = got.iter().filter(|m| m.0 == b'v').map(|m| &m.1).collect();
+        match &want_v {
+            None => assert!(
+                v.is_empty(),
+                "3.{minor}: unexpected NegotiateProtocolVersion"
+            ),
+            Some((version, options)) => {
+                let [body] = v.as_slice() else {
+                    panic!(
+                        "3.{minor}: want one NegotiateProtocolVersion, got {}",
+                        v.len()
+                    )
+                };
+                assert_eq!(
+                    i32::from_be_bytes([body[0], body[1], body[2], body[3]]),
+                    *version
+                );
+                assert_eq!(
+                    i32::from_be_bytes([body[4], body[5], body[6], body[7]]),
+                    i32::try_from(options.len()).unwrap_or(-1)
+                );
+                let names: Vec<&str> = body[8..]
+                    .split(|b| *b == 0)
+                    .filter(|n| !n.is_empty())
+                    .map(|n| std::str::from_utf8(n).unwrap_or("?"))
+                    .collect();
+                assert_eq!(&names, options);
+            }
+        }
+        // NegotiateProtocolVersion comes before authentication, as in PostgreSQL.
+        let first_auth = got.iter().position(|m| m.0 == b'R');
+        if let Some(vpos) = got.iter().position(|m| m.0 == b'v') {
+            assert!(
+                first_auth.is_some_and(|r| vpos < r),
+                "order: {:?}",
+                got.iter().map(|m| m.0 as char).collect::<String>()
+            );
+        }
+        let keys: Vec<&Vec<u8>> = got.iter().filter(|m| m.0 == b'K').map(|m| &m.1).collect();
+        let [key] = keys.as_slice() else {
+            panic!("one BackendKeyData")
+        };
+        assert_eq!(key.len(), 4 + key_len, "3.{minor}: cancel key length");
+
+        // The key cancels a running statement of this session.
+        s.write_all(&query("SELECT pg_sleep(5)"))
+            .await
+            .expect("send query");
+        sleep(Duration::from_millis(300)).await;
+        let mut cancel = CANCEL_REQUEST_CODE.to_be_bytes().to_vec();
+        cancel.extend_from_slice(&key[..]);
+        let mut cs = raw(proxy.addr).await;
+        cs.write_all(&untagged(&cancel)).await.expect("send cancel");
+        let mut codes = Vec::new();
+        loop {
+            match next(&mut s).await {
+                Next::Message(b'E', body) => codes.push(sqlstate(&body).unwrap_or_default()),
+                Next::Message(b'Z', _) => break,
+                Next::Message(_, _) => {}
+                Next::Closed => panic!("closed"),
+            }
+        }
+        assert_eq!(codes, ["57014"], "3.{minor}: the statement was cancelled");
+    }
+    proxy.stop().await;
+}
