@@ -677,6 +677,11 @@ async fn login_messages(s: &mut TcpStream) -> Vec<(u8, Vec<u8>)> {
     }
 }
 
+/// A negotiation case: the minor version asked for, extra startup
+/// parameters, the NegotiateProtocolVersion expected (version code and the
+/// options listed), and the cancel key length.
+type Negotiation<'a> = (u16, &'a [(&'a str, &'a str)], Option<(i32, Vec<&'a str>)>, usize);
+
 /// Protocol negotiation as PostgreSQL 18 does it: 3.2 is granted as asked
 /// (with a 32-byte cancel key that cancels), a newer minor version or an
 /// unknown `_pq_.` option gets NegotiateProtocolVersion with the full version
@@ -686,7 +691,7 @@ async fn protocol_versions_are_negotiated_as_postgresql_does() {
     let c = cluster();
     let proxy = start(c, TRUST).await;
     let user = c.user();
-    let cases: [(u16, &[(&str, &str)], Option<(i32, Vec<&str>)>, usize); 4] = [
+    let cases: [Negotiation; 4] = [
         (0, &[], None, 4),
         (2, &[], None, 32),
         (9, &[], Some((196_610, vec![])), 32),
