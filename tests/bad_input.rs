@@ -680,7 +680,12 @@ async fn login_messages(s: &mut TcpStream) -> Vec<(u8, Vec<u8>)> {
 /// A negotiation case: the minor version asked for, extra startup
 /// parameters, the NegotiateProtocolVersion expected (version code and the
 /// options listed), and the cancel key length.
-type Negotiation<'a> = (u16, &'a [(&'a str, &'a str)], Option<(i32, Vec<&'a str>)>, usize);
+type Negotiation<'a> = (
+    u16,
+    &'a [(&'a str, &'a str)],
+    Option<(i32, Vec<&'a str>)>,
+    usize,
+);
 
 /// Protocol negotiation as PostgreSQL 18 does it: 3.2 is granted as asked
 /// (with a 32-byte cancel key that cancels), a newer minor version or an

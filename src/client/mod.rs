@@ -12,7 +12,7 @@ pub mod state;
 pub mod unit;
 
 #[cfg(test)]
-mod copy_tests;
+mod relay_tests;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

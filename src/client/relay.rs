@@ -304,6 +304,10 @@ pub async fn relay(
     let mut copy_in = false;
     // Whether any reply the client would see has been relayed (or queued).
     let mut replied = false;
+    // Bookkeeping replies (ParseComplete, BindComplete, descriptions) of a
+    // unit that may still be retried elsewhere: held back until its first
+    // real reply, so a replica that dies after them costs no error.
+    let mut held = BytesMut::new();
     let mut discarding = false;
     loop {
         let mut pos = 0;
@@ -396,12 +400,29 @@ pub async fn relay(
                 header.tag,
                 tag::backend::NOTICE_RESPONSE | tag::backend::PARAMETER_STATUS | b'A'
             );
-            if !swallow && !asynchronous {
+            let bookkeeping = matches!(
+                header.tag,
+                tag::backend::PARSE_COMPLETE
+                    | tag::backend::BIND_COMPLETE
+                    | tag::backend::CLOSE_COMPLETE
+                    | tag::backend::NO_DATA
+                    | tag::backend::PARAMETER_DESCRIPTION
+                    | tag::backend::ROW_DESCRIPTION
+            );
+            if !swallow && !asynchronous && !(mode.retry_conflict && bookkeeping) {
                 replied = true;
             }
             if swallow {
                 if start < pos {
-                    let r = write_client(io, &conn.rbuf[start..pos], &mut out, replied).await;
+                    let r = emit(
+                        io,
+                        &mut held,
+                        &conn.rbuf[start..pos],
+                        &mut out,
+                        &mut replied,
+                        mode,
+                    )
+                    .await;
                     client_write(r, conn)?;
                 }
                 start = end;
@@ -409,10 +430,25 @@ pub async fn relay(
             pos = end;
         }
         if start < pos {
-            let r = write_client(io, &conn.rbuf[start..pos], &mut out, replied).await;
+            let r = emit(
+                io,
+                &mut held,
+                &conn.rbuf[start..pos],
+                &mut out,
+                &mut replied,
+                mode,
+            )
+            .await;
             client_write(r, conn)?;
         }
         conn.rbuf.advance(pos);
+        if done && !discarding && !held.is_empty() {
+            // The ReadyForQuery was held back by the session: what was held
+            // here goes out now, ahead of it.
+            out.sent_to_client = true;
+            let r = io.write(&held).await;
+            client_write(r, conn)?;
+        }
         if done {
             // Anything still queued was sent by the client after the server
             // ended the unit (copy data after a failed COPY): the server
@@ -478,16 +514,37 @@ pub async fn relay(
     }
 }
 
-/// Writes relayed bytes; `replied` says whether they include a real reply
-/// (after which the unit can no longer be retried elsewhere).
-async fn write_client(
+/// Most bookkeeping replies held back for a retryable unit; beyond it they
+/// are sent and the unit can no longer be retried.
+const MAX_HELD: usize = 64 * 1024;
+
+/// Sends relayed bytes to the client, or holds them while the unit may still
+/// be retried elsewhere and nothing but bookkeeping replies (and notices) has
+/// come. `replied` says whether they include a real reply, after which the
+/// unit can no longer be retried.
+async fn emit(
     io: &mut ClientIo,
+    held: &mut BytesMut,
     bytes: &[u8],
     out: &mut Outcome,
-    replied: bool,
+    replied: &mut bool,
+    mode: RelayMode,
 ) -> Result<(), ClientError> {
-    out.sent_to_client |= replied;
-    io.write(bytes).await
+    if mode.retry_conflict && !*replied {
+        if held.len() + bytes.len() <= MAX_HELD {
+            held.extend_from_slice(bytes);
+            return Ok(());
+        }
+        *replied = true;
+    }
+    out.sent_to_client |= *replied;
+    if held.is_empty() {
+        return io.write(bytes).await;
+    }
+    held.extend_from_slice(bytes);
+    let r = io.write(held).await;
+    held.clear();
+    r
 }
 
 fn client_write(r: Result<(), ClientError>, conn: &mut ServerConn) -> Result<(), RelayError> {

@@ -72,6 +72,10 @@ pub mod tag {
         pub const NOTICE_RESPONSE: u8 = b'N';
         pub const COMMAND_COMPLETE: u8 = b'C';
         pub const PARSE_COMPLETE: u8 = b'1';
+        pub const BIND_COMPLETE: u8 = b'2';
+        pub const NO_DATA: u8 = b'n';
+        pub const PARAMETER_DESCRIPTION: u8 = b't';
+        pub const ROW_DESCRIPTION: u8 = b'T';
         pub const CLOSE_COMPLETE: u8 = b'3';
         pub const COPY_IN_RESPONSE: u8 = b'G';
         pub const COPY_OUT_RESPONSE: u8 = b'H';

@@ -1,6 +1,6 @@
 //! The relay over in-memory streams, with the peers splitting, pausing and
 //! holding bytes as real sockets and TLS layers do (issue: COPY FROM STDIN
-//! hanging with client bytes held inside pgsplit).
+//! hanging with client bytes held inside pgsplit), or dying mid-reply.
 //!
 //! The server side here is a few lines of script that answer exactly what the
 //! relay needs for one COPY; everything on pgsplit's side (framing, staging,
@@ -466,4 +466,57 @@ async fn copy_in_with_a_notice_per_row_does_not_deadlock() {
         .await;
         assert_copied(&what, got, 300 * 2_000);
     }
+}
+
+/// A replica that dies after BindComplete but before any row: the client has
+/// seen nothing, so the read can still run elsewhere.
+#[tokio::test]
+async fn a_server_dying_after_bind_complete_leaves_the_read_retryable() {
+    let (client_stream, mut app) = plain_pipe();
+    let (pg_stream, mut pg) = plain_pipe();
+    let mut io = ClientIo::new(client_stream, BytesMut::new(), 64 << 20);
+    let mut conn = server_conn(pg_stream);
+    let mut st = SessionState::new(RouteMode::Auto, &[]);
+    let server = tokio::spawn(async move {
+        let mut buf = BytesMut::new();
+        let q = read_msg(&mut pg, &mut buf).await;
+        assert_eq!(q.tag, tag::BIND);
+        pg.write_all(&msg(tag::backend::BIND_COMPLETE, &[]))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        // Closing `pg` is the server dying.
+    });
+    let mut unit = msg(tag::BIND, &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    unit.extend(msg(tag::EXECUTE, &[0, 0, 0, 0, 0]));
+    unit.extend(msg(tag::SYNC, &[]));
+    let mode = RelayMode {
+        extended: true,
+        retry_conflict: true,
+        ..RelayMode::default()
+    };
+    let result = bounded(
+        "relay",
+        relay::relay(
+            &mut io,
+            &mut conn,
+            &mut st,
+            &mut Expect::default(),
+            mode,
+            BytesMut::from(&unit[..]),
+        ),
+    )
+    .await;
+    let _ = server.await;
+    match result {
+        Err(relay::RelayError::Server { sent_to_client, .. }) => {
+            assert!(!sent_to_client, "BindComplete counted as an answer");
+        }
+        Ok(o) => panic!("relay succeeded against a dead server: {o:?}"),
+        Err(relay::RelayError::Client(e)) => panic!("client error: {e}"),
+    }
+    // And the client really got nothing.
+    drop(io);
+    let mut rest = Vec::new();
+    let _ = app.read_to_end(&mut rest).await;
+    assert!(rest.is_empty(), "the client got {rest:?}");
 }
