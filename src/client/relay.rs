@@ -409,7 +409,10 @@ pub async fn relay(
                     | tag::backend::PARAMETER_DESCRIPTION
                     | tag::backend::ROW_DESCRIPTION
             );
-            if !swallow && !asynchronous && !(mode.retry_conflict && bookkeeping) {
+            // A retryable unit's bookkeeping replies are held back (see
+            // `emit`): not an answer yet.
+            let held_back = mode.retry_conflict && bookkeeping;
+            if !(swallow || asynchronous || held_back) {
                 replied = true;
             }
             if swallow {
