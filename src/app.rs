@@ -89,6 +89,8 @@ pub struct Context {
     /// Read-your-writes floor shared by every session (`read_your_writes = "pod"`):
     /// the highest WAL position recorded after a committed write, 0 for none.
     pub pod_floor: AtomicU64,
+    /// Replica replay positions, learned by the monitor and on demand.
+    pub replay: Arc<crate::backend::replay::ReplayPositions>,
     /// Set on SIGTERM/SIGINT: /readyz turns 503.
     pub draining: AtomicBool,
     /// Flips to true when open sessions must end now (57P01).
@@ -109,6 +111,8 @@ impl Context {
             .iter()
             .map(|s| (s.id, s.name.clone()))
             .collect();
+        let metrics = Metrics::new();
+        let replay = crate::backend::replay::ReplayPositions::new(metrics.replay_queries.clone());
         Ok(Arc::new(Context {
             client_tls,
             pools: Pools::new(config.pool.clone()),
@@ -119,8 +123,9 @@ impl Context {
             health: Arc::new(Health::new(HealthSnapshot::initial(&names))),
             cancels: CancelRegistry::default(),
             credentials: RwLock::new(Arc::new(Credentials::from_config(&config))),
-            metrics: Metrics::new(),
+            metrics,
             pod_floor: AtomicU64::new(0),
+            replay,
             draining: AtomicBool::new(false),
             terminate: watch::channel(false).0,
             servers: RwLock::new(Arc::new(servers)),

@@ -84,6 +84,16 @@ const FAMILIES: &[(&str, char, &str)] = &[
         "TLS handshakes with clients, by result.",
     ),
     (
+        "pgsplit_read_your_writes_wait_seconds",
+        'h',
+        "Time reads waited for a replica to replay their read-your-writes floor, by outcome (replica: it did; primary: the wait ran out).",
+    ),
+    (
+        "pgsplit_replay_position_queries_total",
+        'c',
+        "Replay-position queries sent to replicas on demand for reads ahead of the last probe.",
+    ),
+    (
         "pgsplit_errors_total",
         'c',
         "Errors pgsplit reported to clients itself, by SQLSTATE class.",
@@ -156,6 +166,8 @@ pub struct Metrics {
     checkout_seconds: Histogram,
     pub client_connections: Gauge,
     pub client_connections_total: Counter,
+    /// Replay-position queries sent to replicas on demand.
+    pub replay_queries: Counter,
     /// Server names rendered before: a server removed by a reload has its
     /// gauges zeroed (the exporter cannot drop a series).
     rendered: std::sync::Mutex<std::collections::HashSet<String>>,
@@ -198,6 +210,10 @@ impl Metrics {
             recorder.register_gauge(&Key::from_name("pgsplit_client_connections"), &META);
         let client_connections_total =
             recorder.register_counter(&Key::from_name("pgsplit_client_connections_total"), &META);
+        let replay_queries = recorder.register_counter(
+            &Key::from_name("pgsplit_replay_position_queries_total"),
+            &META,
+        );
         recorder
             .register_gauge(
                 &Key::from_parts(
@@ -216,6 +232,7 @@ impl Metrics {
             checkout_seconds,
             client_connections,
             client_connections_total,
+            replay_queries,
             rendered: std::sync::Mutex::new(std::collections::HashSet::new()),
         };
         // Families that should exist (at zero) before their first event, so
@@ -261,6 +278,22 @@ impl Metrics {
             )
             .increment(1);
         }
+    }
+
+    /// A read that waited for a replica to replay its read-your-writes
+    /// floor: how long, and whether the replica got there (else the primary
+    /// served it).
+    pub fn replay_wait(&self, took: Duration, reached: bool) {
+        let outcome = if reached { "replica" } else { "primary" };
+        self.recorder
+            .register_histogram(
+                &Key::from_parts(
+                    "pgsplit_read_your_writes_wait_seconds",
+                    labels(&[("outcome", outcome.into())]),
+                ),
+                &META,
+            )
+            .record(took.as_secs_f64());
     }
 
     pub fn checkout(&self, server: &str, took: Duration, exhausted: bool) {

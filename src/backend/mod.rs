@@ -5,6 +5,7 @@ pub mod error;
 pub mod health;
 pub mod monitor;
 pub mod pool;
+pub mod replay;
 
 pub use conn::{CancelKey, Login, ServerConn, ServerId, ServerTarget};
 pub use error::BackendError;

@@ -19,7 +19,9 @@ use crate::server::Lsn;
 const PROBE_SQL: &str = "SELECT pg_is_in_recovery(), \
      (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text";
 
-fn login(target: &ServerTarget) -> Login {
+/// The login pgsplit's own connections use (probes, catalog, replay
+/// positions): the server URL's user and database.
+pub(crate) fn login(target: &ServerTarget) -> Login {
     Login {
         user: target.url.user.clone().unwrap_or_else(|| "postgres".into()),
         database: target
@@ -129,6 +131,15 @@ pub async fn run_monitor(ctx: Arc<Context>, mut shutdown: watch::Receiver<bool>)
             (id, p.probe().await)
         }))
         .await;
+        for (id, probe) in &results {
+            if let Some(Probe {
+                in_recovery: true,
+                lsn: Some(lsn),
+            }) = probe
+            {
+                ctx.replay.observe(*id, *lsn);
+            }
+        }
         for change in state.observe(Instant::now(), &results) {
             if change.contains("fenced") || change.contains("no server") {
                 tracing::error!("{change}");

@@ -397,15 +397,31 @@ impl Session {
                 _ => None,
             };
             self.spin = self.spin.wrapping_add(1);
+            let floor = self.floor();
             let view = SessionView {
                 txn: None,
                 pinned: self.st.pinned,
                 mode: self.st.mode,
-                floor: self.floor(),
+                floor,
                 held_replica: self.held_replica(primary),
                 spin: self.spin,
             };
-            route(&class, &view, &snapshot.replicas)
+            match floor {
+                None => route(&class, &view, &snapshot.replicas),
+                Some(floor) => {
+                    // Positions learned on demand may be ahead of the probe's.
+                    let mut replicas = snapshot.replicas.clone();
+                    for r in &mut replicas {
+                        r.replay = r.replay.max(self.ctx.replay.known(r.id));
+                    }
+                    match route(&class, &view, &replicas) {
+                        (Target::Primary, Reason::ReadYourWrites) => {
+                            self.wait_for_replica(floor, &view, &replicas).await
+                        }
+                        decided => decided,
+                    }
+                }
+            }
         };
         if let Target::Replica(id) = target {
             match self.attach(id).await {
@@ -671,6 +687,45 @@ impl Session {
                 tracing::debug!(error = %e, "cannot read the WAL position after a write");
                 self.st.floor = Some(Lsn(u64::MAX));
             }
+        }
+    }
+
+    /// A read held back only by its read-your-writes floor: asks a usable
+    /// replica how far it has replayed, and waits up to
+    /// `read_your_writes_wait` for it to pass the floor (see
+    /// `backend::replay`). The primary serves the read if it does not.
+    async fn wait_for_replica(
+        &self,
+        floor: Lsn,
+        view: &SessionView,
+        replicas: &[crate::route::router::ReplicaStatus],
+    ) -> (Target, Reason) {
+        let fallback = (Target::Primary, Reason::ReadYourWrites);
+        let wait = self.ctx.config().routing.read_your_writes_wait;
+        // An unknown position (u64::MAX) is never reached.
+        if wait.is_zero() || floor == Lsn(u64::MAX) {
+            return fallback;
+        }
+        let usable: Vec<_> = replicas.iter().filter(|r| r.up && !r.lagging).collect();
+        let Some(choice) = usable
+            .iter()
+            .find(|r| Some(r.id) == view.held_replica)
+            .or_else(|| usable.get(view.spin % usable.len().max(1)))
+        else {
+            return fallback;
+        };
+        let Some(target) = self.ctx.server(choice.id) else {
+            return fallback;
+        };
+        let login = crate::backend::monitor::login(&target);
+        let started = Instant::now();
+        let outcome = self.ctx.replay.catch_up(&target, &login, floor, wait).await;
+        let reached = outcome == crate::backend::replay::CatchUp::Reached;
+        self.ctx.metrics.replay_wait(started.elapsed(), reached);
+        if reached {
+            (Target::Replica(choice.id), Reason::Read)
+        } else {
+            fallback
         }
     }
 

@@ -106,6 +106,10 @@ pub struct RoutingConfig {
     #[serde(deserialize_with = "de_size")]
     pub max_lag_bytes: ByteSize,
     pub read_your_writes: ReadYourWrites,
+    /// How long a read may wait for a replica to replay its floor (the
+    /// replica is asked on demand meanwhile) before it goes to the primary.
+    #[serde(deserialize_with = "de_duration")]
+    pub read_your_writes_wait: Duration,
     #[serde(deserialize_with = "de_duration")]
     pub primary_wait: Duration,
     /// How often function volatility is re-read from `pg_proc`.
@@ -126,6 +130,7 @@ impl Default for RoutingConfig {
             max_lag: Duration::from_secs(1),
             max_lag_bytes: ByteSize(16 << 20),
             read_your_writes: ReadYourWrites::Pod,
+            read_your_writes_wait: Duration::from_millis(20),
             primary_wait: Duration::from_secs(5),
             function_refresh: Duration::from_secs(60),
             replica_safe_functions: Vec::new(),
@@ -247,6 +252,7 @@ const ENV_KEYS: &[(&str, &str)] = &[
     ("routing", "max_lag"),
     ("routing", "max_lag_bytes"),
     ("routing", "read_your_writes"),
+    ("routing", "read_your_writes_wait"),
     ("routing", "primary_wait"),
     ("routing", "function_refresh"),
     ("routing", "replica_safe_functions"),
