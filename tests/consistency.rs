@@ -522,3 +522,126 @@ async fn write_then_read_elsewhere_is_never_stale_and_mostly_on_the_replica() {
     );
     proxy.stop().await;
 }
+
+/// 9 point SELECTs and 1 UPDATE per transaction, autocommit (issue 13's
+/// workload): with read-your-writes on, every UPDATE raises the floor.
+const READ_MOSTLY: &str = "\\set aid random(1, 100000 * :scale)
+\\set delta random(-5000, 5000)
+SELECT abalance FROM pgbench_accounts WHERE aid = :aid;
+SELECT abalance FROM pgbench_accounts WHERE aid = :aid + 1;
+SELECT abalance FROM pgbench_accounts WHERE aid = :aid + 2;
+SELECT abalance FROM pgbench_accounts WHERE aid = :aid + 3;
+SELECT abalance FROM pgbench_accounts WHERE aid = :aid + 4;
+SELECT abalance FROM pgbench_accounts WHERE aid = :aid + 5;
+SELECT abalance FROM pgbench_accounts WHERE aid = :aid + 6;
+SELECT abalance FROM pgbench_accounts WHERE aid = :aid + 7;
+SELECT abalance FROM pgbench_accounts WHERE aid = :aid + 8;
+UPDATE pgbench_accounts SET abalance = abalance + :delta WHERE aid = :aid;
+";
+
+/// Calls of the script's SELECT on `node`, from that server's own
+/// `pg_stat_statements` (not pgsplit's counters, and not counting pgsplit's
+/// own position queries).
+fn select_calls(c: &Cluster, node: Node) -> u64 {
+    let out = c
+        .psql(
+            node,
+            pgsplit::cluster::DATABASE,
+            "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements \
+             WHERE query LIKE 'SELECT abalance FROM pgbench_accounts%'",
+        )
+        .unwrap_or_else(|e| panic!("pg_stat_statements: {e}"));
+    out.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("calls: {out:?}"))
+}
+
+/// Where the reads of a read-mostly workload with writes go (issue 13):
+/// share of the SELECTs the replica ran, by its own statistics, and TPS, at 8
+/// and 64 clients, for read_your_writes = pod (default), session and off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement: cargo test --release --test consistency -- --ignored --nocapture measure_replica_share"]
+async fn measure_replica_share_with_writes() {
+    let c = tokio::task::spawn_blocking(|| {
+        Cluster::start(pgsplit::cluster::ClusterOptions {
+            extra_conf: vec!["shared_preload_libraries = 'pg_stat_statements'".to_owned()],
+            ..Default::default()
+        })
+    })
+    .await
+    .expect("cluster start")
+    .unwrap_or_else(|e| panic!("{e}"));
+    let c = Arc::new(c);
+    let primary = c.port(Node::Primary);
+    blocking(&c, |c| {
+        c.psql(
+            Node::Primary,
+            pgsplit::cluster::DATABASE,
+            "CREATE EXTENSION pg_stat_statements",
+        )
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    pgbench(&c, primary, &["-i", "-q", "-s", "8"]).await;
+    let script =
+        std::env::temp_dir().join(format!("pgsplit-read-mostly-{}.sql", std::process::id()));
+    std::fs::write(&script, READ_MOSTLY).unwrap_or_else(|e| panic!("{e}"));
+    let script_arg = script.display().to_string();
+    eprintln!("read-mostly workload (9 SELECT + 1 UPDATE, -M extended, 10 s per run, scale 8):");
+    for clients in ["8", "64"] {
+        for scope in ["pod", "session", "off"] {
+            settle(&c).await;
+            blocking(&c, |c| {
+                for node in [Node::Primary, Node::Replica] {
+                    c.psql(
+                        node,
+                        pgsplit::cluster::DATABASE,
+                        "SELECT pg_stat_statements_reset()",
+                    )?;
+                }
+                Ok::<_, pgsplit::cluster::ClusterError>(())
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+            let proxy = Proxy::start(
+                &c,
+                &format!("[routing]\nread_your_writes = \"{scope}\"\n[pool]\nmax_size = 80\n"),
+            )
+            .await;
+            let out = pgbench(
+                &c,
+                proxy.addr.port(),
+                &[
+                    "-M",
+                    "extended",
+                    "-c",
+                    clients,
+                    "-j",
+                    "2",
+                    "-T",
+                    "10",
+                    "-n",
+                    "-f",
+                    &script_arg,
+                ],
+            )
+            .await;
+            proxy.stop().await;
+            let tps = parse_tps(&out).unwrap_or(0.0);
+            let (on_primary, on_replica) = blocking(&c, |c| {
+                (
+                    select_calls(c, Node::Primary),
+                    select_calls(c, Node::Replica),
+                )
+            })
+            .await;
+            let share = on_replica as f64 / (on_primary + on_replica).max(1) as f64;
+            eprintln!(
+                "  {clients:>2} clients, read_your_writes={scope:<7}: {tps:>6.0} tps, reads on the replica {on_replica} of {} ({:.1}%)",
+                on_primary + on_replica,
+                share * 100.0
+            );
+        }
+    }
+    let _ = std::fs::remove_file(&script);
+}

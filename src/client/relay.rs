@@ -416,34 +416,24 @@ pub async fn relay(
                 replied = true;
             }
             if swallow {
-                if start < pos {
-                    let r = emit(
-                        io,
-                        &mut held,
-                        &conn.rbuf[start..pos],
-                        &mut out,
-                        &mut replied,
-                        mode,
-                    )
-                    .await;
-                    client_write(r, conn)?;
-                }
+                let mut to = Emit {
+                    held: &mut held,
+                    out: &mut out,
+                    replied: &mut replied,
+                    mode,
+                };
+                to.range(io, conn, start..pos).await?;
                 start = end;
             }
             pos = end;
         }
-        if start < pos {
-            let r = emit(
-                io,
-                &mut held,
-                &conn.rbuf[start..pos],
-                &mut out,
-                &mut replied,
-                mode,
-            )
-            .await;
-            client_write(r, conn)?;
-        }
+        let mut to = Emit {
+            held: &mut held,
+            out: &mut out,
+            replied: &mut replied,
+            mode,
+        };
+        to.range(io, conn, start..pos).await?;
         conn.rbuf.advance(pos);
         if done && !discarding && !held.is_empty() {
             // The ReadyForQuery was held back by the session: what was held
@@ -521,33 +511,47 @@ pub async fn relay(
 /// are sent and the unit can no longer be retried.
 const MAX_HELD: usize = 64 * 1024;
 
-/// Sends relayed bytes to the client, or holds them while the unit may still
-/// be retried elsewhere and nothing but bookkeeping replies (and notices) has
-/// come. `replied` says whether they include a real reply, after which the
-/// unit can no longer be retried.
-async fn emit(
-    io: &mut ClientIo,
-    held: &mut BytesMut,
-    bytes: &[u8],
-    out: &mut Outcome,
-    replied: &mut bool,
+/// Where relayed bytes go: to the client, or held while the unit may still
+/// be retried elsewhere and nothing but bookkeeping replies (and notices)
+/// has come. `replied` says whether they include a real reply, after which
+/// the unit can no longer be retried.
+struct Emit<'a> {
+    held: &'a mut BytesMut,
+    out: &'a mut Outcome,
+    replied: &'a mut bool,
     mode: RelayMode,
-) -> Result<(), ClientError> {
-    if mode.retry_conflict && !*replied {
-        if held.len() + bytes.len() <= MAX_HELD {
-            held.extend_from_slice(bytes);
+}
+
+impl Emit<'_> {
+    /// Relays `range` of the server's read buffer.
+    async fn range(
+        &mut self,
+        io: &mut ClientIo,
+        conn: &mut ServerConn,
+        range: std::ops::Range<usize>,
+    ) -> Result<(), RelayError> {
+        if range.is_empty() {
             return Ok(());
         }
-        *replied = true;
+        let bytes = &conn.rbuf[range];
+        if self.mode.retry_conflict && !*self.replied {
+            if self.held.len() + bytes.len() <= MAX_HELD {
+                self.held.extend_from_slice(bytes);
+                return Ok(());
+            }
+            *self.replied = true;
+        }
+        self.out.sent_to_client |= *self.replied;
+        let r = if self.held.is_empty() {
+            io.write(bytes).await
+        } else {
+            self.held.extend_from_slice(bytes);
+            let r = io.write(self.held).await;
+            self.held.clear();
+            r
+        };
+        client_write(r, conn)
     }
-    out.sent_to_client |= *replied;
-    if held.is_empty() {
-        return io.write(bytes).await;
-    }
-    held.extend_from_slice(bytes);
-    let r = io.write(held).await;
-    held.clear();
-    r
 }
 
 fn client_write(r: Result<(), ClientError>, conn: &mut ServerConn) -> Result<(), RelayError> {

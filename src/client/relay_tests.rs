@@ -179,6 +179,22 @@ async fn copy_in_server_noting<S: AsyncRead + AsyncWrite + Unpin>(
     payload
 }
 
+/// What `Session::forward` does for a unit of one Query: reads it from the
+/// client, stages it and relays it with the replies.
+async fn one_query_unit(
+    io: &mut ClientIo,
+    conn: &mut ServerConn,
+) -> Result<Outcome, relay::RelayError> {
+    let mut st = SessionState::new(RouteMode::Auto, &[]);
+    let mut exp = Expect::default();
+    let mut out = BytesMut::new();
+    let Ok(Some(frame)) = io.read_frame().await else {
+        panic!("no Query from the client")
+    };
+    relay::stage(&frame, &mut st, conn, &mut out, &mut exp).unwrap_or_else(|e| panic!("{e}"));
+    relay::relay(io, conn, &mut st, &mut exp, RelayMode::default(), out).await
+}
+
 /// How the test client cuts the byte stream it sends after CopyInResponse.
 #[derive(Debug, Clone, Copy)]
 enum Cut {
@@ -230,26 +246,8 @@ async fn copy_in_noting(
 
     let mut io = ClientIo::new(client_stream, BytesMut::new(), 64 << 20);
     let mut conn = server_conn(pg_stream);
-    let mut st = SessionState::new(RouteMode::Auto, &[]);
     let proxy = tokio::spawn(async move {
-        // What `Session::forward` does for a one-Query unit.
-        let mut exp = Expect::default();
-        let mut out = BytesMut::new();
-        let Ok(Some(frame)) = io.read_frame().await else {
-            panic!("no Query from the client")
-        };
-        relay::stage(&frame, &mut st, &mut conn, &mut out, &mut exp)
-            .unwrap_or_else(|e| panic!("{e}"));
-        match relay::relay(
-            &mut io,
-            &mut conn,
-            &mut st,
-            &mut exp,
-            RelayMode::default(),
-            out,
-        )
-        .await
-        {
+        match one_query_unit(&mut io, &mut conn).await {
             Ok(o) => o,
             Err(_) => panic!("relay failed"),
         }
@@ -394,7 +392,6 @@ async fn copy_out_reaches_a_tls_client_whole() {
     let (pg_stream, mut pg) = plain_pipe();
     let mut io = ClientIo::new(client_stream, BytesMut::new(), 64 << 20);
     let mut conn = server_conn(pg_stream);
-    let mut st = SessionState::new(RouteMode::Auto, &[]);
     let server = tokio::spawn(async move {
         let mut buf = BytesMut::new();
         let q = read_msg(&mut pg, &mut buf).await;
@@ -410,22 +407,7 @@ async fn copy_out_reaches_a_tls_client_whole() {
         pg
     });
     let proxy = tokio::spawn(async move {
-        let mut exp = Expect::default();
-        let mut out = BytesMut::new();
-        let Ok(Some(frame)) = io.read_frame().await else {
-            panic!("no Query")
-        };
-        relay::stage(&frame, &mut st, &mut conn, &mut out, &mut exp)
-            .unwrap_or_else(|e| panic!("{e}"));
-        let r = relay::relay(
-            &mut io,
-            &mut conn,
-            &mut st,
-            &mut exp,
-            RelayMode::default(),
-            out,
-        )
-        .await;
+        let r = one_query_unit(&mut io, &mut conn).await;
         assert!(r.is_ok(), "relay failed");
         // Keep the client's stream open: only what was sent counts.
         tokio::time::sleep(BOUND * 2).await;
