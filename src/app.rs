@@ -58,11 +58,15 @@ impl Servers {
             ServerId(u32::try_from(next_id.fetch_add(1, Ordering::Relaxed)).unwrap_or(u32::MAX))
         };
         let primary = id_for(&config.primary);
-        let mut list = vec![ServerTarget::new(primary, config.primary.clone())];
+        let mut list = vec![ServerTarget::new(
+            primary,
+            config.primary.clone(),
+            config.net,
+        )];
         for r in &config.replicas {
             let id = id_for(r);
             if list.iter().all(|s| s.id != id) {
-                list.push(ServerTarget::new(id, r.clone()));
+                list.push(ServerTarget::new(id, r.clone(), config.net));
             }
         }
         Servers { primary, list }

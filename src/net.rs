@@ -15,6 +15,45 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
+/// Applies the `[net]` TCP settings to a socket pgsplit opened or accepted.
+pub fn tune(tcp: &TcpStream, net: &crate::config::NetConfig) -> io::Result<()> {
+    let sock = socket2::SockRef::from(tcp);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(net.tcp_keepalive_idle)
+        .with_interval(net.tcp_keepalive_interval)
+        .with_retries(net.tcp_keepalive_count);
+    sock.set_tcp_keepalive(&keepalive)?;
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    sock.set_tcp_user_timeout((!net.tcp_user_timeout.is_zero()).then_some(net.tcp_user_timeout))?;
+    Ok(())
+}
+
+/// The TCP settings of a socket as the kernel reports them (what [`tune`]
+/// set), for tests and diagnostics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpSettings {
+    pub keepalive: bool,
+    pub keepalive_idle: std::time::Duration,
+    pub keepalive_interval: std::time::Duration,
+    pub keepalive_count: u32,
+    pub user_timeout: Option<std::time::Duration>,
+}
+
+pub fn tcp_settings(tcp: &TcpStream) -> io::Result<TcpSettings> {
+    let sock = socket2::SockRef::from(tcp);
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let user_timeout = sock.tcp_user_timeout()?;
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let user_timeout = None;
+    Ok(TcpSettings {
+        keepalive: sock.keepalive()?,
+        keepalive_idle: sock.tcp_keepalive_time()?,
+        keepalive_interval: sock.tcp_keepalive_interval()?,
+        keepalive_count: sock.tcp_keepalive_retries()?,
+        user_timeout,
+    })
+}
+
 pub enum Stream {
     Plain(TcpStream),
     /// TLS toward a client (pgsplit is the TLS server).
@@ -133,6 +172,46 @@ impl AsyncWrite for Stream {
             Stream::Accepted(s) => s.is_write_vectored(),
             Stream::Connected(s) => s.is_write_vectored(),
             Stream::Memory(s) => s.is_write_vectored(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Both ends of a real loopback connection, accepted and connected, as
+    /// pgsplit tunes them: the kernel reports the settings back.
+    #[tokio::test]
+    async fn tune_sets_keepalive_and_user_timeout_on_real_sockets() {
+        let net = crate::config::NetConfig {
+            tcp_keepalive_idle: std::time::Duration::from_secs(7),
+            tcp_keepalive_interval: std::time::Duration::from_secs(3),
+            tcp_keepalive_count: 4,
+            tcp_user_timeout: std::time::Duration::from_secs(12),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let (connected, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let connected = connected.unwrap_or_else(|e| panic!("{e}"));
+        let (accepted, _) = accepted.unwrap_or_else(|e| panic!("{e}"));
+        for tcp in [&connected, &accepted] {
+            let before = tcp_settings(tcp).unwrap_or_else(|e| panic!("{e}"));
+            assert!(!before.keepalive, "keepalive is off until tuned");
+            tune(tcp, &net).unwrap_or_else(|e| panic!("{e}"));
+            let got = tcp_settings(tcp).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(
+                got,
+                TcpSettings {
+                    keepalive: true,
+                    keepalive_idle: net.tcp_keepalive_idle,
+                    keepalive_interval: net.tcp_keepalive_interval,
+                    keepalive_count: 4,
+                    user_timeout: Some(net.tcp_user_timeout),
+                }
+            );
         }
     }
 }

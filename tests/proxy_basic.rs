@@ -45,3 +45,41 @@ async fn wrong_password_is_refused_with_28p01() {
     assert_eq!(err.code().map(|c| c.code()), Some("28P01"), "{err}");
     proxy.stop().await;
 }
+
+/// `[net]` settings reach the sockets pgsplit opens to the servers: read
+/// back from a pooled connection's socket with getsockopt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn net_settings_are_set_on_server_sockets() {
+    let c = cluster();
+    let proxy = Proxy::start(
+        c,
+        "[net]\ntcp_keepalive_idle = \"7s\"\ntcp_keepalive_interval = \"3s\"\n\
+         tcp_keepalive_count = 4\ntcp_user_timeout = \"12s\"\n",
+    )
+    .await;
+    let target = proxy
+        .ctx
+        .server(proxy.ctx.configured_primary())
+        .unwrap_or_else(|| panic!("primary target"));
+    let login = pgsplit::backend::Login {
+        user: c.user().to_owned(),
+        database: pgsplit::cluster::DATABASE.to_owned(),
+    };
+    let conn = proxy
+        .ctx
+        .pools
+        .checkout(&target, &login)
+        .await
+        .unwrap_or_else(|e| panic!("checkout: {e}"));
+    let got = conn
+        .tcp_settings()
+        .unwrap_or_else(|| panic!("a TCP connection"))
+        .unwrap_or_else(|e| panic!("getsockopt: {e}"));
+    assert!(got.keepalive);
+    assert_eq!(got.keepalive_idle, std::time::Duration::from_secs(7));
+    assert_eq!(got.keepalive_interval, std::time::Duration::from_secs(3));
+    assert_eq!(got.keepalive_count, 4);
+    assert_eq!(got.user_timeout, Some(std::time::Duration::from_secs(12)));
+    drop(conn);
+    proxy.stop().await;
+}

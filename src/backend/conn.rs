@@ -35,16 +35,24 @@ pub struct ServerTarget {
     /// How to encrypt; an error (unreadable CA file...) makes the server unusable
     /// until a reload fixes it, and every connection attempt says why.
     pub tls: Result<ServerTls, String>,
+    /// TCP keepalive and user timeout for its sockets.
+    pub net: crate::config::NetConfig,
 }
 
 impl ServerTarget {
-    pub fn new(id: ServerId, url: ServerUrl) -> Arc<Self> {
+    pub fn new(id: ServerId, url: ServerUrl, net: crate::config::NetConfig) -> Arc<Self> {
         let name = url.addr();
         let tls = crate::tls::server_tls(&url).map_err(|e| e.to_string());
         if let Err(e) = &tls {
             tracing::error!(server = %name, error = %e, "server TLS settings are unusable");
         }
-        Arc::new(ServerTarget { id, url, name, tls })
+        Arc::new(ServerTarget {
+            id,
+            url,
+            name,
+            tls,
+            net,
+        })
     }
 }
 
@@ -188,6 +196,9 @@ impl ServerConn {
             })?;
         // Small request/response messages: Nagle would add a delay per round trip.
         let _ = tcp.set_nodelay(true);
+        if let Err(e) = crate::net::tune(&tcp, &target.net) {
+            tracing::warn!(server = %target.name, error = %e, "cannot set TCP keepalive / user timeout");
+        }
         let stream = negotiate_tls(&target, tcp).await?;
         let mut conn = ServerConn::over(stream, target);
         let app = conn
@@ -603,6 +614,11 @@ impl ServerConn {
             // An in-memory stream (tests) has no cheap probe: assume open.
             None => true,
         }
+    }
+
+    /// The TCP settings of this connection's socket (`None` in memory).
+    pub fn tcp_settings(&self) -> Option<std::io::Result<crate::net::TcpSettings>> {
+        self.stream.tcp().map(crate::net::tcp_settings)
     }
 
     pub async fn terminate(mut self) {

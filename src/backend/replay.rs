@@ -257,7 +257,7 @@ mod tests {
         let p = ReplayPositions::new(metrics::Counter::noop());
         let url = crate::config::ServerUrl::parse("postgres://u@127.0.0.1:1/db?sslmode=disable")
             .unwrap_or_else(|e| panic!("{e}"));
-        let target = ServerTarget::new(ServerId(1), url);
+        let target = ServerTarget::new(ServerId(1), url, crate::config::NetConfig::default());
         let login = Login {
             user: "u".into(),
             database: "db".into(),

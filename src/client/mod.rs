@@ -29,6 +29,9 @@ use handshake::Outcome;
 /// Serves one accepted client connection from handshake to goodbye.
 pub async fn serve_client(ctx: Arc<Context>, tcp: TcpStream, peer: SocketAddr) {
     let _ = tcp.set_nodelay(true);
+    if let Err(e) = crate::net::tune(&tcp, &ctx.config().net) {
+        tracing::warn!(%peer, error = %e, "cannot set TCP keepalive / user timeout");
+    }
     let timeout = ctx.config().limits.handshake_timeout;
     let hello = match tokio::time::timeout(timeout, handshake::handshake(&ctx, tcp)).await {
         Err(_) => {

@@ -87,7 +87,10 @@ fn plain_pipe_of(size: usize) -> (Stream, DuplexStream) {
 fn server_conn(stream: Stream) -> ServerConn {
     let url = ServerUrl::parse("postgres://u@127.0.0.1:5432/db?sslmode=disable")
         .unwrap_or_else(|e| panic!("{e}"));
-    ServerConn::over(stream, ServerTarget::new(ServerId(0), url))
+    ServerConn::over(
+        stream,
+        ServerTarget::new(ServerId(0), url, crate::config::NetConfig::default()),
+    )
 }
 
 fn msg(t: u8, body: &[u8]) -> Vec<u8> {

@@ -164,6 +164,39 @@ impl Default for PoolConfig {
     }
 }
 
+/// TCP settings for every socket pgsplit opens or accepts: they find a peer
+/// that vanished without closing its socket (a node that lost power, a
+/// dropped network path), which no read or write would notice otherwise.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetConfig {
+    /// Idle time before the first keepalive probe.
+    #[serde(deserialize_with = "de_duration")]
+    pub tcp_keepalive_idle: Duration,
+    /// Time between unanswered keepalive probes.
+    #[serde(deserialize_with = "de_duration")]
+    pub tcp_keepalive_interval: Duration,
+    /// Unanswered probes before the connection is dropped.
+    pub tcp_keepalive_count: u32,
+    /// Longest sent data may stay unacknowledged before the connection is
+    /// dropped (`TCP_USER_TIMEOUT`, Linux); `0s` leaves the kernel's ~15 min.
+    #[serde(deserialize_with = "de_duration")]
+    pub tcp_user_timeout: Duration,
+}
+
+impl Default for NetConfig {
+    /// An idle peer that vanished is found after 10 s + 3 x 5 s = 25 s, one
+    /// with data in flight after 30 s.
+    fn default() -> Self {
+        NetConfig {
+            tcp_keepalive_idle: Duration::from_secs(10),
+            tcp_keepalive_interval: Duration::from_secs(5),
+            tcp_keepalive_count: 3,
+            tcp_user_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
@@ -211,6 +244,8 @@ struct RawConfig {
     limits: LimitsConfig,
     #[serde(default)]
     tls: TlsConfig,
+    #[serde(default)]
+    net: NetConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -227,6 +262,7 @@ pub struct Config {
     pub pool: PoolConfig,
     pub limits: LimitsConfig,
     pub tls: TlsConfig,
+    pub net: NetConfig,
 }
 
 /// What the command line can override.
@@ -258,6 +294,10 @@ const ENV_KEYS: &[(&str, &str)] = &[
     ("routing", "replica_safe_functions"),
     ("routing", "primary_functions"),
     ("routing", "cache_size"),
+    ("net", "tcp_keepalive_idle"),
+    ("net", "tcp_keepalive_interval"),
+    ("net", "tcp_keepalive_count"),
+    ("net", "tcp_user_timeout"),
     ("pool", "max_size"),
     ("pool", "checkout_timeout"),
     ("pool", "connect_timeout"),
@@ -427,6 +467,7 @@ impl Config {
             pool: raw.pool,
             limits: raw.limits,
             tls: raw.tls,
+            net: raw.net,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -445,6 +486,24 @@ impl Config {
         if self.limits.max_client_connections == 0 {
             return Err(ConfigError::key(
                 "limits.max_client_connections",
+                "must be at least 1",
+            ));
+        }
+        // The kernel takes keepalive times in whole seconds.
+        for (key, d) in [
+            ("net.tcp_keepalive_idle", self.net.tcp_keepalive_idle),
+            (
+                "net.tcp_keepalive_interval",
+                self.net.tcp_keepalive_interval,
+            ),
+        ] {
+            if d < Duration::from_secs(1) {
+                return Err(ConfigError::key(key, "must be at least 1s"));
+            }
+        }
+        if self.net.tcp_keepalive_count == 0 {
+            return Err(ConfigError::key(
+                "net.tcp_keepalive_count",
                 "must be at least 1",
             ));
         }
@@ -537,6 +596,42 @@ mod tests {
         .unwrap();
         assert_eq!(c.listen.port(), 7000);
         assert_eq!(c.workers, Some(1));
+    }
+
+    #[test]
+    fn net_keys_from_file_and_environment() {
+        let c = load(&format!("primary = \"{P}\"\n"), &[]).unwrap();
+        assert_eq!(c.net, NetConfig::default());
+        assert_eq!(c.net.tcp_user_timeout, Duration::from_secs(30));
+        let c = load(
+            &format!(
+                "primary = \"{P}\"\n[net]\ntcp_keepalive_idle = \"7s\"\ntcp_keepalive_count = 4\n"
+            ),
+            &[
+                ("PGSPLIT_NET_TCP_KEEPALIVE_INTERVAL", "2s"),
+                ("PGSPLIT_NET_TCP_USER_TIMEOUT", "0s"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.net.tcp_keepalive_idle, Duration::from_secs(7));
+        assert_eq!(c.net.tcp_keepalive_interval, Duration::from_secs(2));
+        assert_eq!(c.net.tcp_keepalive_count, 4);
+        assert!(c.net.tcp_user_timeout.is_zero());
+        let msg = |r: Result<Config, ConfigError>| r.unwrap_err().to_string();
+        assert!(
+            msg(load(
+                &format!("primary = \"{P}\"\n[net]\ntcp_keepalive_idle = \"500ms\"\n"),
+                &[]
+            ))
+            .contains("net.tcp_keepalive_idle")
+        );
+        assert!(
+            msg(load(
+                &format!("primary = \"{P}\"\n[net]\ntcp_keepalive_count = 0\n"),
+                &[]
+            ))
+            .contains("net.tcp_keepalive_count")
+        );
     }
 
     #[test]
