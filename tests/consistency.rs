@@ -395,11 +395,41 @@ async fn pgbench(c: &Cluster, port: u16, args: &[&str]) -> String {
 
 const BENCH: &[&str] = &["-M", "extended", "-c", "8", "-j", "2", "-T", "10", "-n"];
 
-async fn bench_through_pgsplit(c: &Arc<Cluster>, scope: &str) -> f64 {
+/// CPU time (user + system) this process has used: pgsplit runs inside the
+/// test process, pgbench and the servers outside it.
+fn own_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may contain spaces) in ")".
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 here;
+    // clock ticks are 100 per second on Linux.
+    Duration::from_millis((ticks(11) + ticks(12)) * 10)
+}
+
+/// TPS and pgsplit's CPU per transaction (µs) of one pgbench run.
+async fn bench_through_pgsplit(c: &Arc<Cluster>, scope: &str) -> (f64, f64) {
     let proxy = Proxy::start(c, &format!("[routing]\nread_your_writes = \"{scope}\"\n")).await;
+    let cpu_before = own_cpu();
     let out = pgbench(c, proxy.addr.port(), BENCH).await;
+    let cpu = own_cpu() - cpu_before;
     proxy.stop().await;
-    parse_tps(&out).unwrap_or_else(|| panic!("no tps in pgbench output:\n{out}"))
+    let tps = parse_tps(&out).unwrap_or_else(|| panic!("no tps in pgbench output:\n{out}"));
+    let transactions = out
+        .lines()
+        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+        .and_then(|v| v.split('/').next())
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(1.0);
+    (tps, cpu.as_secs_f64() * 1e6 / transactions)
 }
 
 /// Brings the tables pgbench updates back to a like state before each run, and
@@ -441,14 +471,19 @@ async fn measure_read_your_writes_cost() {
     let direct = parse_tps(&pgbench(&c, primary, BENCH).await).expect("tps");
 
     let (mut pod, mut off) = (Vec::new(), Vec::new());
+    let (mut pod_cpu, mut off_cpu) = (Vec::new(), Vec::new());
     for scope in ["pod", "off", "off", "pod", "pod", "off"] {
         settle(&c).await;
-        let tps = bench_through_pgsplit(&c, scope).await;
-        eprintln!("  run read_your_writes={scope}: {tps:.0} tps");
+        let (tps, cpu) = bench_through_pgsplit(&c, scope).await;
+        eprintln!(
+            "  run read_your_writes={scope}: {tps:.0} tps, pgsplit CPU {cpu:.1} µs/transaction"
+        );
         if scope == "pod" {
             pod.push(tps);
+            pod_cpu.push(cpu);
         } else {
             off.push(tps);
+            off_cpu.push(cpu);
         }
     }
     let (pod_mean, off_mean) = (mean(&pod), mean(&off));
@@ -463,6 +498,11 @@ async fn measure_read_your_writes_cost() {
         "  pod/off = {:.3} ({:+.1}% throughput with read-your-writes)",
         pod_mean / off_mean,
         (pod_mean / off_mean - 1.0) * 100.0
+    );
+    let (pc, oc) = (mean(&pod_cpu), mean(&off_cpu));
+    eprintln!(
+        "  pgsplit CPU per transaction: pod {pc:.1} µs, off {oc:.1} µs, pod/off = {:.3}",
+        pc / oc
     );
 }
 

@@ -172,3 +172,48 @@ async fn prepared_statements_do_not_pass_to_the_next_client() {
     assert_eq!(s, "xy");
     proxy.stop().await;
 }
+
+/// After an autocommit write and after a COMMIT, the last thing pgsplit ran
+/// on the primary connection is the floor query it sent in the same flight
+/// (schema-qualified), not a query of its own in a later round trip; a
+/// ROLLBACK leaves none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_floor_query_rides_with_the_write() {
+    let c = cluster();
+    let proxy = Proxy::start(c, POOL_OF_ONE).await;
+    let url = with_params(&proxy.url(c), "application_name=floor-probe");
+    let client = connect(&url).await;
+    client
+        .batch_execute("CREATE TABLE IF NOT EXISTS floor_probe (id int)")
+        .await
+        .unwrap();
+    let probe = "SELECT pg_catalog.pg_current_wal_insert_lsn()::text";
+    let last_query = |want: &'static str| {
+        tokio::task::spawn_blocking(move || last_query_of(c, Node::Primary, "floor-probe", want))
+    };
+    client
+        .simple_query("INSERT INTO floor_probe VALUES (1)")
+        .await
+        .unwrap();
+    assert_eq!(
+        last_query(probe).await.unwrap(),
+        probe,
+        "after an autocommit INSERT"
+    );
+    // BEGIN, the write and COMMIT as separate units, the way drivers send them.
+    client.simple_query("BEGIN").await.unwrap();
+    client
+        .simple_query("INSERT INTO floor_probe VALUES (2)")
+        .await
+        .unwrap();
+    client.simple_query("COMMIT").await.unwrap();
+    assert_eq!(last_query(probe).await.unwrap(), probe, "after COMMIT");
+    client.simple_query("BEGIN").await.unwrap();
+    client
+        .simple_query("INSERT INTO floor_probe VALUES (3)")
+        .await
+        .unwrap();
+    client.simple_query("ROLLBACK").await.unwrap();
+    assert_eq!(last_query("ROLLBACK").await.unwrap(), "ROLLBACK");
+    proxy.stop().await;
+}

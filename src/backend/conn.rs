@@ -556,7 +556,8 @@ impl ServerConn {
     /// up to here shows the write (read-your-writes floor).
     pub async fn wal_insert_lsn(&mut self) -> Result<crate::server::Lsn, BackendError> {
         let rows = self
-            .simple_rows(b"SELECT pg_current_wal_insert_lsn()")
+            // Schema-qualified: a session's search_path cannot substitute it.
+            .simple_rows(b"SELECT pg_catalog.pg_current_wal_insert_lsn()")
             .await?;
         rows.first()
             .and_then(|r| r.first())

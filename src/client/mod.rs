@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod cancel;
 pub mod error;
+mod floor_probe;
 pub mod handshake;
 pub mod io;
 pub mod relay;

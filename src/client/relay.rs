@@ -202,6 +202,10 @@ pub struct Outcome {
     /// Some command completed with a tag that may mean it wrote (anything but
     /// SHOW, SET, BEGIN, COMMIT, LISTEN, FETCH and the like).
     pub wrote: bool,
+    /// The answer of the floor query pipelined behind the unit
+    /// ([`RelayMode::floor_probe`]): the primary's WAL insert position right
+    /// after the unit, `None` if it did not answer one.
+    pub probe: Option<crate::server::Lsn>,
 }
 
 /// Command tags of statements that never write, so a unit made only of them
@@ -251,6 +255,10 @@ pub struct RelayMode {
     /// Do not forward the final ReadyForQuery: the session sends it itself once
     /// it has recorded what the unit did (read-your-writes floor).
     pub hold_ready: bool,
+    /// The floor query (`floor_probe::SQL`) follows the unit in the same
+    /// flight: its replies, after the unit's ReadyForQuery, are read here and
+    /// never reach the client. Needs `hold_ready`.
+    pub floor_probe: bool,
     /// A recovery conflict (40001) before the first reply may be retried.
     pub retry_conflict: bool,
 }
@@ -298,7 +306,11 @@ pub async fn relay(
         sent_to_client: false,
         retry_conflict: false,
         wrote: false,
+        probe: None,
     };
+    // After the unit's ReadyForQuery, while the pipelined floor query's
+    // replies arrive.
+    let mut probing = false;
     let mut complete = !mode.open;
     let extended = mode.extended;
     let mut copy_in = false;
@@ -327,13 +339,39 @@ pub async fn relay(
             };
             let end = pos + header.total;
             let body = &conn.rbuf[pos + 5..end];
+            if probing {
+                // pgsplit's own query: nothing of it is the client's.
+                match header.tag {
+                    tag::backend::DATA_ROW => {
+                        out.probe = probe_value(body);
+                    }
+                    tag::backend::READY_FOR_QUERY => done = true,
+                    _ => {}
+                }
+                if start < pos {
+                    let mut to = Emit {
+                        held: &mut held,
+                        out: &mut out,
+                        replied: &mut replied,
+                        mode,
+                    };
+                    to.range(io, conn, start..pos).await?;
+                }
+                start = end;
+                pos = end;
+                continue;
+            }
             let mut swallow = false;
             match header.tag {
                 tag::backend::READY_FOR_QUERY => match fields::ready_for_query(body) {
                     Ok(s) => {
                         out.status = s;
-                        done = true;
-                        swallow = mode.hold_ready || discarding;
+                        if mode.floor_probe {
+                            probing = true;
+                        } else {
+                            done = true;
+                        }
+                        swallow = mode.hold_ready || discarding || mode.floor_probe;
                     }
                     Err(e) => {
                         conn.broken = true;
@@ -505,6 +543,17 @@ pub async fn relay(
             }
         }
     }
+}
+
+/// The text value of the floor query's one-column DataRow.
+fn probe_value(body: &[u8]) -> Option<crate::server::Lsn> {
+    let mut r = fields::Reader::new(body, "DataRow");
+    if r.i16().ok()? != 1 {
+        return None;
+    }
+    let len = usize::try_from(r.i32().ok()?).ok()?;
+    let text = std::str::from_utf8(r.take(len).ok()?).ok()?;
+    crate::server::Lsn::parse(text)
 }
 
 /// Most bookkeeping replies held back for a retryable unit; beyond it they

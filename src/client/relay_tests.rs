@@ -505,3 +505,73 @@ async fn a_server_dying_after_bind_complete_leaves_the_read_retryable() {
     let _ = app.read_to_end(&mut rest).await;
     assert!(rest.is_empty(), "the client got {rest:?}");
 }
+
+/// The floor query pipelined behind a write: its replies never reach the
+/// client and its answer comes back in the outcome.
+#[tokio::test]
+async fn the_pipelined_floor_query_is_read_and_swallowed() {
+    let (client_stream, mut app) = plain_pipe();
+    let (pg_stream, mut pg) = plain_pipe();
+    let mut io = ClientIo::new(client_stream, BytesMut::new(), 64 << 20);
+    let mut conn = server_conn(pg_stream);
+    let mut st = SessionState::new(RouteMode::Auto, &[]);
+    let server = tokio::spawn(async move {
+        let mut buf = BytesMut::new();
+        let unit = read_msg(&mut pg, &mut buf).await;
+        let probe = read_msg(&mut pg, &mut buf).await;
+        assert_eq!(unit.tag, tag::QUERY);
+        assert_eq!(
+            probe.tag,
+            tag::QUERY,
+            "the probe follows in the same flight"
+        );
+        assert!(
+            probe.body().starts_with(super::floor_probe::SQL),
+            "{:?}",
+            probe.body()
+        );
+        let mut out = build::command_complete("INSERT 0 1").to_vec();
+        out.extend_from_slice(&build::ready_for_query(TxStatus::Idle));
+        out.extend(msg(
+            b'T',
+            b"\0\x01pg_current_wal_insert_lsn\0\0\0\0\0\0\0\0\0\x19\xff\xff\xff\xff\xff\xff\0\0",
+        ));
+        out.extend(msg(tag::backend::DATA_ROW, b"\0\x01\0\0\0\x0b16/B374D848"));
+        out.extend_from_slice(&build::command_complete("SELECT 1"));
+        out.extend_from_slice(&build::ready_for_query(TxStatus::Idle));
+        pg.write_all(&out).await.unwrap_or_else(|e| panic!("{e}"));
+        pg
+    });
+    let mut unit = query("INSERT INTO t VALUES (1)");
+    unit.extend_from_slice(&build::query(super::floor_probe::SQL));
+    let mode = RelayMode {
+        hold_ready: true,
+        floor_probe: true,
+        ..RelayMode::default()
+    };
+    let outcome = bounded(
+        "relay",
+        relay::relay(
+            &mut io,
+            &mut conn,
+            &mut st,
+            &mut Expect::default(),
+            mode,
+            BytesMut::from(&unit[..]),
+        ),
+    )
+    .await;
+    let _pg = server.await;
+    let outcome = outcome.unwrap_or_else(|_| panic!("relay failed"));
+    assert!(outcome.probe.is_some());
+    assert_eq!(outcome.probe, crate::server::Lsn::parse("16/B374D848"));
+    assert_eq!(outcome.status, TxStatus::Idle);
+    assert!(outcome.wrote && outcome.error.is_none(), "{outcome:?}");
+    assert!(conn.rbuf.is_empty(), "nothing of the probe left unread");
+    // The client got the INSERT's CommandComplete only (its ReadyForQuery is
+    // the session's to send), nothing of the probe.
+    drop(io);
+    let mut rest = Vec::new();
+    let _ = app.read_to_end(&mut rest).await;
+    assert_eq!(rest, build::command_complete("INSERT 0 1").to_vec());
+}

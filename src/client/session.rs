@@ -595,15 +595,22 @@ impl Session {
                 && unit.complete
                 && self.st.txn.is_none()
                 && class.kind == Kind::Read;
+            let hold_ready = unit.resets_all
+                || (on_primary
+                    && self.tracks_floor()
+                    && (class.kind == Kind::Write || self.st.txn.is_some()));
             let mode = RelayMode {
                 open: !unit.complete,
                 extended: unit.frames.first().is_some_and(|f| f.tag != tag::QUERY),
                 // Only a unit that may commit a write needs its ReadyForQuery held
                 // back until the read-your-writes floor is recorded.
-                hold_ready: unit.resets_all
-                    || (on_primary
-                        && self.tracks_floor()
-                        && (class.kind == Kind::Write || self.st.txn.is_some())),
+                hold_ready,
+                // The floor query rides in the same flight when that is
+                // invisible to the client (see `floor_probe`).
+                floor_probe: hold_ready
+                    && on_primary
+                    && self.tracks_floor()
+                    && super::floor_probe::may_follow(&unit, &self.st, self.st.txn.is_some()),
                 retry_conflict: retryable,
             };
             let started = Instant::now();
@@ -626,7 +633,10 @@ impl Session {
                     self.txn_wrote = outcome.status != TxStatus::Idle && wrote;
                     self.learn(&unit, index, &outcome);
                     if committed_write {
-                        self.record_floor(index).await;
+                        match outcome.probe {
+                            Some(lsn) => self.set_floor(lsn),
+                            None => self.record_floor(index).await,
+                        }
                     }
                     if unit.resets_all
                         && outcome.error.is_none()
@@ -675,13 +685,7 @@ impl Session {
     /// with `pod`, every session's) read-your-writes floor.
     async fn record_floor(&mut self, index: usize) {
         match self.conns[index].conn.wal_insert_lsn().await {
-            Ok(lsn) => {
-                let lsn = lsn.record_boundary();
-                self.st.floor = Some(self.st.floor.map_or(lsn, |f| f.max(lsn)));
-                if self.ctx.config().routing.read_your_writes == ReadYourWrites::Pod {
-                    self.ctx.pod_floor.fetch_max(lsn.0, Ordering::AcqRel);
-                }
-            }
+            Ok(lsn) => self.set_floor(lsn),
             Err(e) => {
                 // Unknown position: keep this session's reads on the primary.
                 tracing::debug!(error = %e, "cannot read the WAL position after a write");
@@ -729,6 +733,16 @@ impl Session {
         }
     }
 
+    /// Raises this session's (and, with `pod`, every session's) floor to the
+    /// primary's insert position `lsn`, read after a commit.
+    fn set_floor(&mut self, lsn: Lsn) {
+        let lsn = lsn.record_boundary();
+        self.st.floor = Some(self.st.floor.map_or(lsn, |f| f.max(lsn)));
+        if self.ctx.config().routing.read_your_writes == ReadYourWrites::Pod {
+            self.ctx.pod_floor.fetch_max(lsn.0, Ordering::AcqRel);
+        }
+    }
+
     /// The read-your-writes floor that applies to this session now.
     fn floor(&self) -> Option<Lsn> {
         match self.ctx.config().routing.read_your_writes {
@@ -770,6 +784,9 @@ impl Session {
         for frame in &unit.frames {
             relay::stage(frame, st, conn, &mut out, &mut exp)
                 .map_err(|e| RelayError::Client(e.into()))?;
+        }
+        if mode.floor_probe {
+            out.extend_from_slice(&build::query(super::floor_probe::SQL));
         }
         cancel.set(Some(CancelTarget {
             server: conn.target.clone(),

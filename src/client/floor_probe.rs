@@ -1,0 +1,188 @@
+//! Whether the read-your-writes floor query may travel in the same flight as
+//! a client's unit (pipelined behind its Sync or Query), saving the round trip
+//! pgsplit would otherwise make after every committed write.
+//!
+//! The query, `SELECT pg_catalog.pg_current_wal_insert_lsn()`, runs on the
+//! client's connection right after the unit. That is invisible to the client
+//! only when the server is outside any transaction by then and reads the
+//! query as a query: so the unit must be an autocommit write, or a lone
+//! `COMMIT`/`END` (without `AND CHAIN`) of the open transaction, and nothing
+//! in it may start a transaction or a `COPY ... FROM STDIN` (the server would
+//! take the query for copy data). The texts are checked conservatively: a
+//! word like `begin` or `copy` anywhere, even inside a string, keeps the
+//! probe out of the flight and pgsplit asks afterwards, as it always did.
+
+use super::state::SessionState;
+use super::unit::Unit;
+use crate::protocol::{fields, tag};
+use crate::route::class::Kind;
+
+/// The floor query pipelined behind a unit. Schema-qualified: a client's
+/// `search_path` must not be able to put another function in its place.
+pub const SQL: &[u8] = b"SELECT pg_catalog.pg_current_wal_insert_lsn()::text";
+
+/// Whether the floor query may follow `unit` in the same flight. `in_txn`:
+/// the session has a transaction open before the unit.
+pub fn may_follow(unit: &Unit, st: &SessionState, in_txn: bool) -> bool {
+    if !unit.complete {
+        return false;
+    }
+    let class = unit.class();
+    let mut texts: Vec<&[u8]> = Vec::new();
+    for frame in &unit.frames {
+        match frame.tag {
+            tag::QUERY => match fields::query_text(frame.body()) {
+                Ok(t) => texts.push(t),
+                Err(_) => return false,
+            },
+            tag::PARSE => match fields::parse(frame.body()) {
+                Ok((_, t)) => texts.push(t),
+                Err(_) => return false,
+            },
+            tag::BIND => match fields::bind(frame.body())
+                .ok()
+                .and_then(|(_, name)| st.statement(name))
+            {
+                Some(s) => texts.push(&s.text),
+                // A statement we cannot see: no guarantees.
+                None => return false,
+            },
+            tag::FUNCTION_CALL => return false,
+            _ => {}
+        }
+    }
+    if texts.is_empty()
+        || texts
+            .iter()
+            .any(|t| mentions_any(t, &[b"begin", b"start", b"copy"]))
+    {
+        return false;
+    }
+    if in_txn {
+        // A lone COMMIT/END ends the transaction (a failed one rolls back):
+        // the server is idle when the probe arrives.
+        class.kind == Kind::TxnControl
+            && class.statements == 1
+            && texts.iter().all(|t| {
+                matches!(first_word(t), Some(w) if w.eq_ignore_ascii_case(b"commit") || w.eq_ignore_ascii_case(b"end"))
+                    && !mentions_any(t, &[b"chain"])
+            })
+    } else {
+        class.kind == Kind::Write
+    }
+}
+
+/// Whether any of `words` occurs in `text`, ignoring ASCII case.
+fn mentions_any(text: &[u8], words: &[&[u8]]) -> bool {
+    words.iter().any(|w| {
+        text.windows(w.len())
+            .any(|window| window.eq_ignore_ascii_case(w))
+    })
+}
+
+/// The first word of a statement, after whitespace, comments and `(`.
+fn first_word(mut text: &[u8]) -> Option<&[u8]> {
+    loop {
+        text = text.trim_ascii_start();
+        if let Some(rest) = text.strip_prefix(b"--") {
+            let end = rest.iter().position(|b| *b == b'\n')?;
+            text = &rest[end..];
+        } else if let Some(rest) = text.strip_prefix(b"/*") {
+            let end = rest.windows(2).position(|w| w == b"*/")?;
+            text = &rest[end + 2..];
+        } else if let Some(rest) = text.strip_prefix(b"(") {
+            text = rest;
+        } else {
+            break;
+        }
+    }
+    let len = text
+        .iter()
+        .position(|b| !b.is_ascii_alphabetic())
+        .unwrap_or(text.len());
+    (len > 0).then(|| &text[..len])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Frame;
+    use crate::route::class::RouteMode;
+    use crate::route::classify::Classifier;
+    use bytes::Bytes;
+
+    fn frame(t: u8, body: &[u8]) -> Frame {
+        let mut v = vec![t];
+        v.extend_from_slice(&i32::try_from(body.len() + 4).unwrap_or(0).to_be_bytes());
+        v.extend_from_slice(body);
+        Frame {
+            tag: t,
+            bytes: Bytes::from(v),
+        }
+    }
+
+    fn query_unit(sql: &str, st: &mut SessionState) -> Unit {
+        let classifier = Classifier::new(crate::route::catalog::FunctionCatalog::builtin(), 64);
+        let mut body = sql.as_bytes().to_vec();
+        body.push(0);
+        let mut unit = Unit::default();
+        let done = unit
+            .push(frame(tag::QUERY, &body), st, &classifier)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(done);
+        unit
+    }
+
+    #[test]
+    fn which_units_may_carry_the_probe() {
+        // (sql, transaction open before, may follow)
+        let cases = [
+            ("INSERT INTO t VALUES (1)", false, true),
+            ("UPDATE t SET v = v + 1 WHERE id = 3", false, true),
+            ("/* note */ DELETE FROM t", false, true),
+            (
+                "INSERT INTO t VALUES (1); INSERT INTO t VALUES (2)",
+                false,
+                true,
+            ),
+            // A transaction or a COPY could follow: not in the flight.
+            ("INSERT INTO t VALUES (1); BEGIN", false, false),
+            ("COPY t FROM STDIN", false, false),
+            ("INSERT INTO t VALUES ('copy')", false, false),
+            ("BEGIN", false, false),
+            // Reads never raise a floor.
+            ("SELECT 1", false, false),
+            // Inside a transaction: only what ends it.
+            ("COMMIT", true, true),
+            ("end", true, true),
+            ("  -- done\n COMMIT", true, true),
+            ("COMMIT AND CHAIN", true, false),
+            ("ROLLBACK", true, false),
+            ("UPDATE t SET v = 1", true, false),
+            ("SAVEPOINT a", true, false),
+            ("PREPARE TRANSACTION 'x'", true, false),
+        ];
+        for (sql, in_txn, want) in cases {
+            let mut st = SessionState::new(RouteMode::Auto, &[]);
+            let unit = query_unit(sql, &mut st);
+            assert_eq!(
+                may_follow(&unit, &st, in_txn),
+                want,
+                "{sql:?} in_txn={in_txn}"
+            );
+        }
+    }
+
+    #[test]
+    fn first_words() {
+        assert_eq!(first_word(b"  commit"), Some(&b"commit"[..]));
+        assert_eq!(
+            first_word(b"/* a */ -- b\n(select 1)"),
+            Some(&b"select"[..])
+        );
+        assert_eq!(first_word(b"-- unterminated"), None);
+        assert_eq!(first_word(b"/* unterminated"), None);
+        assert_eq!(first_word(b""), None);
+        assert_eq!(first_word(b"123"), None);
+    }
+}
