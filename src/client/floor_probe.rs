@@ -72,6 +72,35 @@ pub fn may_follow(unit: &Unit, st: &SessionState, in_txn: bool) -> bool {
     }
 }
 
+/// Whether `unit`, run inside an open transaction, may end it (and so commit
+/// what the transaction wrote). Only such a unit needs its ReadyForQuery held
+/// back for the floor; a statement in the middle of a transaction does not.
+/// Conservative: a transaction-control statement, or any of the words that
+/// end a transaction anywhere in the texts, or a statement not seen.
+pub fn may_end_transaction(unit: &Unit, st: &SessionState) -> bool {
+    if unit.class().kind == Kind::TxnControl || !unit.complete {
+        return true;
+    }
+    const ENDING: &[&[u8]] = &[b"commit", b"end", b"rollback", b"abort", b"prepare"];
+    for frame in &unit.frames {
+        let text: Option<&[u8]> = match frame.tag {
+            tag::QUERY => fields::query_text(frame.body()).ok(),
+            tag::PARSE => fields::parse(frame.body()).ok().map(|(_, t)| t),
+            tag::BIND => fields::bind(frame.body())
+                .ok()
+                .and_then(|(_, name)| st.statement(name))
+                .map(|s| &s.text[..]),
+            tag::FUNCTION_CALL => None,
+            _ => continue,
+        };
+        match text {
+            Some(t) if !mentions_any(t, ENDING) => {}
+            _ => return true,
+        }
+    }
+    false
+}
+
 /// Whether any of `words` occurs in `text`, ignoring ASCII case.
 fn mentions_any(text: &[u8], words: &[&[u8]]) -> bool {
     words.iter().any(|w| {
@@ -170,6 +199,27 @@ mod tests {
                 want,
                 "{sql:?} in_txn={in_txn}"
             );
+        }
+    }
+
+    #[test]
+    fn which_units_may_end_a_transaction() {
+        for (sql, want) in [
+            ("UPDATE t SET v = 1", false),
+            ("SELECT abalance FROM pgbench_accounts WHERE aid = 3", false),
+            ("INSERT INTO t VALUES (1)", false),
+            ("COMMIT", true),
+            ("END", true),
+            ("ROLLBACK", true),
+            ("UPDATE t SET v = 1; COMMIT", true),
+            ("PREPARE TRANSACTION 'x'", true),
+            ("SAVEPOINT a", true),
+            // Conservative: the word anywhere counts.
+            ("UPDATE t SET note = 'pending'", true),
+        ] {
+            let mut st = SessionState::new(RouteMode::Auto, &[]);
+            let unit = query_unit(sql, &mut st);
+            assert_eq!(may_end_transaction(&unit, &st), want, "{sql:?}");
         }
     }
 

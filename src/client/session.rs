@@ -598,7 +598,11 @@ impl Session {
             let hold_ready = unit.resets_all
                 || (on_primary
                     && self.tracks_floor()
-                    && (class.kind == Kind::Write || self.st.txn.is_some()));
+                    && if self.st.txn.is_some() {
+                        super::floor_probe::may_end_transaction(&unit, &self.st)
+                    } else {
+                        class.kind == Kind::Write
+                    });
             let mode = RelayMode {
                 open: !unit.complete,
                 extended: unit.frames.first().is_some_and(|f| f.tag != tag::QUERY),
