@@ -206,6 +206,10 @@ pub struct Outcome {
     /// ([`RelayMode::floor_probe`]): the primary's WAL insert position right
     /// after the unit, `None` if it did not answer one.
     pub probe: Option<crate::server::Lsn>,
+    /// With `hold_ready`: the unit's last replies before its ReadyForQuery,
+    /// not sent yet, so that the session sends them with the ReadyForQuery
+    /// in one write once the floor is recorded.
+    pub tail: BytesMut,
 }
 
 /// Command tags of statements that never write, so a unit made only of them
@@ -307,6 +311,7 @@ pub async fn relay(
         retry_conflict: false,
         wrote: false,
         probe: None,
+        tail: BytesMut::new(),
     };
     // After the unit's ReadyForQuery, while the pipelined floor query's
     // replies arrive.
@@ -454,13 +459,21 @@ pub async fn relay(
                 replied = true;
             }
             if swallow {
-                let mut to = Emit {
-                    held: &mut held,
-                    out: &mut out,
-                    replied: &mut replied,
-                    mode,
-                };
-                to.range(io, conn, start..pos).await?;
+                if mode.hold_ready
+                    && !discarding
+                    && header.tag == tag::backend::READY_FOR_QUERY
+                    && held.is_empty()
+                {
+                    out.tail.extend_from_slice(&conn.rbuf[start..pos]);
+                } else {
+                    let mut to = Emit {
+                        held: &mut held,
+                        out: &mut out,
+                        replied: &mut replied,
+                        mode,
+                    };
+                    to.range(io, conn, start..pos).await?;
+                }
                 start = end;
             }
             pos = end;

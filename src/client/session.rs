@@ -649,9 +649,9 @@ impl Session {
                         self.reapply_startup(index).await?;
                     }
                     if mode.hold_ready {
-                        self.io
-                            .write(&build::ready_for_query(outcome.status))
-                            .await?;
+                        let mut msg = outcome.tail;
+                        msg.extend_from_slice(&build::ready_for_query(outcome.status));
+                        self.io.write(&msg).await?;
                     }
                     self.ctx
                         .metrics
