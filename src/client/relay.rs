@@ -320,11 +320,11 @@ pub async fn relay(
     let extended = mode.extended;
     let mut copy_in = false;
     // Whether any reply the client would see has been relayed (or queued).
-    let mut replied = false;
-    // Bookkeeping replies (ParseComplete, BindComplete, descriptions) of a
-    // unit that may still be retried elsewhere: held back until its first
-    // real reply, so a replica that dies after them costs no error.
-    let mut held = BytesMut::new();
+    let mut to = Emit {
+        held: BytesMut::new(),
+        replied: false,
+        mode,
+    };
     let mut discarding = false;
     loop {
         let mut pos = 0;
@@ -353,15 +353,7 @@ pub async fn relay(
                     tag::backend::READY_FOR_QUERY => done = true,
                     _ => {}
                 }
-                if start < pos {
-                    let mut to = Emit {
-                        held: &mut held,
-                        out: &mut out,
-                        replied: &mut replied,
-                        mode,
-                    };
-                    to.range(io, conn, start..pos).await?;
-                }
+                to.range(io, conn, &mut out, start..pos).await?;
                 start = end;
                 pos = end;
                 continue;
@@ -392,14 +384,14 @@ pub async fn relay(
                             .map(|f| f.code_str().to_owned())
                             .unwrap_or_else(|_| "XX000".into());
                         // "canceling statement due to conflict with recovery"
-                        if mode.retry_conflict && !replied && code == "40001" {
+                        if mode.retry_conflict && !to.replied && code == "40001" {
                             discarding = true;
                             out.retry_conflict = true;
                         }
                         // The replica is shutting down or restarting: its
                         // connection closes next, and the read is retried.
                         if mode.retry_conflict
-                            && !replied
+                            && !to.replied
                             && matches!(code.as_str(), "57P01" | "57P02" | "57P03")
                         {
                             discarding = true;
@@ -456,41 +448,29 @@ pub async fn relay(
             // `emit`): not an answer yet.
             let held_back = mode.retry_conflict && bookkeeping;
             if !(swallow || asynchronous || held_back) {
-                replied = true;
+                to.replied = true;
             }
             if swallow {
                 if mode.hold_ready
                     && !discarding
                     && header.tag == tag::backend::READY_FOR_QUERY
-                    && held.is_empty()
+                    && to.held.is_empty()
                 {
                     out.tail.extend_from_slice(&conn.rbuf[start..pos]);
                 } else {
-                    let mut to = Emit {
-                        held: &mut held,
-                        out: &mut out,
-                        replied: &mut replied,
-                        mode,
-                    };
-                    to.range(io, conn, start..pos).await?;
+                    to.range(io, conn, &mut out, start..pos).await?;
                 }
                 start = end;
             }
             pos = end;
         }
-        let mut to = Emit {
-            held: &mut held,
-            out: &mut out,
-            replied: &mut replied,
-            mode,
-        };
-        to.range(io, conn, start..pos).await?;
+        to.range(io, conn, &mut out, start..pos).await?;
         conn.rbuf.advance(pos);
-        if done && !discarding && !held.is_empty() {
+        if done && !discarding && !to.held.is_empty() {
             // The ReadyForQuery was held back by the session: what was held
             // here goes out now, ahead of it.
             out.sent_to_client = true;
-            let r = io.write(&held).await;
+            let r = io.write(&to.held).await;
             client_write(r, conn)?;
         }
         if done {
@@ -574,41 +554,42 @@ fn probe_value(body: &[u8]) -> Option<crate::server::Lsn> {
 const MAX_HELD: usize = 64 * 1024;
 
 /// Where relayed bytes go: to the client, or held while the unit may still
-/// be retried elsewhere and nothing but bookkeeping replies (and notices)
-/// has come. `replied` says whether they include a real reply, after which
-/// the unit can no longer be retried.
-struct Emit<'a> {
-    held: &'a mut BytesMut,
-    out: &'a mut Outcome,
-    replied: &'a mut bool,
+/// be retried elsewhere and nothing but bookkeeping replies (ParseComplete,
+/// BindComplete, descriptions) and notices has come, so that a replica dying
+/// after them costs no client error. `replied`: a real reply went (or goes)
+/// to the client; the unit can no longer be retried.
+struct Emit {
+    held: BytesMut,
+    replied: bool,
     mode: RelayMode,
 }
 
-impl Emit<'_> {
+impl Emit {
     /// Relays `range` of the server's read buffer.
     async fn range(
         &mut self,
         io: &mut ClientIo,
         conn: &mut ServerConn,
+        out: &mut Outcome,
         range: std::ops::Range<usize>,
     ) -> Result<(), RelayError> {
         if range.is_empty() {
             return Ok(());
         }
         let bytes = &conn.rbuf[range];
-        if self.mode.retry_conflict && !*self.replied {
+        if self.mode.retry_conflict && !self.replied {
             if self.held.len() + bytes.len() <= MAX_HELD {
                 self.held.extend_from_slice(bytes);
                 return Ok(());
             }
-            *self.replied = true;
+            self.replied = true;
         }
-        self.out.sent_to_client |= *self.replied;
+        out.sent_to_client |= self.replied;
         let r = if self.held.is_empty() {
             io.write(bytes).await
         } else {
             self.held.extend_from_slice(bytes);
-            let r = io.write(self.held).await;
+            let r = io.write(&self.held).await;
             self.held.clear();
             r
         };

@@ -198,6 +198,36 @@ async fn one_query_unit(
     relay::relay(io, conn, &mut st, &mut exp, RelayMode::default(), out).await
 }
 
+/// pgsplit's client and server ends over plain in-memory pipes, with the
+/// application's and the server's ends.
+fn plain_ends() -> (ClientIo, DuplexStream, ServerConn, DuplexStream) {
+    let (client_stream, app) = plain_pipe();
+    let (pg_stream, pg) = plain_pipe();
+    let io = ClientIo::new(client_stream, BytesMut::new(), 64 << 20);
+    (io, app, server_conn(pg_stream), pg)
+}
+
+/// Closes pgsplit's client end and checks that nothing was sent on it.
+async fn assert_client_got_nothing(io: ClientIo, mut app: DuplexStream) {
+    drop(io);
+    let mut rest = Vec::new();
+    let _ = app.read_to_end(&mut rest).await;
+    assert!(rest.is_empty(), "the client got {rest:?}");
+}
+
+/// Relays the client's `unit` (already staged) in `mode`, bounded.
+async fn relay_unit(
+    io: &mut ClientIo,
+    conn: &mut ServerConn,
+    mode: RelayMode,
+    unit: &[u8],
+) -> Result<Outcome, relay::RelayError> {
+    let mut st = SessionState::new(RouteMode::Auto, &[]);
+    let mut exp = Expect::default();
+    let relayed = relay::relay(io, conn, &mut st, &mut exp, mode, BytesMut::from(unit));
+    bounded("relay", relayed).await
+}
+
 /// How the test client cuts the byte stream it sends after CopyInResponse.
 #[derive(Debug, Clone, Copy)]
 enum Cut {
@@ -457,11 +487,7 @@ async fn copy_in_with_a_notice_per_row_does_not_deadlock() {
 /// seen nothing, so the read can still run elsewhere.
 #[tokio::test]
 async fn a_server_dying_after_bind_complete_leaves_the_read_retryable() {
-    let (client_stream, mut app) = plain_pipe();
-    let (pg_stream, mut pg) = plain_pipe();
-    let mut io = ClientIo::new(client_stream, BytesMut::new(), 64 << 20);
-    let mut conn = server_conn(pg_stream);
-    let mut st = SessionState::new(RouteMode::Auto, &[]);
+    let (mut io, app, mut conn, mut pg) = plain_ends();
     let server = tokio::spawn(async move {
         let mut buf = BytesMut::new();
         let q = read_msg(&mut pg, &mut buf).await;
@@ -479,18 +505,7 @@ async fn a_server_dying_after_bind_complete_leaves_the_read_retryable() {
         retry_conflict: true,
         ..RelayMode::default()
     };
-    let result = bounded(
-        "relay",
-        relay::relay(
-            &mut io,
-            &mut conn,
-            &mut st,
-            &mut Expect::default(),
-            mode,
-            BytesMut::from(&unit[..]),
-        ),
-    )
-    .await;
+    let result = relay_unit(&mut io, &mut conn, mode, &unit).await;
     let _ = server.await;
     match result {
         Err(relay::RelayError::Server { sent_to_client, .. }) => {
@@ -500,21 +515,14 @@ async fn a_server_dying_after_bind_complete_leaves_the_read_retryable() {
         Err(relay::RelayError::Client(e)) => panic!("client error: {e}"),
     }
     // And the client really got nothing.
-    drop(io);
-    let mut rest = Vec::new();
-    let _ = app.read_to_end(&mut rest).await;
-    assert!(rest.is_empty(), "the client got {rest:?}");
+    assert_client_got_nothing(io, app).await;
 }
 
 /// The floor query pipelined behind a write: its replies never reach the
 /// client and its answer comes back in the outcome.
 #[tokio::test]
 async fn the_pipelined_floor_query_is_read_and_swallowed() {
-    let (client_stream, mut app) = plain_pipe();
-    let (pg_stream, mut pg) = plain_pipe();
-    let mut io = ClientIo::new(client_stream, BytesMut::new(), 64 << 20);
-    let mut conn = server_conn(pg_stream);
-    let mut st = SessionState::new(RouteMode::Auto, &[]);
+    let (mut io, app, mut conn, mut pg) = plain_ends();
     let server = tokio::spawn(async move {
         let mut buf = BytesMut::new();
         let unit = read_msg(&mut pg, &mut buf).await;
@@ -549,18 +557,7 @@ async fn the_pipelined_floor_query_is_read_and_swallowed() {
         floor_probe: true,
         ..RelayMode::default()
     };
-    let outcome = bounded(
-        "relay",
-        relay::relay(
-            &mut io,
-            &mut conn,
-            &mut st,
-            &mut Expect::default(),
-            mode,
-            BytesMut::from(&unit[..]),
-        ),
-    )
-    .await;
+    let outcome = relay_unit(&mut io, &mut conn, mode, &unit).await;
     let _pg = server.await;
     let outcome = outcome.unwrap_or_else(|_| panic!("relay failed"));
     assert!(outcome.probe.is_some());
@@ -570,9 +567,9 @@ async fn the_pipelined_floor_query_is_read_and_swallowed() {
     assert!(conn.rbuf.is_empty(), "nothing of the probe left unread");
     // The INSERT's CommandComplete waits for the session to send it with the
     // ReadyForQuery, once the floor is recorded; nothing of the probe does.
-    assert_eq!(&outcome.tail[..], &build::command_complete("INSERT 0 1")[..]);
-    drop(io);
-    let mut rest = Vec::new();
-    let _ = app.read_to_end(&mut rest).await;
-    assert!(rest.is_empty(), "the client got {rest:?}");
+    assert_eq!(
+        &outcome.tail[..],
+        &build::command_complete("INSERT 0 1")[..]
+    );
+    assert_client_got_nothing(io, app).await;
 }
