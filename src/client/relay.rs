@@ -319,7 +319,8 @@ pub async fn relay(
     let mut complete = !mode.open;
     let extended = mode.extended;
     let mut copy_in = false;
-    // Whether any reply the client would see has been relayed (or queued).
+    // Sends relayed bytes to the client, or holds back a retryable unit's
+    // bookkeeping replies (see `Emit`).
     let mut to = Emit {
         held: BytesMut::new(),
         replied: false,
