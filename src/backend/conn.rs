@@ -56,17 +56,6 @@ impl ServerTarget {
     }
 }
 
-/// What one step of [`ServerConn::pump`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pumped {
-    /// Wrote or flushed bytes toward the server.
-    Wrote,
-    /// Read bytes from the server into the read buffer.
-    Read,
-    /// The server closed the connection (reported as an error).
-    Closed,
-}
-
 /// What the session needs to send a cancel request for this connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CancelKey {
@@ -411,7 +400,7 @@ impl ServerConn {
         &mut self,
         out: &mut BytesMut,
         unflushed: &mut bool,
-    ) -> Result<Pumped, BackendError> {
+    ) -> Result<(), BackendError> {
         let ServerConn { stream, rbuf, .. } = self;
         // Only a TLS (or in-memory) stream can hold written bytes back.
         let holds_writes = !matches!(stream, Stream::Plain(_));
@@ -425,7 +414,7 @@ impl ServerConn {
                     Poll::Ready(Ok(n)) => {
                         out.advance(n);
                         *unflushed = holds_writes;
-                        return Poll::Ready(Ok(Pumped::Wrote));
+                        return Poll::Ready(Ok(true));
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                     Poll::Pending => {}
@@ -434,26 +423,22 @@ impl ServerConn {
                 match stream.as_mut().poll_flush(cx) {
                     Poll::Ready(Ok(())) => {
                         *unflushed = false;
-                        return Poll::Ready(Ok(Pumped::Wrote));
+                        return Poll::Ready(Ok(true));
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                     Poll::Pending => {}
                 }
             }
-            match tokio_util::io::poll_read_buf(stream, cx, rbuf) {
-                Poll::Ready(Ok(0)) => Poll::Ready(Ok(Pumped::Closed)),
-                Poll::Ready(Ok(_)) => Poll::Ready(Ok(Pumped::Read)),
-                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-                Poll::Pending => Poll::Pending,
-            }
+            // Ok(false): the server closed the connection.
+            tokio_util::io::poll_read_buf(stream, cx, rbuf).map_ok(|n| n > 0)
         })
         .await;
         match result {
-            Ok(Pumped::Closed) => {
+            Ok(true) => Ok(()),
+            Ok(false) => {
                 self.broken = true;
                 Err(BackendError::Closed(self.target.name.clone()))
             }
-            Ok(p) => Ok(p),
             Err(e) => {
                 self.broken = true;
                 Err(self.io(e))
@@ -629,7 +614,9 @@ impl ServerConn {
 
 /// A DataRow in text format: Int16 column count, then per column an Int32
 /// length (-1 for NULL) and the bytes.
-fn parse_text_row(body: &[u8]) -> Result<Vec<Option<String>>, crate::protocol::ProtocolError> {
+pub(crate) fn parse_text_row(
+    body: &[u8],
+) -> Result<Vec<Option<String>>, crate::protocol::ProtocolError> {
     let mut r = fields::Reader::new(body, "DataRow");
     let n = usize::try_from(r.i16()?)
         .map_err(|_| crate::protocol::ProtocolError::Malformed("DataRow"))?;

@@ -446,7 +446,7 @@ pub async fn relay(
                     | tag::backend::ROW_DESCRIPTION
             );
             // A retryable unit's bookkeeping replies are held back (see
-            // `emit`): not an answer yet.
+            // `Emit`): not an answer yet.
             let held_back = mode.retry_conflict && bookkeeping;
             if !(swallow || asynchronous || held_back) {
                 to.replied = true;
@@ -539,15 +539,13 @@ pub async fn relay(
     }
 }
 
-/// The text value of the floor query's one-column DataRow.
+/// The value of the floor query's one-column DataRow.
 fn probe_value(body: &[u8]) -> Option<crate::server::Lsn> {
-    let mut r = fields::Reader::new(body, "DataRow");
-    if r.i16().ok()? != 1 {
-        return None;
+    let row = crate::backend::conn::parse_text_row(body).ok()?;
+    match row.as_slice() {
+        [Some(text)] => crate::server::Lsn::parse(text),
+        _ => None,
     }
-    let len = usize::try_from(r.i32().ok()?).ok()?;
-    let text = std::str::from_utf8(r.take(len).ok()?).ok()?;
-    crate::server::Lsn::parse(text)
 }
 
 /// Most bookkeeping replies held back for a retryable unit; beyond it they
