@@ -23,6 +23,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::conn::{Login, ServerConn, ServerTarget};
+use crate::route::router::ReplicaStatus;
 use crate::server::{Lsn, ServerId};
 
 const REPLAY_SQL: &[u8] = b"SELECT pg_last_wal_replay_lsn()::text";
@@ -115,6 +116,26 @@ impl ReplayPositions {
         let entries = self.lock();
         let k = *entries.get(&id)?.known.borrow();
         (k > 0).then_some(Lsn(k))
+    }
+
+    /// `replicas` as the health snapshot has them, with each replay position
+    /// raised to the one learned here when that is further (one lock).
+    pub fn raise(&self, replicas: &[ReplicaStatus]) -> Vec<ReplicaStatus> {
+        let entries = self.lock();
+        replicas
+            .iter()
+            .map(|r| {
+                let known = entries
+                    .get(&r.id)
+                    .map(|e| *e.known.borrow())
+                    .filter(|k| *k > 0)
+                    .map(Lsn);
+                ReplicaStatus {
+                    replay: r.replay.max(known),
+                    ..*r
+                }
+            })
+            .collect()
     }
 
     /// Waits until replica `target` has replayed `floor`, asking it on
@@ -250,6 +271,20 @@ mod tests {
         assert_eq!(p.known(id), Some(Lsn(100)));
         p.observe(id, Lsn(200));
         assert_eq!(p.known(id), Some(Lsn(200)));
+        // Routing sees the larger of the probe's position and the learned one.
+        let status = |id, replay| ReplicaStatus {
+            id: ServerId(id),
+            up: true,
+            lagging: false,
+            replay,
+        };
+        let raised = p.raise(&[
+            status(3, Some(Lsn(150))),
+            status(3, Some(Lsn(250))),
+            status(4, None),
+        ]);
+        let replays: Vec<_> = raised.iter().map(|r| r.replay).collect();
+        assert_eq!(replays, [Some(Lsn(200)), Some(Lsn(250)), None]);
     }
 
     #[tokio::test]

@@ -397,23 +397,20 @@ impl Session {
                 _ => None,
             };
             self.spin = self.spin.wrapping_add(1);
-            let floor = self.floor();
             let view = SessionView {
                 txn: None,
                 pinned: self.st.pinned,
                 mode: self.st.mode,
-                floor,
+                floor: self.floor(),
                 held_replica: self.held_replica(primary),
                 spin: self.spin,
             };
-            match floor {
-                None => route(&class, &view, &snapshot.replicas),
-                Some(floor) => {
-                    // Positions learned on demand may be ahead of the probe's.
-                    let mut replicas = snapshot.replicas.clone();
-                    for r in &mut replicas {
-                        r.replay = r.replay.max(self.ctx.replay.known(r.id));
-                    }
+            match (route(&class, &view, &snapshot.replicas), view.floor) {
+                // Only the floor kept the read off the replicas: positions
+                // learned on demand may be ahead of the probe's, and else the
+                // replica is asked.
+                ((Target::Primary, Reason::ReadYourWrites), Some(floor)) => {
+                    let replicas = self.ctx.replay.raise(&snapshot.replicas);
                     match route(&class, &view, &replicas) {
                         (Target::Primary, Reason::ReadYourWrites) => {
                             self.wait_for_replica(floor, &view, &replicas).await
@@ -421,6 +418,7 @@ impl Session {
                         decided => decided,
                     }
                 }
+                (decided, _) => decided,
             }
         };
         if let Target::Replica(id) = target {
@@ -595,9 +593,9 @@ impl Session {
                 && unit.complete
                 && self.st.txn.is_none()
                 && class.kind == Kind::Read;
+            let records_floor = on_primary && self.tracks_floor();
             let hold_ready = unit.resets_all
-                || (on_primary
-                    && self.tracks_floor()
+                || (records_floor
                     && if self.st.txn.is_some() {
                         super::floor_probe::may_end_transaction(&unit, &self.st)
                     } else {
@@ -612,8 +610,7 @@ impl Session {
                 // The floor query rides in the same flight when that is
                 // invisible to the client (see `floor_probe`).
                 floor_probe: hold_ready
-                    && on_primary
-                    && self.tracks_floor()
+                    && records_floor
                     && super::floor_probe::may_follow(&unit, &self.st, self.st.txn.is_some()),
                 retry_conflict: retryable,
             };
