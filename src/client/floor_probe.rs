@@ -24,52 +24,20 @@ pub const SQL: &[u8] = b"SELECT pg_catalog.pg_current_wal_insert_lsn()::text";
 /// Whether the floor query may follow `unit` in the same flight. `in_txn`:
 /// the session has a transaction open before the unit.
 pub fn may_follow(unit: &Unit, st: &SessionState, in_txn: bool) -> bool {
-    if !unit.complete {
-        return false;
-    }
     let class = unit.class();
-    let mut texts: Vec<&[u8]> = Vec::new();
-    for frame in &unit.frames {
-        match frame.tag {
-            tag::QUERY => match fields::query_text(frame.body()) {
-                Ok(t) => texts.push(t),
-                Err(_) => return false,
-            },
-            tag::PARSE => match fields::parse(frame.body()) {
-                Ok((_, t)) => texts.push(t),
-                Err(_) => return false,
-            },
-            tag::BIND => match fields::bind(frame.body())
-                .ok()
-                .and_then(|(_, name)| st.statement(name))
-            {
-                Some(s) => texts.push(&s.text),
-                // A statement we cannot see: no guarantees.
-                None => return false,
-            },
-            tag::FUNCTION_CALL => return false,
-            _ => {}
-        }
-    }
-    if texts.is_empty()
-        || texts
-            .iter()
-            .any(|t| mentions_any(t, &[b"begin", b"start", b"copy"]))
-    {
-        return false;
-    }
-    if in_txn {
+    let shape = if in_txn {
         // A lone COMMIT/END ends the transaction (a failed one rolls back):
         // the server is idle when the probe arrives.
-        class.kind == Kind::TxnControl
-            && class.statements == 1
-            && texts.iter().all(|t| {
-                matches!(first_word(t), Some(w) if w.eq_ignore_ascii_case(b"commit") || w.eq_ignore_ascii_case(b"end"))
-                    && !mentions_any(t, &[b"chain"])
-            })
+        class.kind == Kind::TxnControl && class.statements == 1
     } else {
         class.kind == Kind::Write
-    }
+    };
+    shape
+        && unit.complete
+        && any_text(unit, st, |t| {
+            mentions_any(t, &[b"begin", b"start", b"copy"])
+                || (in_txn && (!is_commit(t) || mentions_any(t, &[b"chain"])))
+        }) == Some(false)
 }
 
 /// Whether `unit`, run inside an open transaction, may end it (and so commit
@@ -78,10 +46,22 @@ pub fn may_follow(unit: &Unit, st: &SessionState, in_txn: bool) -> bool {
 /// Conservative: a transaction-control statement, or any of the words that
 /// end a transaction anywhere in the texts, or a statement not seen.
 pub fn may_end_transaction(unit: &Unit, st: &SessionState) -> bool {
-    if unit.class().kind == Kind::TxnControl || !unit.complete {
-        return true;
-    }
     const ENDING: &[&[u8]] = &[b"commit", b"end", b"rollback", b"abort", b"prepare"];
+    unit.class().kind == Kind::TxnControl
+        || !unit.complete
+        || any_text(unit, st, |t| mentions_any(t, ENDING)) == Some(true)
+}
+
+/// Runs `suspect` over the statement texts `unit` executes (its Query and
+/// Parse texts, and the statements its Binds name): `Some(true)` when one is
+/// suspect or cannot be seen (an unknown statement, a FunctionCall, a
+/// malformed message), `Some(false)` when none is, `None` without any text.
+fn any_text(
+    unit: &Unit,
+    st: &SessionState,
+    mut suspect: impl FnMut(&[u8]) -> bool,
+) -> Option<bool> {
+    let mut seen = false;
     for frame in &unit.frames {
         let text: Option<&[u8]> = match frame.tag {
             tag::QUERY => fields::query_text(frame.body()).ok(),
@@ -94,11 +74,16 @@ pub fn may_end_transaction(unit: &Unit, st: &SessionState) -> bool {
             _ => continue,
         };
         match text {
-            Some(t) if !mentions_any(t, ENDING) => {}
-            _ => return true,
+            Some(t) if !suspect(t) => seen = true,
+            _ => return Some(true),
         }
     }
-    false
+    seen.then_some(false)
+}
+
+/// A statement whose first word is COMMIT or END.
+fn is_commit(text: &[u8]) -> bool {
+    matches!(first_word(text), Some(w) if w.eq_ignore_ascii_case(b"commit") || w.eq_ignore_ascii_case(b"end"))
 }
 
 /// Whether any of `words` occurs in `text`, ignoring ASCII case.
