@@ -55,6 +55,12 @@ struct Entry {
 }
 
 impl Entry {
+    /// The highest replay position known, if any.
+    fn position(&self) -> Option<Lsn> {
+        let k = *self.known.borrow();
+        (k > 0).then_some(Lsn(k))
+    }
+
     fn new() -> Entry {
         Entry {
             known: watch::Sender::new(0),
@@ -111,13 +117,6 @@ impl ReplayPositions {
         });
     }
 
-    /// The highest replay position known for `id`.
-    pub fn known(&self, id: ServerId) -> Option<Lsn> {
-        let entries = self.lock();
-        let k = *entries.get(&id)?.known.borrow();
-        (k > 0).then_some(Lsn(k))
-    }
-
     /// `replicas` as the health snapshot has them, with each replay position
     /// raised to the one learned here when that is further (one lock).
     pub fn raise(&self, replicas: &[ReplicaStatus]) -> Vec<ReplicaStatus> {
@@ -125,11 +124,7 @@ impl ReplayPositions {
         replicas
             .iter()
             .map(|r| {
-                let known = entries
-                    .get(&r.id)
-                    .map(|e| *e.known.borrow())
-                    .filter(|k| *k > 0)
-                    .map(Lsn);
+                let known = entries.get(&r.id).and_then(Entry::position);
                 ReplicaStatus {
                     replay: r.replay.max(known),
                     ..*r
@@ -264,13 +259,6 @@ mod tests {
     #[test]
     fn positions_only_grow() {
         let p = ReplayPositions::new(metrics::Counter::noop());
-        let id = ServerId(3);
-        assert_eq!(p.known(id), None);
-        p.observe(id, Lsn(100));
-        p.observe(id, Lsn(50));
-        assert_eq!(p.known(id), Some(Lsn(100)));
-        p.observe(id, Lsn(200));
-        assert_eq!(p.known(id), Some(Lsn(200)));
         // Routing sees the larger of the probe's position and the learned one.
         let status = |id, replay| ReplicaStatus {
             id: ServerId(id),
@@ -278,13 +266,21 @@ mod tests {
             lagging: false,
             replay,
         };
-        let raised = p.raise(&[
-            status(3, Some(Lsn(150))),
-            status(3, Some(Lsn(250))),
-            status(4, None),
-        ]);
-        let replays: Vec<_> = raised.iter().map(|r| r.replay).collect();
-        assert_eq!(replays, [Some(Lsn(200)), Some(Lsn(250)), None]);
+        let replays = |p: &ReplayPositions| -> Vec<Option<Lsn>> {
+            p.raise(&[
+                status(3, Some(Lsn(150))),
+                status(3, Some(Lsn(250))),
+                status(4, None),
+            ])
+            .iter()
+            .map(|r| r.replay)
+            .collect()
+        };
+        assert_eq!(replays(&p), [Some(Lsn(150)), Some(Lsn(250)), None]);
+        p.observe(ServerId(3), Lsn(100));
+        p.observe(ServerId(3), Lsn(200));
+        p.observe(ServerId(3), Lsn(50));
+        assert_eq!(replays(&p), [Some(Lsn(200)), Some(Lsn(250)), None]);
     }
 
     #[tokio::test]
