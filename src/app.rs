@@ -322,7 +322,7 @@ impl App {
                         ctx.metrics.rejected("too_many_clients");
                         let msg = build::error_response(
                             build::Severity::Fatal,
-                            "53300",
+                            crate::sqlstate::TOO_MANY_CONNECTIONS,
                             "pgsplit: sorry, too many clients already",
                         );
                         let _ = tcp.write_all(&msg).await;

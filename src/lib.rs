@@ -32,4 +32,5 @@ pub mod net;
 pub mod protocol;
 pub mod route;
 pub mod server;
+pub mod sqlstate;
 pub mod tls;

@@ -96,7 +96,7 @@ const FAMILIES: &[(&str, char, &str)] = &[
     (
         "pgsplit_errors_total",
         'c',
-        "Errors pgsplit reported to clients itself, by SQLSTATE class.",
+        "Errors pgsplit reported to clients itself, by SQLSTATE class and kind.",
     ),
     (
         "pgsplit_retries_total",
@@ -331,10 +331,20 @@ impl Metrics {
     }
 
     /// Errors by SQLSTATE class (first two characters keep the set bounded).
-    pub fn error(&self, sqlstate: &str) {
-        let class: String = sqlstate.chars().take(2).collect();
-        self.counter("pgsplit_errors_total", &[("sqlstate_class", class)])
-            .increment(1);
+    /// An error pgsplit reported to a client itself: its SQLSTATE class and
+    /// its kind (both bounded sets).
+    pub fn error(&self, sqlstate: &str, kind: &'static str) {
+        self.counter(
+            "pgsplit_errors_total",
+            &[
+                (
+                    "sqlstate_class",
+                    crate::sqlstate::class(sqlstate).to_owned(),
+                ),
+                ("kind", kind.to_owned()),
+            ],
+        )
+        .increment(1);
     }
 
     /// Refreshes the per-server gauges from the health snapshot and the pools,

@@ -1,6 +1,7 @@
 use thiserror::Error;
 
 use crate::protocol::ProtocolError;
+use crate::sqlstate;
 
 /// Failures talking to a PostgreSQL server. Texts never contain passwords.
 #[derive(Debug, Error)]
@@ -30,6 +31,8 @@ pub enum BackendError {
         server: String,
         code: String,
         message: String,
+        /// The failure as the client may read it (no server names).
+        client_text: String,
     },
     #[error("TLS to {server}: {message}")]
     Tls { server: String, message: String },
@@ -46,11 +49,41 @@ impl BackendError {
         match self {
             BackendError::Connect { .. }
             | BackendError::ConnectTimeout(_)
-            | BackendError::Tls { .. } => "08001",
-            BackendError::Io { .. } | BackendError::Closed(_) => "08006",
-            BackendError::Protocol { .. } => "08P01",
-            BackendError::Auth { .. } => "28000",
+            | BackendError::Tls { .. } => sqlstate::UNABLE_TO_CONNECT,
+            BackendError::Io { .. } | BackendError::Closed(_) => sqlstate::CONNECTION_FAILURE,
+            BackendError::Protocol { .. } => sqlstate::PROTOCOL_VIOLATION,
+            BackendError::Auth { .. } => sqlstate::INVALID_AUTHORIZATION,
             BackendError::Server { code, .. } | BackendError::Unavailable { code, .. } => code,
+        }
+    }
+
+    /// What went wrong, as a bounded metric label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BackendError::Connect { .. }
+            | BackendError::ConnectTimeout(_)
+            | BackendError::Tls { .. }
+            | BackendError::Unavailable { .. } => "server_unreachable",
+            BackendError::Io { .. } | BackendError::Closed(_) => "server_lost",
+            BackendError::Protocol { .. } => "server_protocol",
+            BackendError::Auth { .. } => "server_auth",
+            BackendError::Server { .. } => "server_error",
+        }
+    }
+
+    /// The failure in words a client may read: a server's own error text,
+    /// else pgsplit's, never naming the server (its address is for the log).
+    pub fn client_text(&self) -> String {
+        match self {
+            BackendError::Connect { .. } => "cannot connect to the server".into(),
+            BackendError::ConnectTimeout(_) => "timed out connecting to the server".into(),
+            BackendError::Io { .. } => "the connection to the server was lost".into(),
+            BackendError::Closed(_) => "the server closed the connection".into(),
+            BackendError::Protocol { .. } => "the server broke the protocol".into(),
+            BackendError::Tls { .. } => "TLS to the server failed".into(),
+            BackendError::Auth { .. } => "pgsplit could not log in to the server".into(),
+            BackendError::Unavailable { client_text, .. } => client_text.clone(),
+            BackendError::Server { message, .. } => message.clone(),
         }
     }
 }

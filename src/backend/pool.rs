@@ -11,6 +11,7 @@ use thiserror::Error;
 use super::BackendError;
 use super::conn::{Login, ServerConn, ServerId, ServerTarget};
 use crate::config::PoolConfig;
+use crate::sqlstate;
 
 pub struct ServerManager {
     target: Arc<ServerTarget>,
@@ -26,7 +27,16 @@ pub struct ServerManager {
 #[derive(Default)]
 struct Failures {
     notify: tokio::sync::Notify,
-    last: Mutex<Option<(String, String)>>,
+    last: Mutex<Option<Failure>>,
+}
+
+/// The last failure to open a connection, as `BackendError::Unavailable`
+/// will tell it.
+#[derive(Clone)]
+struct Failure {
+    code: String,
+    message: String,
+    client_text: String,
 }
 
 impl bb8::ManageConnection for ServerManager {
@@ -37,8 +47,11 @@ impl bb8::ManageConnection for ServerManager {
         let result =
             ServerConn::connect(self.target.clone(), &self.login, self.connect_timeout).await;
         if let Err(e) = &result {
-            *self.failures.last.lock().unwrap_or_else(|p| p.into_inner()) =
-                Some((e.sqlstate().to_owned(), e.to_string()));
+            *self.failures.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(Failure {
+                code: e.sqlstate().to_owned(),
+                message: e.to_string(),
+                client_text: e.client_text(),
+            });
             self.failures.notify.notify_waiters();
         }
         result
@@ -95,8 +108,26 @@ pub enum CheckoutError {
 impl CheckoutError {
     pub fn sqlstate(&self) -> &str {
         match self {
-            CheckoutError::Exhausted { .. } => "53300",
+            CheckoutError::Exhausted { .. } => sqlstate::TOO_MANY_CONNECTIONS,
             CheckoutError::Backend(e) => e.sqlstate(),
+        }
+    }
+
+    /// What went wrong, as a bounded metric label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CheckoutError::Exhausted { .. } => "pool_exhausted",
+            CheckoutError::Backend(e) => e.kind(),
+        }
+    }
+
+    /// The failure in words a client may read (no server names).
+    pub fn client_text(&self) -> String {
+        match self {
+            CheckoutError::Exhausted { size, waited, .. } => format!(
+                "no server connection became free within {waited:?} (pool limit {size} reached)"
+            ),
+            CheckoutError::Backend(e) => e.client_text(),
         }
     }
 }
@@ -180,16 +211,21 @@ impl Pools {
         let got = tokio::select! {
             got = pool.get_owned() => got,
             () = failed => {
-                let (code, message) = failures
+                let last = failures
                     .last
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .clone()
-                    .unwrap_or_else(|| ("08001".into(), "connection failed".into()));
+                    .unwrap_or_else(|| Failure {
+                        code: sqlstate::UNABLE_TO_CONNECT.into(),
+                        message: "connection failed".into(),
+                        client_text: "connection failed".into(),
+                    });
                 return Err(CheckoutError::Backend(BackendError::Unavailable {
                     server: target.name.clone(),
-                    code,
-                    message,
+                    code: last.code,
+                    message: last.message,
+                    client_text: last.client_text,
                 }));
             }
         };

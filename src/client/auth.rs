@@ -27,6 +27,8 @@ use md5::Md5;
 use rand::Rng as _;
 use sha2::{Digest as _, Sha256};
 
+use crate::sqlstate;
+
 /// The SASL mechanism offered on every connection.
 pub const SCRAM_SHA_256: &str = "SCRAM-SHA-256";
 /// The SASL mechanism with channel binding, offered (first) over TLS.
@@ -101,11 +103,11 @@ impl AuthError {
     pub fn sqlstate(&self) -> &'static str {
         match self {
             // invalid_password: what PostgreSQL reports for a bad password.
-            AuthError::WrongPassword => "28P01",
+            AuthError::WrongPassword => sqlstate::INVALID_PASSWORD,
             // invalid_authorization_specification.
-            AuthError::UnsupportedMechanism(_) => "28000",
+            AuthError::UnsupportedMechanism(_) => sqlstate::INVALID_AUTHORIZATION,
             // protocol_violation.
-            AuthError::Malformed(_) => "08P01",
+            AuthError::Malformed(_) => sqlstate::PROTOCOL_VIOLATION,
         }
     }
 }

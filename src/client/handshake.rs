@@ -177,13 +177,7 @@ pub async fn handshake(
         }
     };
     if tls_mode == TlsMode::Require && !stream.is_tls() {
-        return Err(refuse(
-            ClientError::refused(
-                "28000",
-                "TLS is required: connect with sslmode=require (or stricter)",
-            ),
-            stream,
-        ));
+        return Err(refuse(ClientError::TlsRequired, stream));
     }
     let mut io = ClientIo::new(stream, buf, ctx.config().limits.max_message_size.as_usize());
     match login(ctx, &mut io, minor, params, end_point).await {
@@ -209,20 +203,12 @@ async fn login(
     end_point: Option<std::sync::Arc<[u8]>>,
 ) -> Result<LoginInfo, ClientError> {
     let user = Startup::param(&params, "user")
-        .ok_or_else(|| {
-            ClientError::refused(
-                "28000",
-                "no PostgreSQL user name specified in startup packet",
-            )
-        })?
+        .ok_or(ClientError::NoUser)?
         .to_owned();
     if Startup::param(&params, "replication")
         .is_some_and(|v| v != "false" && v != "0" && v != "off")
     {
-        return Err(ClientError::refused(
-            "0A000",
-            "replication connections are not supported through pgsplit",
-        ));
+        return Err(ClientError::Replication);
     }
     let database = Startup::param(&params, "database")
         .filter(|d| !d.is_empty())
@@ -262,12 +248,9 @@ fn settings_from(
                 "replica" => RouteMode::Replica,
                 "auto" => RouteMode::Auto,
                 _ => {
-                    return Err(ClientError::refused(
-                        "22023",
-                        format!(
-                            "invalid value for pgsplit.route: {v:?} (use primary, replica or auto)"
-                        ),
-                    ));
+                    return Err(ClientError::BadOption(format!(
+                        "invalid value for pgsplit.route: {v:?} (use primary, replica or auto)"
+                    )));
                 }
             };
             return Ok(());
@@ -277,10 +260,7 @@ fn settings_from(
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
             || k.is_empty()
         {
-            return Err(ClientError::refused(
-                "42704",
-                format!("invalid parameter name {k:?}"),
-            ));
+            return Err(ClientError::BadParameterName(k.to_owned()));
         }
         out.retain(|(ek, _)| !ek.eq_ignore_ascii_case(k));
         out.push((k.to_owned(), v.to_owned()));
@@ -327,20 +307,19 @@ fn parse_options(s: &str) -> Result<Vec<(String, String)>, ClientError> {
     while let Some(w) = it.next() {
         let kv = if w == "-c" {
             it.next()
-                .ok_or_else(|| ClientError::refused("22023", "options: -c without a setting"))?
+                .ok_or_else(|| ClientError::BadOption("options: -c without a setting".into()))?
         } else if let Some(rest) = w.strip_prefix("-c") {
             rest.to_owned()
         } else if let Some(rest) = w.strip_prefix("--") {
             rest.to_owned()
         } else {
-            return Err(ClientError::refused(
-                "22023",
-                format!("options: unsupported switch {w:?} (only -c name=value)"),
-            ));
+            return Err(ClientError::BadOption(format!(
+                "options: unsupported switch {w:?} (only -c name=value)"
+            )));
         };
-        let (k, v) = kv.split_once('=').ok_or_else(|| {
-            ClientError::refused("22023", format!("options: {kv:?} is not name=value"))
-        })?;
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| ClientError::BadOption(format!("options: {kv:?} is not name=value")))?;
         out.push((k.replace('-', "_"), v.to_owned()));
     }
     Ok(out)
@@ -433,10 +412,7 @@ async fn authenticate(
             io.write(&build::auth_ok()).await?;
             Ok(())
         }
-        Err(AuthError::WrongPassword) => Err(ClientError::refused(
-            "28P01",
-            format!("password authentication failed for user \"{user}\""),
-        )),
+        Err(AuthError::WrongPassword) => Err(ClientError::WrongPassword(user.to_owned())),
         Err(e) => Err(e.into()),
     }
 }

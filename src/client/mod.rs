@@ -8,6 +8,7 @@ mod floor_probe;
 pub mod handshake;
 pub mod io;
 pub mod relay;
+pub mod replies;
 pub mod session;
 pub mod state;
 pub mod unit;
@@ -44,11 +45,14 @@ pub async fn serve_client(ctx: Arc<Context>, tcp: TcpStream, peer: SocketAddr) {
         Ok(Ok(Outcome::Session(hello))) => hello,
         Ok(Err((e, io))) => {
             tracing::info!(%peer, code = e.sqlstate(), error = %e, "client refused");
-            if e.sqlstate() == "28P01" {
+            if matches!(
+                e,
+                ClientError::WrongPassword(_) | ClientError::Auth(auth::AuthError::WrongPassword)
+            ) {
                 ctx.metrics.auth_failure();
                 ctx.metrics.rejected("auth");
             } else {
-                ctx.metrics.error(e.sqlstate());
+                ctx.metrics.error(e.sqlstate(), e.kind());
             }
             if let Some(mut io) = io
                 && !matches!(e, ClientError::Gone(_))
@@ -76,7 +80,7 @@ pub async fn serve_client(ctx: Arc<Context>, tcp: TcpStream, peer: SocketAddr) {
         }
         Err(e) => {
             tracing::info!(%peer, %user, code = e.sqlstate(), error = %e, "client session ended with an error");
-            ctx.metrics.error(e.sqlstate());
+            ctx.metrics.error(e.sqlstate(), e.kind());
         }
     }
 }

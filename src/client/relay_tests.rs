@@ -573,3 +573,114 @@ async fn the_pipelined_floor_query_is_read_and_swallowed() {
     );
     assert_client_got_nothing(io, app).await;
 }
+
+/// A server that stops answering mid-reply: what it sent before it froze
+/// reaches the client at once (pgsplit holds no reply bytes back waiting
+/// for more), and the unit stays pending rather than ending in an invented
+/// result.
+#[tokio::test]
+async fn a_stalled_server_holds_back_nothing_it_sent() {
+    let (mut io, mut app, mut conn, mut pg) = plain_ends();
+    let (frozen_tx, frozen_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        let mut buf = BytesMut::new();
+        let q = read_msg(&mut pg, &mut buf).await;
+        assert_eq!(q.tag, tag::QUERY);
+        let mut reply = msg(tag::backend::ROW_DESCRIPTION, &[0, 0]);
+        reply.extend(msg(tag::backend::DATA_ROW, &[0, 1, 0, 0, 0, 1, b'7']));
+        pg.write_all(&reply).await.unwrap_or_else(|e| panic!("{e}"));
+        // Frozen: the socket stays open, nothing more comes.
+        let _ = frozen_rx.await;
+        drop(pg);
+    });
+    let unit = query("SELECT 7");
+    let mut relayed = std::pin::pin!(relay_unit_unbounded(
+        &mut io,
+        &mut conn,
+        RelayMode::default(),
+        &unit
+    ));
+    let mut got = BytesMut::new();
+    let row = async {
+        loop {
+            while let Ok(Some(f)) = decode_frame(&mut got, 1 << 20) {
+                if f.tag == tag::backend::DATA_ROW {
+                    return f;
+                }
+            }
+            let n = app
+                .read_buf(&mut got)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert!(n > 0, "pgsplit closed the client");
+        }
+    };
+    tokio::select! {
+        r = &mut relayed => panic!("the relay ended while the server was frozen: {:?}", r.map(|o| o.status).map_err(|_| ())),
+        f = bounded("the row sent before the freeze", row) => assert_eq!(&f.bytes[5..], &[0, 1, 0, 0, 0, 1, b'7']),
+    }
+    // Still waiting for the server, as a direct client would.
+    let still = tokio::time::timeout(Duration::from_millis(100), &mut relayed).await;
+    assert!(
+        still.is_err(),
+        "the relay gave up on a frozen server by itself"
+    );
+    // The server going away ends it with a connection-loss error.
+    let _ = frozen_tx.send(());
+    let _ = server.await;
+    match bounded("relay after the server closed", relayed).await {
+        Err(relay::RelayError::Server { sent_to_client, .. }) => assert!(sent_to_client),
+        Ok(o) => panic!("relay succeeded against a dead server: {o:?}"),
+        Err(relay::RelayError::Client(e)) => panic!("client error: {e}"),
+    }
+}
+
+/// A server that sends bytes that are no PostgreSQL message: its
+/// connection is broken, the client gets none of it.
+#[tokio::test]
+async fn a_server_sending_garbage_is_cut_off() {
+    for garbage in [
+        // A length below the 4 bytes of the length itself.
+        vec![b'D', 0, 0, 0, 1],
+        // A message far beyond any server message pgsplit accepts.
+        vec![b'D', 0x7f, 0xff, 0xff, 0xff],
+        // A ReadyForQuery with an unknown status.
+        msg(tag::backend::READY_FOR_QUERY, b"X"),
+    ] {
+        let (mut io, app, mut conn, mut pg) = plain_ends();
+        let sent = garbage.clone();
+        let server = tokio::spawn(async move {
+            let mut buf = BytesMut::new();
+            let _ = read_msg(&mut pg, &mut buf).await;
+            pg.write_all(&sent).await.unwrap_or_else(|e| panic!("{e}"));
+            // Stay open: the relay must not wait for more.
+            tokio::time::sleep(BOUND).await;
+        });
+        let result = relay_unit(&mut io, &mut conn, RelayMode::default(), &query("SELECT 1")).await;
+        server.abort();
+        match result {
+            Err(relay::RelayError::Server { sent_to_client, .. }) => {
+                assert!(!sent_to_client, "{garbage:?}");
+            }
+            Ok(o) => panic!("relay accepted {garbage:?}: {o:?}"),
+            Err(relay::RelayError::Client(e)) => panic!("client error: {e}"),
+        }
+        assert!(
+            conn.broken,
+            "a connection that sent {garbage:?} would be reused"
+        );
+        assert_client_got_nothing(io, app).await;
+    }
+}
+
+/// [`relay_unit`] without the bound, for tests that watch it pend.
+async fn relay_unit_unbounded(
+    io: &mut ClientIo,
+    conn: &mut ServerConn,
+    mode: RelayMode,
+    unit: &[u8],
+) -> Result<Outcome, relay::RelayError> {
+    let mut st = SessionState::new(RouteMode::Auto, &[]);
+    let mut exp = Expect::default();
+    relay::relay(io, conn, &mut st, &mut exp, mode, BytesMut::from(unit)).await
+}

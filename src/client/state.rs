@@ -7,7 +7,8 @@ use std::hash::{Hash, Hasher};
 
 use bytes::Bytes;
 
-use crate::route::class::{Class, PinReason, RouteMode};
+use crate::protocol::TxStatus;
+use crate::route::class::{Class, Kind, PinReason, RouteMode};
 use crate::server::{Lsn, ServerId};
 
 /// Session log entries beyond which the session is pinned to the primary rather
@@ -86,6 +87,36 @@ pub struct SessionState {
     pub default_mode: RouteMode,
     /// `SET pgsplit.route` inside the open transaction: applied on commit.
     pub pending_mode: Option<RouteMode>,
+    /// The server whose connection ran this session's LISTEN: notifications
+    /// arrive there only.
+    pub listen: Option<ServerId>,
+    /// The open transaction ran something that may have written.
+    pub txn_wrote: bool,
+}
+
+/// A unit the server finished, as the session's memory needs it.
+#[derive(Debug, Clone, Copy)]
+pub struct Finished<'a> {
+    /// Where it ran.
+    pub server: ServerId,
+    /// The transaction status its ReadyForQuery reported.
+    pub status: TxStatus,
+    /// No statement failed.
+    pub ok: bool,
+    /// It ended as ROLLBACK (a COMMIT of a failed transaction included).
+    pub rolled_back: bool,
+    /// Its session-level changes, to replay once committed.
+    pub changes: &'a [ReplayEntry],
+}
+
+/// What the connection that ran the unit must apply too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Learned {
+    /// The transaction (if any) ended with this unit.
+    pub txn_ended: bool,
+    /// `DISCARD ALL`/`DEALLOCATE ALL` ran: the connection has no prepared
+    /// statements left.
+    pub drops_prepared: bool,
 }
 
 impl SessionState {
@@ -112,6 +143,53 @@ impl SessionState {
             unnamed: None,
             portals: HashMap::new(),
             floor: None,
+            listen: None,
+            txn_wrote: false,
+        }
+    }
+
+    /// Updates the session from a finished unit of class `class`: the open
+    /// transaction, session changes, pins, the routing mode, prepared
+    /// statements dropped.
+    pub fn learn(&mut self, class: &Class, done: Finished<'_>) -> Learned {
+        if done.ok {
+            self.pending.extend(done.changes.iter().cloned());
+        }
+        let txn_ended = done.status == TxStatus::Idle;
+        if txn_ended {
+            self.txn = None;
+            self.portals.clear();
+            self.end_transaction(!done.rolled_back);
+        } else {
+            self.txn = Some(done.server);
+        }
+        let mut drops_prepared = false;
+        if done.ok {
+            if class.pin == Some(PinReason::Listen) {
+                self.listen = Some(done.server);
+            }
+            if let Some(pin) = class.pin
+                && pin != PinReason::Hint
+                && self.pinned.is_none()
+            {
+                tracing::debug!(reason = pin.as_str(), "session pinned to the primary");
+                self.pinned = Some(pin);
+            }
+            if class.session_effect && class.kind != Kind::Session && self.pinned.is_none() {
+                self.pinned = Some(PinReason::SessionChange);
+            }
+            if let Some(mode) = class.set_route {
+                self.mode = mode;
+            }
+            if class.drops_prepared {
+                self.statements.clear();
+                self.unnamed = None;
+                drops_prepared = true;
+            }
+        }
+        Learned {
+            txn_ended,
+            drops_prepared,
         }
     }
 
@@ -179,6 +257,10 @@ fn push_setting_name(s: &mut String, name: &str) {
         s.push('"');
     }
 }
+
+#[cfg(test)]
+#[path = "state_tests.rs"]
+mod learn_tests;
 
 #[cfg(test)]
 mod tests {

@@ -20,8 +20,8 @@ pub enum ProtocolError {
 impl ProtocolError {
     pub fn sqlstate(&self) -> &'static str {
         match self {
-            ProtocolError::UnsupportedVersion { .. } => "0A000",
-            _ => "08P01",
+            ProtocolError::UnsupportedVersion { .. } => crate::sqlstate::FEATURE_NOT_SUPPORTED,
+            _ => crate::sqlstate::PROTOCOL_VIOLATION,
         }
     }
 }

@@ -163,7 +163,7 @@ pub struct ErrorFields<'a> {
 
 impl ErrorFields<'_> {
     pub fn code_str(&self) -> &str {
-        std::str::from_utf8(self.code).unwrap_or("XX000")
+        std::str::from_utf8(self.code).unwrap_or(crate::sqlstate::INTERNAL_ERROR)
     }
 
     pub fn message_lossy(&self) -> String {

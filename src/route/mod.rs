@@ -1,7 +1,11 @@
-//! Pure routing: what a statement is ([`classify`]) and where it goes ([`router`]).
+//! Pure routing: what a statement is ([`classify`]), where it goes ([`router`]),
+//! the whole policy for one unit ([`plan`]) and what servers' answers mean for
+//! it ([`outcome`]).
 
 pub mod catalog;
 pub mod class;
 pub mod classify;
 pub mod lexer;
+pub mod outcome;
+pub mod plan;
 pub mod router;

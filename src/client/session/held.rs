@@ -1,0 +1,231 @@
+//! The server connections a session holds, one per server at most, found by
+//! server id: attaching (checkout, then replaying the session's changes),
+//! and returning them to their pools when the client leaves.
+
+use tokio::time::Instant;
+
+use super::Session;
+use crate::backend::{Pooled, ServerId};
+use crate::client::ClientError;
+use crate::client::state::reset_statement;
+use crate::route::class::{Class, Kind, PinReason};
+
+pub(super) struct Held {
+    pub(super) conn: Pooled,
+    /// How much of the session's replay log this connection has applied.
+    pub(super) applied: usize,
+    /// This session ran something here that may leave state on the connection
+    /// beyond reported parameters (see [`leaves_no_state`]): it needs
+    /// `DISCARD ALL` before another client may use it.
+    pub(super) dirty: bool,
+}
+
+/// The held connections, keyed by server. A session uses one or two servers
+/// (the primary and a replica), so a short list beats a map.
+#[derive(Default)]
+pub(super) struct HeldConns(Vec<Held>);
+
+impl HeldConns {
+    pub(super) fn holds(&self, id: ServerId) -> bool {
+        self.0.iter().any(|h| h.conn.target.id == id)
+    }
+
+    pub(super) fn get_mut(&mut self, id: ServerId) -> Option<&mut Held> {
+        self.0.iter_mut().find(|h| h.conn.target.id == id)
+    }
+
+    /// The connection to `id`, which the caller attached: its absence is a
+    /// lost connection.
+    pub(super) fn held(&mut self, id: ServerId) -> Result<&mut Held, ClientError> {
+        self.get_mut(id).ok_or(ClientError::TransactionLost)
+    }
+
+    /// Lets go of the connection to `id`: the pool resets or discards it.
+    pub(super) fn remove(&mut self, id: ServerId) -> Option<Held> {
+        let i = self.0.iter().position(|h| h.conn.target.id == id)?;
+        Some(self.0.swap_remove(i))
+    }
+
+    fn insert(&mut self, held: Held) {
+        self.0.push(held);
+    }
+
+    pub(super) fn ids(&self) -> impl Iterator<Item = ServerId> + '_ {
+        self.0.iter().map(|h| h.conn.target.id)
+    }
+
+    pub(super) fn iter_mut(&mut self) -> impl Iterator<Item = &mut Held> {
+        self.0.iter_mut()
+    }
+
+    fn drain(&mut self) -> impl Iterator<Item = Held> + '_ {
+        self.0.drain(..)
+    }
+}
+
+/// Whether a unit of this class leaves nothing on a server connection once its
+/// transaction ends: provably read-only statements (the replica test: no
+/// volatile function, no session effect, no cursor) and transaction control.
+pub(super) fn leaves_no_state(class: &Class) -> bool {
+    matches!(
+        class.kind,
+        Kind::Read | Kind::Begin { .. } | Kind::TxnControl
+    ) && !class.session_effect
+        && !class.drops_prepared
+        && class.pin.is_none_or(|p| p == PinReason::Hint)
+}
+
+impl Session {
+    /// A connection to server `id` carrying every session change so far.
+    pub(super) async fn attach(&mut self, id: ServerId) -> Result<(), ClientError> {
+        // A held connection the server closed (or spoke on unprompted, e.g. a
+        // shutdown notice) while the session was idle is replaced, unless it
+        // runs the open transaction or the session's LISTEN.
+        if self.st.txn != Some(id)
+            && self.st.listen != Some(id)
+            && let Some(held) = self.conns.get_mut(id)
+            && !held.conn.is_idle_and_open()
+        {
+            tracing::debug!(server = %held.conn.target.name, "held server connection went away; replacing it");
+            held.conn.broken = true;
+            self.conns.remove(id);
+        }
+        if !self.conns.holds(id) {
+            let target = self.ctx.server(id).ok_or(ClientError::ServerRemoved)?;
+            let started = Instant::now();
+            let conn = self.ctx.pools.checkout(&target, &self.login).await;
+            let exhausted = matches!(conn, Err(crate::backend::CheckoutError::Exhausted { .. }));
+            self.ctx
+                .metrics
+                .checkout(&target.name, started.elapsed(), exhausted);
+            self.conns.insert(Held {
+                conn: conn?,
+                applied: 0,
+                dirty: false,
+            });
+        }
+        if let Err(e) = self.sync(id).await {
+            // A connection that could not take the session's state is not used.
+            self.conns.remove(id);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Replays the session changes the connection to `id` has not applied
+    /// yet, in one round trip.
+    async fn sync(&mut self, id: ServerId) -> Result<(), ClientError> {
+        let held = self.conns.held(id)?;
+        let log = &self.st.replay;
+        if held.applied >= log.len() && held.conn.carried.is_empty() {
+            return Ok(());
+        }
+        // Entries go in as few round trips as possible: one query string, cut
+        // before and after a `RESET ALL`/`DISCARD ALL` (DISCARD ALL refuses to
+        // run inside the implicit transaction of a multi-statement string).
+        let mut batches: Vec<Vec<u8>> = vec![Vec::new()];
+        // Startup parameters the connection's previous client left in place
+        // go back to the connection's defaults, unless this client sets them.
+        for name in std::mem::take(&mut held.conn.carried) {
+            let ours = self.st.startup.iter().any(|e| {
+                e.startup
+                    .as_ref()
+                    .is_some_and(|(k, _)| k.eq_ignore_ascii_case(&name))
+            });
+            if !ours && let Some(batch) = batches.last_mut() {
+                if !batch.is_empty() {
+                    batch.extend_from_slice(b"; ");
+                }
+                batch.extend_from_slice(reset_statement(&name).as_bytes());
+            }
+        }
+        let mut drops = false;
+        let mut ran_any = false;
+        for entry in &log[held.applied..] {
+            // A startup setting the connection already reports needs no SET,
+            // but only while nothing else has run before it: after a RESET ALL
+            // the reported value is stale.
+            // For a startup setting the server reports: whether it reports
+            // this very value.
+            let reported = entry.startup.as_ref().and_then(|(k, v)| {
+                held.conn
+                    .params
+                    .iter()
+                    .find(|(pk, _)| pk.eq_ignore_ascii_case(k.as_bytes()))
+                    .map(|(_, pv)| pv.as_slice() == v.as_bytes())
+            });
+            if !ran_any && reported == Some(true) {
+                continue;
+            }
+            ran_any = true;
+            // A startup setting the server reports stays visible in `params`;
+            // anything else is state only `DISCARD ALL` can clear.
+            held.dirty |= reported.is_none();
+            if entry.resets_all {
+                batches.push(entry.sql.to_vec());
+                batches.push(Vec::new());
+            } else if let Some(batch) = batches.last_mut() {
+                if !batch.is_empty() {
+                    batch.extend_from_slice(b"; ");
+                }
+                batch.extend_from_slice(&entry.sql);
+            }
+            drops |= entry.drops_prepared;
+        }
+        let applied = log.len();
+        for sql in batches.iter().filter(|b| !b.is_empty()) {
+            match held.conn.run_internal(sql).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    held.conn.broken = true;
+                    return Err(e.into());
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if drops {
+            held.conn.prepared.clear();
+            held.conn.unnamed = None;
+        }
+        held.applied = applied;
+        Ok(())
+    }
+
+    /// The replica this session holds a connection to, if any: reusing it
+    /// saves a connection.
+    pub(super) fn held_replica(&self, primary: Option<ServerId>) -> Option<ServerId> {
+        // The configured primary is read only if a connection needs the
+        // comparison (a lock and a clone).
+        let mut configured = None;
+        self.conns.ids().find(|id| {
+            Some(*id) != primary
+                && *id != *configured.get_or_insert_with(|| self.ctx.configured_primary())
+        })
+    }
+
+    /// Resets and returns every server connection (or drops the ones whose
+    /// state is unknown).
+    ///
+    /// A connection this session used only for read-only work is returned
+    /// without `DISCARD ALL` (a round trip per connection per client, most of
+    /// the cost of a short-lived client): it differs from a fresh one only in
+    /// the reported startup parameters this client set, which the next client's
+    /// first `sync` sets or resets.
+    pub(super) async fn release(&mut self) {
+        let startup: Vec<String> = self
+            .st
+            .startup
+            .iter()
+            .filter_map(|e| e.startup.as_ref().map(|(k, _)| k.clone()))
+            .collect();
+        for mut held in self.conns.drain() {
+            if !held.dirty && held.conn.is_clean() {
+                held.conn.carried.clone_from(&startup);
+                continue;
+            }
+            if let Err(e) = held.conn.reset().await {
+                tracing::debug!(error = %e, "server connection not reusable");
+            }
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! What pgsplit answers itself, without a server: its own routing setting,
+//! Close-only units, the client's startup settings after `RESET ALL`, and a
+//! unit that could not run.
+
+use bytes::BytesMut;
+
+use super::Session;
+use crate::backend::ServerId;
+use crate::client::ClientError;
+use crate::client::unit::Unit;
+use crate::protocol::{TxStatus, build, tag};
+use crate::route::class::Kind;
+
+impl Session {
+    /// `SET pgsplit.route = ...` / `RESET pgsplit.route` sent alone as a simple
+    /// query: pgsplit's own setting, answered here and never sent to a server
+    /// (PostgreSQL would reject `= primary`, a reserved word). Inside a
+    /// transaction it takes effect on commit, like a SET.
+    pub(super) async fn set_route_locally(&mut self, unit: &Unit) -> Result<bool, ClientError> {
+        let class = unit.class();
+        let [frame] = unit.frames.as_slice() else {
+            return Ok(false);
+        };
+        let Some(mode) = class.set_route else {
+            return Ok(false);
+        };
+        if frame.tag != tag::QUERY || class.statements != 1 || class.kind != Kind::Session {
+            return Ok(false);
+        }
+        let text = crate::protocol::fields::query_text(frame.body()).unwrap_or_default();
+        let is_reset = String::from_utf8_lossy(text)
+            .trim_start()
+            .get(..5)
+            .is_some_and(|w| w.eq_ignore_ascii_case("reset"));
+        let mode = if is_reset { self.st.default_mode } else { mode };
+        let status = match self.st.txn {
+            None => {
+                self.st.mode = mode;
+                TxStatus::Idle
+            }
+            Some(id) => {
+                let failed = self
+                    .conns
+                    .get_mut(id)
+                    .is_some_and(|h| h.conn.status == TxStatus::Failed);
+                if failed {
+                    let mut msg = BytesMut::new();
+                    msg.extend_from_slice(&build::error_response(
+                        build::Severity::Error,
+                        crate::sqlstate::IN_FAILED_TRANSACTION,
+                        "current transaction is aborted, commands ignored until end of transaction block",
+                    ));
+                    msg.extend_from_slice(&build::ready_for_query(TxStatus::Failed));
+                    self.io.write(&msg).await?;
+                    return Ok(true);
+                }
+                self.st.pending_mode = Some(mode);
+                TxStatus::InTransaction
+            }
+        };
+        let tag = if is_reset { "RESET" } else { "SET" };
+        let mut msg = BytesMut::new();
+        msg.extend_from_slice(&build::command_complete(tag));
+        msg.extend_from_slice(&build::ready_for_query(status));
+        self.io.write(&msg).await?;
+        Ok(true)
+    }
+
+    /// After `RESET ALL` / `DISCARD ALL` on the connection to `id`: puts the
+    /// client's startup parameters back (PostgreSQL resets to them, not to the
+    /// server defaults) and tells the client the values it now has.
+    pub(super) async fn reapply_startup(&mut self, id: ServerId) -> Result<(), ClientError> {
+        if self.st.startup.is_empty() {
+            return Ok(());
+        }
+        let mut sql = Vec::new();
+        for entry in &self.st.startup {
+            if !sql.is_empty() {
+                sql.extend_from_slice(b"; ");
+            }
+            sql.extend_from_slice(&entry.sql);
+        }
+        let conn = &mut self.conns.held(id)?.conn;
+        let before = conn.params.clone();
+        conn.run_internal(&sql).await??;
+        let mut msg = BytesMut::new();
+        for (k, v) in &conn.params {
+            if before.get(k) != Some(v) {
+                msg.extend_from_slice(&build::parameter_status(k, v));
+            }
+        }
+        self.io.write(&msg).await
+    }
+
+    /// A unit of only Close/Sync/Flush outside a transaction (drivers send one
+    /// whenever they drop a prepared statement) needs no server: the replies
+    /// are composed here, and the statement is closed on each connection that
+    /// has it ahead of that connection's next unit. This keeps such units
+    /// working while there is no primary, and saves a round trip.
+    pub(super) async fn answer_closes_locally(&mut self, unit: &Unit) -> Result<bool, ClientError> {
+        let statement_free = unit
+            .frames
+            .iter()
+            .all(|f| matches!(f.tag, tag::CLOSE | tag::SYNC | tag::FLUSH));
+        if !unit.complete || self.st.txn.is_some() || !statement_free {
+            return Ok(false);
+        }
+        let mut reply = BytesMut::new();
+        for frame in &unit.frames {
+            match frame.tag {
+                tag::CLOSE => {
+                    let (kind, name) = crate::protocol::fields::target(frame.body(), "Close")?;
+                    if kind == b'S' {
+                        for held in self.conns.iter_mut() {
+                            let conn = &mut held.conn;
+                            if name.is_empty() {
+                                conn.unnamed = None;
+                            } else if let Some((key, _)) = conn.prepared.remove_entry(name) {
+                                conn.pending_close.push(key);
+                            }
+                        }
+                    }
+                    reply.extend_from_slice(&build::close_complete());
+                }
+                tag::SYNC => reply.extend_from_slice(&build::ready_for_query(TxStatus::Idle)),
+                _ => {}
+            }
+        }
+        self.io.write(&reply).await?;
+        Ok(true)
+    }
+
+    /// Tells the client a unit could not run and keeps the session going. An
+    /// unfinished extended unit is drained to its Sync first, as a server would.
+    pub(super) async fn fail_unit(
+        &mut self,
+        unit: &Unit,
+        e: &ClientError,
+    ) -> Result<(), ClientError> {
+        tracing::warn!(code = e.sqlstate(), error = %e, "statement failed in pgsplit");
+        self.ctx.metrics.error(e.sqlstate(), e.kind());
+        if !unit.complete {
+            while let Some(f) = self.io.read_frame().await? {
+                if matches!(f.tag, tag::SYNC | tag::QUERY | tag::FUNCTION_CALL) {
+                    break;
+                }
+            }
+        }
+        let status = if self.st.txn.is_some() {
+            TxStatus::Failed
+        } else {
+            TxStatus::Idle
+        };
+        let mut msg = BytesMut::new();
+        msg.extend_from_slice(&build::error_response(
+            build::Severity::Error,
+            e.sqlstate(),
+            &e.client_message(),
+        ));
+        msg.extend_from_slice(&build::ready_for_query(status));
+        self.io.write(&msg).await
+    }
+}

@@ -1,0 +1,242 @@
+//! The session loop: read a unit, plan it (`route::plan`), make sure the chosen
+//! server connection carries the session's state, forward, relay, learn.
+//!
+//! The loop is here; the parts it uses each have a file: the server
+//! connections a session holds ([`held`]), running one unit ([`run`]), the
+//! read-your-writes floor ([`floor`]) and what pgsplit answers itself
+//! ([`local`]).
+//!
+//! Session pooling: the session keeps each server connection it uses until the
+//! client leaves (the replica's only once it first reads). The seam for
+//! transaction pooling is [`Session::attach`], which hands out a connection per
+//! unit.
+
+mod floor;
+mod held;
+mod local;
+mod run;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::time::Instant;
+
+use super::cancel::CancelSlot;
+use super::handshake::Hello;
+use super::state::SessionState;
+use super::unit::{Unit, is_unit_message};
+use super::{ClientError, ClientIo};
+use crate::app::Context;
+use crate::backend::health::PrimaryState;
+use crate::backend::{Login, ServerId};
+use crate::protocol::{Frame, ProtocolError, TxStatus, build, tag};
+use held::HeldConns;
+
+pub struct Session {
+    ctx: Arc<Context>,
+    io: ClientIo,
+    login: Login,
+    st: SessionState,
+    conns: HeldConns,
+    cancel: Arc<CancelSlot>,
+    /// Rotates the choice among equally good replicas.
+    spin: usize,
+}
+
+impl Session {
+    pub fn new(ctx: Arc<Context>, hello: Hello, cancel: Arc<CancelSlot>) -> Self {
+        let st = SessionState::new(hello.mode, &hello.settings);
+        Session {
+            login: Login {
+                user: hello.user,
+                database: hello.database,
+            },
+            io: hello.io,
+            st,
+            conns: HeldConns::default(),
+            cancel,
+            spin: rand::random::<u32>() as usize,
+            ctx,
+        }
+    }
+
+    /// Finishes the login: the primary's parameters and our cancel key, then
+    /// serves the client until it leaves. Server connections are reset and
+    /// returned to their pools on the way out, whatever happened.
+    pub async fn run(mut self, pid: i32, secret: &[u8]) -> Result<(), ClientError> {
+        let result = self.serve(pid, secret).await;
+        if let Err(e) = &result
+            && !matches!(e, ClientError::Gone(_))
+        {
+            let msg =
+                build::error_response(build::Severity::Fatal, e.sqlstate(), &e.client_message());
+            let _ = self.io.write(&msg).await;
+        }
+        self.release().await;
+        result
+    }
+
+    async fn serve(&mut self, pid: i32, secret: &[u8]) -> Result<(), ClientError> {
+        let primary = self.primary_id().await?;
+        self.attach(primary).await?;
+        let mut hello = BytesMut::new();
+        let mut params: Vec<_> = self.conns.held(primary)?.conn.params.iter().collect();
+        params.sort();
+        for (k, v) in params {
+            hello.extend_from_slice(&build::parameter_status(k, v));
+        }
+        hello.extend_from_slice(&build::backend_key_data(pid, secret));
+        hello.extend_from_slice(&build::ready_for_query(TxStatus::Idle));
+        self.io.write(&hello).await?;
+
+        // One waiter for the whole session, not one registered per message.
+        let mut terminate = self.ctx.terminate.subscribe();
+        let mut terminated = std::pin::pin!(async move {
+            let _ = terminate.wait_for(|t| *t).await;
+        });
+        loop {
+            // A LISTENing session gets notifications while idle, as it would
+            // from PostgreSQL: watch the connection that ran the LISTEN too.
+            let listener = self.st.listen.filter(|id| self.conns.holds(*id));
+            // Between units is where a draining pgsplit may end the session.
+            let frame = tokio::select! {
+                f = self.io.read_frame() => f?,
+                () = &mut terminated => {
+                    return Err(ClientError::ShuttingDown);
+                }
+                r = async {
+                    match listener.and_then(|id| self.conns.get_mut(id)) {
+                        Some(held) => held.conn.fill().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if let Some(id) = listener {
+                        match r {
+                            Ok(_) => self.forward_async_messages(id).await?,
+                            Err(e) => return Err(e.into()),
+                        }
+                    }
+                    continue;
+                }
+            };
+            let Some(frame) = frame else { break };
+            match frame.tag {
+                tag::TERMINATE => return Ok(()),
+                t if is_unit_message(t) => {
+                    let unit = self.collect(frame).await?;
+                    self.run_unit(unit).await?;
+                }
+                // Copy messages after a COPY that already failed: PostgreSQL
+                // ignores them too.
+                tag::COPY_DATA | tag::COPY_DONE | tag::COPY_FAIL => {}
+                other => return Err(ProtocolError::UnexpectedTag(char::from(other)).into()),
+            }
+        }
+        Ok(())
+    }
+
+    async fn collect(&mut self, first: Frame) -> Result<Unit, ClientError> {
+        let mut unit = Unit::default();
+        let mut frame = first;
+        loop {
+            if unit.push(frame, &mut self.st, &self.ctx.classifier)? {
+                return Ok(unit);
+            }
+            frame = self.io.read_frame().await?.ok_or_else(|| {
+                ClientError::Gone(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "client left mid-unit",
+                ))
+            })?;
+            if !is_unit_message(frame.tag) {
+                if frame.tag == tag::TERMINATE {
+                    return Err(ClientError::Gone(std::io::Error::other(
+                        "terminated mid-unit",
+                    )));
+                }
+                return Err(ProtocolError::UnexpectedTag(char::from(frame.tag)).into());
+            }
+        }
+    }
+
+    /// The current primary, waiting up to `primary_wait` while there is none.
+    async fn primary_id(&self) -> Result<ServerId, ClientError> {
+        let deadline = Instant::now() + self.ctx.config().routing.primary_wait;
+        loop {
+            let state = self.ctx.health.get().primary;
+            match state {
+                PrimaryState::Known(id) => return Ok(id),
+                // Before the first probe, trust the configuration.
+                PrimaryState::Unknown => return Ok(self.ctx.configured_primary()),
+                PrimaryState::None | PrimaryState::Fenced => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        // What is wrong with the configured primary, if
+                        // known: for the log, not the client.
+                        let cause = (state == PrimaryState::None)
+                            .then(|| {
+                                let snapshot = self.ctx.health.get();
+                                snapshot
+                                    .server(self.ctx.configured_primary())
+                                    .and_then(|s| {
+                                        s.last_error.as_ref().map(|e| format!("{}: {e}", s.name))
+                                    })
+                            })
+                            .flatten();
+                        let waited = self.ctx.config().routing.primary_wait;
+                        tracing::warn!(
+                            ?waited,
+                            ?state,
+                            cause = cause.as_deref().unwrap_or("unknown"),
+                            "no primary for a session"
+                        );
+                        return Err(ClientError::NoPrimary {
+                            fenced: state == PrimaryState::Fenced,
+                            waited,
+                        });
+                    }
+                    let wait = (deadline - now).min(Duration::from_millis(100));
+                    let _ = tokio::time::timeout(wait, self.ctx.health.changed()).await;
+                }
+            }
+        }
+    }
+
+    /// Relays what a server sends between units (NotificationResponse,
+    /// NoticeResponse, ParameterStatus); anything else there is a protocol
+    /// breach by the server.
+    async fn forward_async_messages(&mut self, id: ServerId) -> Result<(), ClientError> {
+        let conn = &mut self.conns.held(id)?.conn;
+        let mut out = BytesMut::new();
+        loop {
+            match crate::protocol::decode_frame(
+                &mut conn.rbuf,
+                crate::backend::conn::MAX_SERVER_MESSAGE,
+            ) {
+                Ok(Some(f)) => match f.tag {
+                    b'A' | tag::backend::NOTICE_RESPONSE => out.extend_from_slice(&f.bytes),
+                    tag::backend::PARAMETER_STATUS => {
+                        conn.note_parameter(&f)?;
+                        out.extend_from_slice(&f.bytes);
+                    }
+                    other => {
+                        conn.broken = true;
+                        return Err(conn
+                            .protocol(ProtocolError::UnexpectedTag(char::from(other)))
+                            .into());
+                    }
+                },
+                Ok(None) => break,
+                Err(e) => {
+                    conn.broken = true;
+                    return Err(conn.protocol(e).into());
+                }
+            }
+        }
+        if !out.is_empty() {
+            self.io.write(&out).await?;
+        }
+        Ok(())
+    }
+}

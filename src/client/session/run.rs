@@ -1,0 +1,302 @@
+//! Running one unit: plan it (`route::plan`), attach to the server the plan
+//! names, forward and relay, then learn from what the server said. A read
+//! that fails on a replica before any reply reached the client runs again on
+//! the primary.
+
+use bytes::BytesMut;
+use tokio::time::Instant;
+
+use super::Session;
+use super::held::leaves_no_state;
+use crate::backend::health::{HealthSnapshot, PrimaryState};
+use crate::backend::{BackendError, ServerId};
+use crate::client::ClientError;
+use crate::client::cancel::CancelTarget;
+use crate::client::floor_probe;
+use crate::client::relay::{self, Expect, Outcome, RelayError, RelayMode};
+use crate::client::state::{Finished, SessionState};
+use crate::client::unit::Unit;
+use crate::config::Config;
+use crate::protocol::{TxStatus, build, tag};
+use crate::route::class::PinReason;
+use crate::route::plan::{self, Ended, Execution, UnitTexts, UnitView};
+use crate::route::router::{Reason, SessionView, Target};
+
+/// The text questions of the plan, answered from the unit and the session's
+/// statement registry.
+struct Texts<'a> {
+    unit: &'a Unit,
+    st: &'a SessionState,
+}
+
+impl UnitTexts for Texts<'_> {
+    fn may_end_transaction(&self) -> bool {
+        floor_probe::may_end_transaction(self.unit, self.st)
+    }
+    fn floor_probe_may_follow(&self, in_txn: bool) -> bool {
+        floor_probe::may_follow(self.unit, self.st, in_txn)
+    }
+}
+
+fn view<'a>(unit: &'a Unit, texts: &'a Texts<'a>) -> UnitView<'a> {
+    UnitView {
+        class: unit.class(),
+        complete: unit.complete,
+        extended: unit.frames.first().is_some_and(|f| f.tag != tag::QUERY),
+        resets_all: unit.resets_all,
+        texts,
+    }
+}
+
+/// The primary as health says, or (before the first probe answered) as
+/// configured: `None` while there is none.
+fn known_primary(health: &HealthSnapshot) -> Option<ServerId> {
+    match health.primary {
+        PrimaryState::Known(id) => Some(id),
+        _ => None,
+    }
+}
+
+impl Session {
+    pub(super) async fn run_unit(&mut self, unit: Unit) -> Result<(), ClientError> {
+        if self.set_route_locally(&unit).await? || self.answer_closes_locally(&unit).await? {
+            return Ok(());
+        }
+        let class = unit.class();
+        let mut retried = false;
+        loop {
+            // One reading of each shared snapshot per attempt: the unit sees
+            // one configuration and one picture of the servers.
+            let config = self.ctx.config();
+            let health = self.ctx.health.get();
+            let (id, reason) = match self.place(&unit, retried, &config, &health).await {
+                Ok(p) => p,
+                Err(e @ (ClientError::Gone(_) | ClientError::Protocol(_))) => return Err(e),
+                Err(e) => return self.fail_unit(&unit, &e).await,
+            };
+            let on_primary = match known_primary(&health) {
+                Some(p) => p == id,
+                None => id == self.ctx.configured_primary(),
+            };
+            // An open unit continues with statements not seen yet.
+            self.conns.held(id)?.dirty |= !unit.complete || !leaves_no_state(&class);
+            let at = Execution {
+                on_primary,
+                in_txn: self.st.txn.is_some(),
+                retried,
+                tracks_floor: on_primary
+                    && config.routing.read_your_writes != crate::config::ReadYourWrites::Off
+                    && health.servers.len() > 1,
+            };
+            let texts = Texts {
+                unit: &unit,
+                st: &self.st,
+            };
+            let mode = plan::relay_plan(&view(&unit, &texts), at);
+            let started = Instant::now();
+            match self.forward(&unit, id, mode).await {
+                Ok(outcome) if outcome.retry_conflict => {
+                    let held = self.conns.held(id)?;
+                    tracing::debug!(server = %held.conn.target.name, "recovery conflict on a replica; retrying on the primary");
+                    self.ctx.metrics.retry("recovery_conflict");
+                    held.conn.status = outcome.status;
+                    retried = true;
+                }
+                Ok(outcome) => {
+                    let ended = Ended {
+                        status: outcome.status,
+                        failed: outcome.error.is_some(),
+                        rolled_back: outcome.rolled_back,
+                        wrote: outcome.wrote,
+                    };
+                    let floor = plan::after(&class, mode, ended, self.st.txn_wrote);
+                    self.st.txn_wrote = floor.txn_wrote;
+                    self.learn(&unit, id, &outcome)?;
+                    if floor.record {
+                        match outcome.probe {
+                            Some(lsn) => self.set_floor(lsn, &config),
+                            None => self.record_floor(id, &config).await,
+                        }
+                    }
+                    if unit.resets_all
+                        && outcome.error.is_none()
+                        && outcome.status == TxStatus::Idle
+                    {
+                        self.reapply_startup(id).await?;
+                    }
+                    if mode.hold_ready {
+                        let mut msg = outcome.tail;
+                        msg.extend_from_slice(&build::ready_for_query(outcome.status));
+                        self.io.write(&msg).await?;
+                    }
+                    self.ctx.metrics.unit(reason, on_primary, started.elapsed());
+                    return Ok(());
+                }
+                Err(RelayError::Client(e)) => return Err(e),
+                Err(RelayError::Server {
+                    error,
+                    sent_to_client,
+                }) => {
+                    // The broken connection goes; the pool discards it.
+                    self.conns.remove(id);
+                    if self.st.txn == Some(id) {
+                        self.st.txn = None;
+                    }
+                    if mode.retry_conflict && !sent_to_client {
+                        tracing::info!(server = %id.0, %error, "read failed on a replica before any reply; retrying on the primary");
+                        self.ctx.metrics.retry("replica_failed");
+                        retried = true;
+                        continue;
+                    }
+                    return Err(ClientError::Backend(error));
+                }
+            }
+        }
+    }
+
+    /// Chooses the server for a unit (see `route::plan`) and attaches to it,
+    /// falling back to the primary when a replica cannot be used.
+    async fn place(
+        &mut self,
+        unit: &Unit,
+        retried: bool,
+        config: &Config,
+        health: &HealthSnapshot,
+    ) -> Result<(ServerId, Reason), ClientError> {
+        let primary = known_primary(health);
+        if let Some(id) = self.st.txn {
+            if !self.conns.holds(id) {
+                self.st.txn = None;
+                return Err(ClientError::TransactionLost);
+            }
+        } else if unit.complete && !retried {
+            self.spin = self.spin.wrapping_add(1);
+        }
+        let texts = Texts { unit, st: &self.st };
+        let unit_view = view(unit, &texts);
+        let session = SessionView {
+            // The transaction stays where it began; the plan says so.
+            txn: self.st.txn.map(|id| {
+                if Some(id) == primary {
+                    Target::Primary
+                } else {
+                    Target::Replica(id)
+                }
+            }),
+            pinned: self.st.pinned,
+            mode: self.st.mode,
+            floor: self.floor(config),
+            held_replica: self.held_replica(primary),
+            spin: self.spin,
+        };
+        let mut placed = plan::place(&unit_view, &session, &health.replicas, retried);
+        if let (true, Some(floor)) = (plan::awaits_replay(placed, &session), session.floor) {
+            // Positions learned on demand may be ahead of the probe's; else
+            // a replica is asked, and waited for briefly.
+            let replicas = self.ctx.replay.raise(&health.replicas);
+            placed = plan::place(&unit_view, &session, &replicas, retried);
+            if plan::awaits_replay(placed, &session)
+                && let Some(id) = plan::replica_to_await(&session, &replicas)
+                && self.wait_for_replica(floor, id).await
+            {
+                placed = (Target::Replica(id), Reason::Read);
+            }
+        }
+        let (target, reason) = placed;
+        if let Some(id) = self.st.txn {
+            self.attach(id).await?;
+            return Ok((id, reason));
+        }
+        if let Target::Replica(id) = target {
+            match self.attach(id).await {
+                Ok(()) => return Ok((id, reason)),
+                Err(e) => {
+                    // A session change the replica refused to replay would
+                    // fail again on every read: keep this session on the primary.
+                    if matches!(e, ClientError::Backend(BackendError::Server { .. }))
+                        && self.st.pinned.is_none()
+                    {
+                        tracing::info!(error = %e, "replica refused the session's settings; session pinned to the primary");
+                        self.st.pinned = Some(PinReason::SessionChange);
+                    } else {
+                        tracing::debug!(error = %e, "replica unavailable, reading from the primary");
+                    }
+                }
+            }
+        }
+        let primary = match primary {
+            Some(id) => id,
+            None => self.primary_id().await?,
+        };
+        self.attach(primary).await?;
+        let reason = if matches!(target, Target::Replica(_)) {
+            Reason::ReplicaDown
+        } else {
+            reason
+        };
+        Ok((primary, reason))
+    }
+
+    /// Sends the unit to the connection to `id` and relays the replies.
+    async fn forward(
+        &mut self,
+        unit: &Unit,
+        id: ServerId,
+        mode: RelayMode,
+    ) -> Result<Outcome, RelayError> {
+        let Session {
+            io,
+            conns,
+            st,
+            cancel,
+            ..
+        } = self;
+        let conn = &mut conns.held(id).map_err(RelayError::Client)?.conn;
+        let mut exp = Expect::default();
+        let mut out = BytesMut::with_capacity(unit.bytes + 64);
+        relay::stage_pending_closes(conn, &mut out, &mut exp);
+        for frame in &unit.frames {
+            relay::stage(frame, st, conn, &mut out, &mut exp)
+                .map_err(|e| RelayError::Client(e.into()))?;
+        }
+        if mode.floor_probe {
+            out.extend_from_slice(&build::query(floor_probe::SQL));
+        }
+        cancel.set(Some(CancelTarget {
+            server: conn.target.clone(),
+            key: conn.key,
+        }));
+        let result = relay::relay(io, conn, st, &mut exp, mode, out).await;
+        cancel.set(None);
+        relay::settle(&mut exp, st, conn);
+        result
+    }
+
+    /// Updates the session, and the connection that ran the unit, from what
+    /// the server said (see [`SessionState::learn`]).
+    fn learn(&mut self, unit: &Unit, id: ServerId, outcome: &Outcome) -> Result<(), ClientError> {
+        let Session { conns, st, .. } = self;
+        let held = conns.held(id)?;
+        held.conn.status = outcome.status;
+        let was_applied = held.applied == st.replay.len();
+        let learned = st.learn(
+            &unit.class(),
+            Finished {
+                server: id,
+                status: outcome.status,
+                ok: outcome.error.is_none(),
+                rolled_back: outcome.rolled_back,
+                changes: &unit.session_changes,
+            },
+        );
+        // This connection ran the changes just logged.
+        if learned.txn_ended && was_applied {
+            held.applied = st.replay.len();
+        }
+        if learned.drops_prepared {
+            held.conn.prepared.clear();
+            held.conn.unnamed = None;
+        }
+        Ok(())
+    }
+}

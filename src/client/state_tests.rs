@@ -1,0 +1,154 @@
+//! Table tests of [`SessionState::learn`]: a session, a unit's class and how
+//! the server ended it in; the session's memory and the connection's duties
+//! out.
+
+use bytes::Bytes;
+
+use super::*;
+
+const P: ServerId = ServerId(0);
+const R: ServerId = ServerId(1);
+
+fn set(sql: &'static str) -> ReplayEntry {
+    ReplayEntry {
+        sql: Bytes::from_static(sql.as_bytes()),
+        startup: None,
+        drops_prepared: false,
+        resets_all: false,
+    }
+}
+
+fn done<'a>(status: TxStatus, ok: bool, changes: &'a [ReplayEntry]) -> Finished<'a> {
+    Finished {
+        server: P,
+        status,
+        ok,
+        rolled_back: false,
+        changes,
+    }
+}
+
+fn logged(st: &SessionState) -> Vec<&[u8]> {
+    st.replay.iter().map(|e| &e.sql[..]).collect()
+}
+
+#[test]
+fn transactions_and_session_changes() {
+    let set_a = [set("SET a = 1")];
+    let session = Class::of(Kind::Session);
+
+    // An autocommit SET is logged at once.
+    let mut st = SessionState::new(RouteMode::Auto, &[]);
+    let l = st.learn(&session, done(TxStatus::Idle, true, &set_a));
+    assert_eq!(
+        l,
+        Learned {
+            txn_ended: true,
+            drops_prepared: false
+        }
+    );
+    assert_eq!(logged(&st), vec![&b"SET a = 1"[..]]);
+    assert_eq!(st.txn, None);
+
+    // Inside a transaction: pending until COMMIT.
+    let mut st = SessionState::new(RouteMode::Auto, &[]);
+    st.learn(
+        &Class::of(Kind::Begin { replica_ok: false }),
+        done(TxStatus::InTransaction, true, &[]),
+    );
+    assert_eq!(st.txn, Some(P));
+    st.learn(&session, done(TxStatus::InTransaction, true, &set_a));
+    assert!(st.replay.is_empty());
+    assert_eq!(st.pending.len(), 1);
+    let l = st.learn(
+        &Class::of(Kind::TxnControl),
+        done(TxStatus::Idle, true, &[]),
+    );
+    assert!(l.txn_ended);
+    assert_eq!(logged(&st), vec![&b"SET a = 1"[..]]);
+    assert!(st.pending.is_empty());
+
+    // ROLLBACK drops what the transaction set.
+    let mut st = SessionState::new(RouteMode::Auto, &[]);
+    st.learn(&session, done(TxStatus::InTransaction, true, &set_a));
+    st.learn(
+        &Class::of(Kind::TxnControl),
+        Finished {
+            rolled_back: true,
+            ..done(TxStatus::Idle, true, &[])
+        },
+    );
+    assert!(st.replay.is_empty() && st.pending.is_empty());
+
+    // A failed SET is not logged, and a failed transaction stays open.
+    let mut st = SessionState::new(RouteMode::Auto, &[]);
+    st.learn(&session, done(TxStatus::Failed, false, &set_a));
+    assert!(st.pending.is_empty());
+    assert_eq!(st.txn, Some(P));
+
+    // The transaction belongs to the server that ran it.
+    let mut st = SessionState::new(RouteMode::Auto, &[]);
+    st.learn(
+        &Class::of(Kind::Begin { replica_ok: true }),
+        Finished {
+            server: R,
+            ..done(TxStatus::InTransaction, true, &[])
+        },
+    );
+    assert_eq!(st.txn, Some(R));
+}
+
+#[test]
+fn pins_listen_route_and_prepared_statements() {
+    let with = |f: fn(&mut Class)| {
+        let mut c = Class::of(Kind::Write);
+        f(&mut c);
+        c
+    };
+    let listen = with(|c| c.pin = Some(PinReason::Listen));
+    let temp = with(|c| c.pin = Some(PinReason::TempObject));
+    let hint = with(|c| c.pin = Some(PinReason::Hint));
+    let mixed_set = with(|c| c.session_effect = true);
+    let route = with(|c| c.set_route = Some(RouteMode::Replica));
+    let discard = with(|c| c.drops_prepared = true);
+
+    let mut st = SessionState::new(RouteMode::Auto, &[]);
+    st.learn(&listen, done(TxStatus::Idle, true, &[]));
+    assert_eq!(st.listen, Some(P));
+    assert_eq!(st.pinned, Some(PinReason::Listen));
+    // The first pin is the one reported.
+    st.learn(&temp, done(TxStatus::Idle, true, &[]));
+    assert_eq!(st.pinned, Some(PinReason::Listen));
+
+    let mut st = SessionState::new(RouteMode::Auto, &[]);
+    st.learn(&temp, done(TxStatus::Idle, false, &[]));
+    assert_eq!(st.pinned, None, "a failed statement pins nothing");
+    st.learn(&hint, done(TxStatus::Idle, true, &[]));
+    assert_eq!(st.pinned, None, "a hint routes one statement only");
+    st.learn(&mixed_set, done(TxStatus::Idle, true, &[]));
+    assert_eq!(
+        st.pinned,
+        Some(PinReason::SessionChange),
+        "a SET sharing a string with other statements cannot be replayed"
+    );
+
+    let mut st = SessionState::new(RouteMode::Auto, &[]);
+    st.learn(&route, done(TxStatus::Idle, true, &[]));
+    assert_eq!(st.mode, RouteMode::Replica);
+
+    let mut st = SessionState::new(RouteMode::Auto, &[]);
+    st.statements.insert(
+        Bytes::from_static(b"s1"),
+        Statement {
+            parse: Bytes::new(),
+            text: Bytes::new(),
+            hash: 1,
+            class: Class::of(Kind::Read),
+            generation: 0,
+        },
+    );
+    let l = st.learn(&discard, done(TxStatus::Idle, false, &[]));
+    assert!(!l.drops_prepared && st.statements.len() == 1);
+    let l = st.learn(&discard, done(TxStatus::Idle, true, &[]));
+    assert!(l.drops_prepared && st.statements.is_empty());
+}
