@@ -3,8 +3,8 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -13,14 +13,15 @@ use tokio_util::task::TaskTracker;
 
 use crate::backend::health::{Health, HealthSnapshot};
 use crate::backend::monitor;
-use crate::backend::{Pools, ServerId, ServerTarget};
+use crate::backend::{Pools, ServerId, ServerTarget, Servers};
 use crate::client::auth::ScramSecret;
 use crate::client::cancel::CancelRegistry;
-use crate::config::{Config, Overrides, ServerUrl};
+use crate::config::{Config, Overrides};
 use crate::metrics::Metrics;
 use crate::protocol::build;
 use crate::route::catalog::FunctionCatalog;
 use crate::route::classify::Classifier;
+use crate::shared::Shared;
 use crate::tls::{ClientTls, TlsError};
 
 /// The credentials clients log in with (those of the primary URL).
@@ -41,50 +42,14 @@ impl Credentials {
     }
 }
 
-/// The configured servers. Ids are stable across reloads for servers whose
-/// URL did not change.
-pub struct Servers {
-    /// The server configured as primary (the health monitor may know better).
-    pub primary: ServerId,
-    pub list: Vec<Arc<ServerTarget>>,
-}
-
-impl Servers {
-    fn build(config: &Config, previous: Option<&Servers>, next_id: &AtomicU64) -> Servers {
-        let id_for = |url: &ServerUrl| -> ServerId {
-            if let Some(prev) = previous.and_then(|p| p.list.iter().find(|s| &s.url == url)) {
-                return prev.id;
-            }
-            ServerId(u32::try_from(next_id.fetch_add(1, Ordering::Relaxed)).unwrap_or(u32::MAX))
-        };
-        let primary = id_for(&config.primary);
-        let mut list = vec![ServerTarget::new(
-            primary,
-            config.primary.clone(),
-            config.net,
-        )];
-        for r in &config.replicas {
-            let id = id_for(r);
-            if list.iter().all(|s| s.id != id) {
-                list.push(ServerTarget::new(id, r.clone(), config.net));
-            }
-        }
-        Servers { primary, list }
-    }
-
-    pub fn get(&self, id: ServerId) -> Option<&Arc<ServerTarget>> {
-        self.list.iter().find(|s| s.id == id)
-    }
-}
-
 /// Everything a session needs, shared by all of them. The parts a reload may
-/// change sit behind `RwLock<Arc<_>>`: readers take a cheap snapshot.
+/// change are [`Shared`] values: readers take a snapshot.
 pub struct Context {
-    config: RwLock<Arc<Config>>,
-    servers: RwLock<Arc<Servers>>,
-    credentials: RwLock<Arc<Credentials>>,
+    config: Arc<Shared<Config>>,
+    servers: Arc<Shared<Servers>>,
+    credentials: Shared<Credentials>,
     next_server_id: AtomicU64,
-    pub pools: Pools,
+    pub pools: Arc<Pools>,
     pub classifier: Arc<Classifier>,
     pub health: Arc<Health>,
     pub cancels: CancelRegistry,
@@ -101,10 +66,6 @@ pub struct Context {
     pub terminate: watch::Sender<bool>,
 }
 
-fn read<T: ?Sized>(lock: &RwLock<Arc<T>>) -> Arc<T> {
-    lock.read().unwrap_or_else(|p| p.into_inner()).clone()
-}
-
 impl Context {
     pub fn new(config: Config) -> Result<Arc<Context>, TlsError> {
         let client_tls = ClientTls::new(&config.tls)?;
@@ -119,35 +80,47 @@ impl Context {
         let replay = crate::backend::replay::ReplayPositions::new(metrics.replay_queries.clone());
         Ok(Arc::new(Context {
             client_tls,
-            pools: Pools::new(config.pool.clone()),
+            pools: Arc::new(Pools::new(config.pool.clone())),
             classifier: Arc::new(Classifier::new(
                 FunctionCatalog::builtin(),
                 config.routing.cache_size,
             )),
             health: Arc::new(Health::new(HealthSnapshot::initial(&names))),
             cancels: CancelRegistry::default(),
-            credentials: RwLock::new(Arc::new(Credentials::from_config(&config))),
+            credentials: Shared::new(Credentials::from_config(&config)),
             metrics,
             pod_floor: AtomicU64::new(0),
             replay,
             draining: AtomicBool::new(false),
             terminate: watch::channel(false).0,
-            servers: RwLock::new(Arc::new(servers)),
+            servers: Arc::new(Shared::new(servers)),
             next_server_id: next,
-            config: RwLock::new(Arc::new(config)),
+            config: Arc::new(Shared::new(config)),
         }))
     }
 
     pub fn config(&self) -> Arc<Config> {
-        read(&self.config)
+        self.config.get()
     }
 
     pub fn servers(&self) -> Arc<Servers> {
-        read(&self.servers)
+        self.servers.get()
     }
 
     pub fn credentials(&self) -> Arc<Credentials> {
-        read(&self.credentials)
+        self.credentials.get()
+    }
+
+    /// What the health monitor works with.
+    pub fn monitored(&self) -> monitor::Monitored {
+        monitor::Monitored {
+            config: self.config.clone(),
+            servers: self.servers.clone(),
+            pools: self.pools.clone(),
+            health: self.health.clone(),
+            replay: self.replay.clone(),
+            classifier: self.classifier.clone(),
+        }
     }
 
     pub fn configured_primary(&self) -> ServerId {
@@ -174,8 +147,7 @@ impl Context {
         let servers = Servers::build(&new, Some(&self.servers()), &self.next_server_id);
         let names: Vec<String> = servers.list.iter().map(|s| s.name.clone()).collect();
         if new.primary.password != old.primary.password || new.primary.user != old.primary.user {
-            *self.credentials.write().unwrap_or_else(|p| p.into_inner()) =
-                Arc::new(Credentials::from_config(&new));
+            self.credentials.set(Credentials::from_config(&new));
         }
         // Fresh pools: new pool sizes, and server targets rebuilt with the
         // current TLS files. Connections lent out finish their sessions.
@@ -184,8 +156,8 @@ impl Context {
             // The running TLS settings stay, and the config says so.
             new.tls = old.tls.clone();
         }
-        *self.servers.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(servers);
-        *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
+        self.servers.set(servers);
+        self.config.set(new);
         tracing::info!(servers = ?names, "configuration reloaded");
     }
 }
@@ -272,8 +244,11 @@ impl App {
             reload_source,
         } = self;
         let (stop_tx, stop_rx) = watch::channel(false);
-        tokio::spawn(monitor::run_monitor(ctx.clone(), stop_rx.clone()));
-        tokio::spawn(monitor::run_catalog_refresh(ctx.clone(), stop_rx.clone()));
+        tokio::spawn(monitor::run_monitor(ctx.monitored(), stop_rx.clone()));
+        tokio::spawn(monitor::run_catalog_refresh(
+            ctx.monitored(),
+            stop_rx.clone(),
+        ));
         tokio::spawn(crate::admin::serve(admin, ctx.clone(), stop_rx.clone()));
         let config = ctx.config();
         tracing::info!(

@@ -32,5 +32,6 @@ pub mod net;
 pub mod protocol;
 pub mod route;
 pub mod server;
+pub mod shared;
 pub mod sqlstate;
 pub mod tls;

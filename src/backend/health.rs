@@ -5,7 +5,6 @@
 //! the latest [`HealthSnapshot`], a cheap `Arc` clone per unit.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -333,34 +332,6 @@ fn describe(h: &ServerHealth) -> &'static str {
     }
 }
 
-/// The shared, latest snapshot.
-pub struct Health {
-    current: RwLock<Arc<HealthSnapshot>>,
-    changed: tokio::sync::Notify,
-}
-
-impl Health {
-    pub fn new(initial: HealthSnapshot) -> Self {
-        Health {
-            current: RwLock::new(Arc::new(initial)),
-            changed: tokio::sync::Notify::new(),
-        }
-    }
-
-    pub fn get(&self) -> Arc<HealthSnapshot> {
-        self.current
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    pub fn publish(&self, snap: HealthSnapshot) {
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(snap);
-        self.changed.notify_waiters();
-    }
-
-    /// Resolves at the next publish (used by writers waiting for a primary).
-    pub async fn changed(&self) {
-        self.changed.notified().await;
-    }
-}
+/// The shared, latest snapshot: the monitor sets it, sessions read it once
+/// per unit, and writers waiting for a primary wait for its next change.
+pub type Health = crate::shared::Shared<HealthSnapshot>;

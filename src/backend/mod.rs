@@ -6,7 +6,9 @@ pub mod health;
 pub mod monitor;
 pub mod pool;
 pub mod replay;
+pub mod servers;
 
 pub use conn::{CancelKey, Login, ServerConn, ServerId, ServerTarget};
 pub use error::BackendError;
 pub use pool::{CheckoutError, Pooled, Pools};
+pub use servers::Servers;

@@ -11,10 +11,15 @@ use tokio::time::Instant;
 
 use super::BackendError;
 use super::conn::{Login, ServerConn, ServerTarget};
+use super::health::Health;
 use super::health::{HealthState, LagLimits, PrimaryState, Probe};
-use crate::app::Context;
+use super::replay::ReplayPositions;
+use super::{Pools, Servers};
+use crate::config::Config;
 use crate::route::catalog::{FunctionCatalog, LOAD_SQL};
+use crate::route::classify::Classifier;
 use crate::server::Lsn;
+use crate::shared::Shared;
 
 const PROBE_SQL: &str = "SELECT pg_is_in_recovery(), \
      (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text";
@@ -83,10 +88,22 @@ impl Prober {
     }
 }
 
+/// What the monitor reads (the configuration and the server list, both
+/// replaced on reload) and what it keeps current: the health snapshot, the
+/// replay positions, the pools' server set, the function catalog.
+pub struct Monitored {
+    pub config: Arc<Shared<Config>>,
+    pub servers: Arc<Shared<Servers>>,
+    pub pools: Arc<Pools>,
+    pub health: Arc<Health>,
+    pub replay: Arc<ReplayPositions>,
+    pub classifier: Arc<Classifier>,
+}
+
 /// Probes every configured server each `health_interval` and publishes the
 /// snapshot. Follows reloads: servers added or removed, limits changed.
-pub async fn run_monitor(ctx: Arc<Context>, mut shutdown: watch::Receiver<bool>) {
-    let servers = ctx.servers();
+pub async fn run_monitor(ctx: Monitored, mut shutdown: watch::Receiver<bool>) {
+    let servers = ctx.servers.get();
     let names: Vec<_> = servers
         .list
         .iter()
@@ -94,11 +111,11 @@ pub async fn run_monitor(ctx: Arc<Context>, mut shutdown: watch::Receiver<bool>)
         .collect();
     let mut state = HealthState::new(limits(&ctx), &names);
     let mut probers: Vec<Prober> = Vec::new();
-    let mut known: Option<Arc<crate::app::Servers>> = None;
+    let mut known: Option<Arc<Servers>> = None;
     loop {
-        let config = ctx.config();
+        let config = ctx.config.get();
         let interval = config.routing.health_interval;
-        let servers = ctx.servers();
+        let servers = ctx.servers.get();
         if !known.as_ref().is_some_and(|k| Arc::ptr_eq(k, &servers)) {
             // A probe may take at most the interval, but never less than a
             // second: a loaded server should not be declared dead by a short
@@ -154,7 +171,7 @@ pub async fn run_monitor(ctx: Arc<Context>, mut shutdown: watch::Receiver<bool>)
                 .find(|p| p.target.id == s.id)
                 .and_then(|p| p.last_error.clone());
         }
-        ctx.health.publish(snapshot);
+        ctx.health.set(snapshot);
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
             _ = shutdown.changed() => return,
@@ -162,8 +179,8 @@ pub async fn run_monitor(ctx: Arc<Context>, mut shutdown: watch::Receiver<bool>)
     }
 }
 
-fn limits(ctx: &Context) -> LagLimits {
-    let r = &ctx.config().routing;
+fn limits(ctx: &Monitored) -> LagLimits {
+    let r = &ctx.config.get().routing;
     LagLimits {
         max_lag: r.max_lag,
         max_lag_bytes: r.max_lag_bytes.0,
@@ -172,12 +189,12 @@ fn limits(ctx: &Context) -> LagLimits {
 
 /// Reloads function volatility from the primary every `function_refresh`,
 /// starting now.
-pub async fn run_catalog_refresh(ctx: Arc<Context>, mut shutdown: watch::Receiver<bool>) {
+pub async fn run_catalog_refresh(ctx: Monitored, mut shutdown: watch::Receiver<bool>) {
     let mut loaded_once = false;
     loop {
-        let config = ctx.config();
+        let config = ctx.config.get();
         let primary = match ctx.health.get().primary {
-            PrimaryState::Known(id) => ctx.server(id),
+            PrimaryState::Known(id) => ctx.servers.get().get(id).cloned(),
             _ => None,
         };
         if let Some(target) = primary {
