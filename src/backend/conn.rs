@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BytesMut};
 use postgres_protocol::authentication::md5_hash;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -73,15 +73,10 @@ pub struct ServerConn {
     pub status: TxStatus,
     /// Set when the connection's state is unknown (I/O error, a client vanished
     /// mid-statement): the pool then drops it instead of lending it again.
-    pub broken: bool,
-    /// Named prepared statements that exist on this connection, by name, with
-    /// a hash of the Parse message that created them.
-    pub prepared: HashMap<Bytes, u64>,
-    /// Text hash of the unnamed statement last parsed here, if any.
-    pub unnamed: Option<u64>,
-    /// Statements the client closed while this connection was not in use:
-    /// closed here ahead of the next unit it runs.
-    pub pending_close: Vec<Bytes>,
+    /// Never cleared: see [`ServerConn::mark_broken`].
+    broken: bool,
+    /// The prepared statements this connection holds.
+    pub statements: super::statements::Statements,
     /// Reported parameters (`application_name`, `TimeZone`...) the last client
     /// set at startup and that were left in place because that client ran only
     /// read-only work (no `DISCARD ALL`): the next client resets the ones it
@@ -155,9 +150,7 @@ impl ServerConn {
             key: CancelKey { pid: 0, secret: 0 },
             status: TxStatus::Idle,
             broken: false,
-            prepared: HashMap::new(),
-            unnamed: None,
-            pending_close: Vec::new(),
+            statements: Default::default(),
             carried: Vec::new(),
         }
     }
@@ -376,6 +369,16 @@ impl ServerConn {
         }
     }
 
+    /// The connection's state is unknown from now on: the pool drops it
+    /// instead of lending it again. There is no way back.
+    pub fn mark_broken(&mut self) {
+        self.broken = true;
+    }
+
+    pub fn is_broken(&self) -> bool {
+        self.broken
+    }
+
     pub(crate) fn note_parameter(&mut self, frame: &Frame) -> Result<(), BackendError> {
         let (k, v) = fields::parameter_status(frame.body()).map_err(|e| self.protocol(e))?;
         self.params.insert(k.to_vec(), v.to_vec());
@@ -561,9 +564,7 @@ impl ServerConn {
         }
         match self.run_internal(b"DISCARD ALL").await {
             Ok(Ok(())) => {
-                self.prepared.clear();
-                self.unnamed = None;
-                self.pending_close.clear();
+                self.statements.clear();
                 self.carried.clear();
                 Ok(())
             }
@@ -578,7 +579,7 @@ impl ServerConn {
     /// only read-only work run since the last reset (the caller knows), it can
     /// serve another client without `DISCARD ALL`.
     pub fn is_clean(&self) -> bool {
-        self.idle() && self.prepared.is_empty() && self.pending_close.is_empty()
+        self.idle() && self.statements.is_empty()
     }
 
     /// Usable, outside any transaction, and nothing unread.

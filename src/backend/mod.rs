@@ -7,6 +7,7 @@ pub mod monitor;
 pub mod pool;
 pub mod replay;
 pub mod servers;
+pub mod statements;
 
 pub use conn::{CancelKey, Login, ServerConn, ServerId, ServerTarget};
 pub use error::BackendError;

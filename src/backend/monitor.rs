@@ -70,7 +70,7 @@ impl Prober {
 
     async fn probe_inner(&mut self) -> Result<Probe, BackendError> {
         let conn = match self.conn.take() {
-            Some(c) if !c.broken => self.conn.insert(c),
+            Some(c) if !c.is_broken() => self.conn.insert(c),
             _ => {
                 let c =
                     ServerConn::connect(self.target.clone(), &login(&self.target), self.timeout)

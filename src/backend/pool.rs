@@ -64,13 +64,13 @@ impl bb8::ManageConnection for ServerManager {
         if conn.is_idle_and_open() {
             Ok(())
         } else {
-            conn.broken = true;
+            conn.mark_broken();
             Err(BackendError::Closed(conn.target.name.clone()))
         }
     }
 
     fn has_broken(&self, conn: &mut ServerConn) -> bool {
-        conn.broken
+        conn.is_broken()
     }
 }
 

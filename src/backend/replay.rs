@@ -193,7 +193,7 @@ impl ReplayPositions {
                     entry.polling = false;
                     entry.wanted = 0;
                     entry.wanted_until = None;
-                    entry.conn = conn.filter(|c| !c.broken);
+                    entry.conn = conn.filter(|c| !c.is_broken());
                     return;
                 }
             }
@@ -228,7 +228,7 @@ impl ReplayPositions {
         conn: &mut Option<ServerConn>,
     ) -> Option<Lsn> {
         let c = match conn.take() {
-            Some(c) if !c.broken => conn.insert(c),
+            Some(c) if !c.is_broken() => conn.insert(c),
             _ => {
                 let c = ServerConn::connect(target.clone(), login, Duration::from_secs(1))
                     .await

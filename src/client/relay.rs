@@ -66,7 +66,7 @@ impl Expect {
 /// Closes, ahead of a unit, the statements the client closed earlier while
 /// `conn` was not in use.
 pub fn stage_pending_closes(conn: &mut ServerConn, out: &mut BytesMut, exp: &mut Expect) {
-    for name in conn.pending_close.drain(..) {
+    for name in conn.statements.take_pending_closes() {
         out.extend_from_slice(&build::close_statement(&name));
         exp.close.push_back(true);
     }
@@ -91,26 +91,21 @@ pub fn stage(
                 .statement(name)
                 .filter(|s| s.parse == frame.bytes)
                 .map_or_else(|| super::state::hash_bytes(body), |s| s.hash);
-            if name.is_empty() {
-                conn.unnamed = Some(hash);
-                exp.parse.push_back(ParseExpect {
-                    name: None,
-                    hash,
-                    injected: false,
-                });
-            } else {
-                let name = frame.bytes.slice_ref(name);
-                if conn.prepared.remove(&name).is_some() {
-                    out.extend_from_slice(&build::close_statement(&name));
-                    exp.close.push_back(true);
-                }
-                conn.prepared.insert(name.clone(), hash);
-                exp.parse.push_back(ParseExpect {
-                    name: Some(name),
-                    hash,
-                    injected: false,
-                });
+            let name = (!name.is_empty()).then(|| frame.bytes.slice_ref(name));
+            if let Some(name) = &name
+                && conn.statements.closing(name)
+            {
+                // The name is taken (by another text, or the same one
+                // parsed again): the server needs it free first.
+                out.extend_from_slice(&build::close_statement(name));
+                exp.close.push_back(true);
             }
+            conn.statements.parsing(name.clone(), hash);
+            exp.parse.push_back(ParseExpect {
+                name,
+                hash,
+                injected: false,
+            });
         }
         tag::BIND => {
             let (_, stmt) = fields::bind(body)?;
@@ -125,15 +120,13 @@ pub fn stage(
         tag::CLOSE => {
             let (kind, name) = fields::target(body, "Close")?;
             if kind == b'S' {
-                if name.is_empty() {
-                    conn.unnamed = None;
-                } else {
-                    conn.prepared.remove(name);
-                }
+                conn.statements.closing(name);
             }
             exp.close.push_back(false);
         }
-        tag::QUERY => conn.unnamed = None,
+        tag::QUERY => {
+            conn.statements.closing(b"");
+        }
         _ => {}
     }
     out.extend_from_slice(&frame.bytes);
@@ -154,39 +147,27 @@ fn ensure_prepared(
         // (it ran a simple Query or a Close since, or it was the previous
         // client's, see `Session::release`): close it, so that the client
         // gets the error a connection of its own would give.
-        if name.is_empty() && conn.unnamed.take().is_some() {
+        if name.is_empty() && conn.statements.closing(b"") {
             out.extend_from_slice(&build::close_statement(b""));
             exp.close.push_back(true);
         }
         return;
     };
-    if name.is_empty() {
-        if conn.unnamed == Some(stmt.hash) {
-            return;
-        }
-        conn.unnamed = Some(stmt.hash);
-        exp.parse.push_back(ParseExpect {
-            name: None,
-            hash: stmt.hash,
-            injected: true,
-        });
-    } else {
-        match conn.prepared.get(name) {
-            Some(h) if *h == stmt.hash => return,
-            Some(_) => {
-                out.extend_from_slice(&build::close_statement(name));
-                exp.close.push_back(true);
-            }
-            None => {}
-        }
-        let key = Bytes::copy_from_slice(name);
-        conn.prepared.insert(key.clone(), stmt.hash);
-        exp.parse.push_back(ParseExpect {
-            name: Some(key),
-            hash: stmt.hash,
-            injected: true,
-        });
+    if conn.statements.has(name, stmt.hash) {
+        return;
     }
+    let key = (!name.is_empty()).then(|| Bytes::copy_from_slice(name));
+    if key.is_some() && conn.statements.closing(name) {
+        // Another text holds the name here.
+        out.extend_from_slice(&build::close_statement(name));
+        exp.close.push_back(true);
+    }
+    conn.statements.parsing(key.clone(), stmt.hash);
+    exp.parse.push_back(ParseExpect {
+        name: key,
+        hash: stmt.hash,
+        injected: true,
+    });
     out.extend_from_slice(&stmt.parse);
 }
 
@@ -195,19 +176,14 @@ fn ensure_prepared(
 /// own Parse, the session has that statement.
 pub fn settle(exp: &mut Expect, st: &mut SessionState, conn: &mut ServerConn) {
     for pe in exp.parse.drain(..) {
+        conn.statements.parse_failed(pe.name.as_ref(), pe.hash);
         match pe.name {
             None => {
-                if conn.unnamed == Some(pe.hash) {
-                    conn.unnamed = None;
-                }
                 if !pe.injected && st.unnamed.as_ref().is_some_and(|s| s.hash == pe.hash) {
                     st.unnamed = None;
                 }
             }
             Some(name) => {
-                if conn.prepared.get(&name) == Some(&pe.hash) {
-                    conn.prepared.remove(&name);
-                }
                 if !pe.injected && st.statements.get(&name).is_some_and(|s| s.hash == pe.hash) {
                     st.statements.remove(&name);
                 }
@@ -324,13 +300,13 @@ pub async fn relay(
                 let frame = match f {
                     Ok(Some(f)) => f,
                     Ok(None) => {
-                        conn.broken = true;
+                        conn.mark_broken();
                         return Err(RelayError::Client(ClientError::Gone(
                             std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "client left mid-statement"),
                         )));
                     }
                     Err(e) => {
-                        conn.broken = true;
+                        conn.mark_broken();
                         return Err(RelayError::Client(e));
                     }
                 };
@@ -362,7 +338,7 @@ fn client_message(
     // a direct client.
     let late_copy = matches!(frame.tag, tag::COPY_DATA | tag::COPY_DONE | tag::COPY_FAIL);
     if !super::unit::is_unit_message(frame.tag) && !late_copy {
-        conn.broken = true;
+        conn.mark_broken();
         return Err(RelayError::Client(
             ProtocolError::UnexpectedTag(char::from(frame.tag)).into(),
         ));
@@ -375,7 +351,7 @@ fn client_message(
 
 /// The server broke the protocol: its connection is done.
 fn server_protocol(conn: &mut ServerConn, e: ProtocolError, replies: &Replies) -> RelayError {
-    conn.broken = true;
+    conn.mark_broken();
     RelayError::Server {
         error: conn.protocol(e),
         sent_to_client: replies.out.sent_to_client,
@@ -431,7 +407,7 @@ impl Emit {
 fn client_write(r: Result<(), ClientError>, conn: &mut ServerConn) -> Result<(), RelayError> {
     r.map_err(|e| {
         // The server is mid-reply; its state is unknown once we stop reading.
-        conn.broken = true;
+        conn.mark_broken();
         RelayError::Client(e)
     })
 }

@@ -666,7 +666,7 @@ async fn a_server_sending_garbage_is_cut_off() {
             Err(relay::RelayError::Client(e)) => panic!("client error: {e}"),
         }
         assert!(
-            conn.broken,
+            conn.is_broken(),
             "a connection that sent {garbage:?} would be reused"
         );
         assert_client_got_nothing(io, app).await;

@@ -87,7 +87,7 @@ impl Session {
             && !held.conn.is_idle_and_open()
         {
             tracing::debug!(server = %held.conn.target.name, "held server connection went away; replacing it");
-            held.conn.broken = true;
+            held.conn.mark_broken();
             self.conns.remove(id);
         }
         if !self.conns.holds(id) {
@@ -177,15 +177,14 @@ impl Session {
             match held.conn.run_internal(sql).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
-                    held.conn.broken = true;
+                    held.conn.mark_broken();
                     return Err(e.into());
                 }
                 Err(e) => return Err(e.into()),
             }
         }
         if drops {
-            held.conn.prepared.clear();
-            held.conn.unnamed = None;
+            held.conn.statements.clear();
         }
         held.applied = applied;
         Ok(())

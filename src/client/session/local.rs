@@ -112,12 +112,7 @@ impl Session {
                     let (kind, name) = crate::protocol::fields::target(frame.body(), "Close")?;
                     if kind == b'S' {
                         for held in self.conns.iter_mut() {
-                            let conn = &mut held.conn;
-                            if name.is_empty() {
-                                conn.unnamed = None;
-                            } else if let Some((key, _)) = conn.prepared.remove_entry(name) {
-                                conn.pending_close.push(key);
-                            }
+                            held.conn.statements.close_later(name);
                         }
                     }
                     reply.extend_from_slice(&build::close_complete());

@@ -221,7 +221,7 @@ impl Session {
                         out.extend_from_slice(&f.bytes);
                     }
                     other => {
-                        conn.broken = true;
+                        conn.mark_broken();
                         return Err(conn
                             .protocol(ProtocolError::UnexpectedTag(char::from(other)))
                             .into());
@@ -229,7 +229,7 @@ impl Session {
                 },
                 Ok(None) => break,
                 Err(e) => {
-                    conn.broken = true;
+                    conn.mark_broken();
                     return Err(conn.protocol(e).into());
                 }
             }

@@ -294,8 +294,7 @@ impl Session {
             held.applied = st.replay.len();
         }
         if learned.drops_prepared {
-            held.conn.prepared.clear();
-            held.conn.unnamed = None;
+            held.conn.statements.clear();
         }
         Ok(())
     }
