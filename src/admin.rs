@@ -4,15 +4,25 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
+use crate::backend::health::{Health, PrimaryState};
+use crate::backend::{Pools, Servers};
+use crate::lifecycle::{Lifecycle, Phase};
+use crate::metrics::Metrics;
+use crate::shared::Shared;
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 
-use crate::app::Context;
-use crate::backend::health::PrimaryState;
+/// What the admin listener reads, built by `app`.
+pub struct AdminDeps {
+    pub lifecycle: Lifecycle,
+    pub health: Arc<Health>,
+    pub servers: Arc<Shared<Servers>>,
+    pub pools: Arc<Pools>,
+    pub metrics: Arc<Metrics>,
+}
 
 fn respond(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
@@ -24,8 +34,8 @@ fn respond(status: StatusCode, content_type: &str, body: String) -> Response<Ful
 }
 
 /// Readiness: can this pgsplit serve writes right now?
-pub fn readiness(ctx: &Context) -> Result<(), String> {
-    if ctx.draining.load(std::sync::atomic::Ordering::Acquire) {
+pub fn readiness(ctx: &AdminDeps) -> Result<(), String> {
+    if ctx.lifecycle.phase() >= Phase::Draining {
         return Err("draining".into());
     }
     match ctx.health.get().primary {
@@ -37,7 +47,7 @@ pub fn readiness(ctx: &Context) -> Result<(), String> {
 }
 
 async fn handle(
-    ctx: Arc<Context>,
+    ctx: Arc<AdminDeps>,
     req: Request<hyper::body::Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let text = "text/plain; charset=utf-8";
@@ -52,7 +62,7 @@ async fn handle(
             ),
         },
         "/metrics" => {
-            let servers = ctx.servers();
+            let servers = ctx.servers.get();
             let pools: Vec<(String, u32, u32)> = ctx
                 .pools
                 .stats()
@@ -72,14 +82,16 @@ async fn handle(
     })
 }
 
-pub async fn serve(listener: TcpListener, ctx: Arc<Context>, mut stop: watch::Receiver<bool>) {
+/// Serves until the lifecycle reaches `Stopped`.
+pub async fn serve(listener: TcpListener, ctx: Arc<AdminDeps>) {
+    let mut stopped = std::pin::pin!(ctx.lifecycle.reached(Phase::Stopped));
     loop {
         let (tcp, _) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(_) => continue,
             },
-            _ = stop.changed() => return,
+            () = &mut stopped => return,
         };
         let ctx = ctx.clone();
         tokio::spawn(async move {

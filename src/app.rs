@@ -1,22 +1,28 @@
-//! Wiring: bind the listeners, start the background tasks, accept clients, and
-//! own shutdown (drain) and reload.
+//! Wiring: build each subsystem's narrow handle from the running parts, bind
+//! the listeners, start the background tasks on the lifecycle's tracker,
+//! accept clients, and own shutdown (drain) and reload. Nothing imports this
+//! module but `main`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
+use crate::admin::AdminDeps;
 use crate::backend::health::{Health, HealthSnapshot};
 use crate::backend::monitor;
-use crate::backend::{Pools, ServerId, ServerTarget, Servers};
-use crate::client::auth::ScramSecret;
+use crate::backend::replay::ReplayPositions;
+use crate::backend::{Pools, Servers};
+use crate::client::auth::Credentials;
 use crate::client::cancel::CancelRegistry;
+use crate::client::services::{HandshakeDeps, Services, SessionDeps};
 use crate::config::{Config, Overrides};
+use crate::lifecycle::{Lifecycle, Phase};
 use crate::metrics::Metrics;
 use crate::protocol::build;
 use crate::route::catalog::FunctionCatalog;
@@ -24,51 +30,27 @@ use crate::route::classify::Classifier;
 use crate::shared::Shared;
 use crate::tls::{ClientTls, TlsError};
 
-/// The credentials clients log in with (those of the primary URL).
-pub struct Credentials {
-    pub user: String,
-    pub password: String,
-    pub scram: ScramSecret,
-}
-
-impl Credentials {
-    fn from_config(config: &Config) -> Self {
-        let password = config.primary.password.clone().unwrap_or_default();
-        Credentials {
-            user: config.user().to_owned(),
-            scram: ScramSecret::generate(&password),
-            password,
-        }
-    }
-}
-
-/// Everything a session needs, shared by all of them. The parts a reload may
-/// change are [`Shared`] values: readers take a snapshot.
-pub struct Context {
+/// The running pgsplit's parts, each shared by the handles built from them
+/// (see [`Wiring::services`], [`Wiring::monitored`], [`Wiring::admin`]).
+/// Only `app` sees them all: it builds the handles and applies reloads.
+struct Wiring {
     config: Arc<Shared<Config>>,
     servers: Arc<Shared<Servers>>,
-    credentials: Shared<Credentials>,
+    credentials: Arc<Shared<Credentials>>,
     next_server_id: AtomicU64,
-    pub pools: Arc<Pools>,
-    pub classifier: Arc<Classifier>,
-    pub health: Arc<Health>,
-    pub cancels: CancelRegistry,
-    pub metrics: Arc<Metrics>,
-    pub client_tls: ClientTls,
-    /// Read-your-writes floor shared by every session (`read_your_writes = "pod"`):
-    /// the highest WAL position recorded after a committed write, 0 for none.
-    pub pod_floor: AtomicU64,
-    /// Replica replay positions, learned by the monitor and on demand.
-    pub replay: Arc<crate::backend::replay::ReplayPositions>,
-    /// Set on SIGTERM/SIGINT: /readyz turns 503.
-    pub draining: AtomicBool,
-    /// Flips to true when open sessions must end now (57P01).
-    pub terminate: watch::Sender<bool>,
+    pools: Arc<Pools>,
+    client_tls: Arc<ClientTls>,
+    cancels: Arc<CancelRegistry>,
+    metrics: Arc<Metrics>,
+    lifecycle: Lifecycle,
+    /// What sessions share (routing inputs, floors); the monitor keeps part
+    /// of it current.
+    session: Arc<SessionDeps>,
 }
 
-impl Context {
-    pub fn new(config: Config) -> Result<Arc<Context>, TlsError> {
-        let client_tls = ClientTls::new(&config.tls)?;
+impl Wiring {
+    fn new(config: Config) -> Result<Wiring, TlsError> {
+        let client_tls = Arc::new(ClientTls::new(&config.tls)?);
         let next = AtomicU64::new(0);
         let servers = Servers::build(&config, None, &next);
         let names: Vec<_> = servers
@@ -77,65 +59,79 @@ impl Context {
             .map(|s| (s.id, s.name.clone()))
             .collect();
         let metrics = Metrics::new();
-        let replay = crate::backend::replay::ReplayPositions::new(metrics.replay_queries.clone());
-        Ok(Arc::new(Context {
-            client_tls,
-            pools: Arc::new(Pools::new(config.pool.clone())),
+        let lifecycle = Lifecycle::default();
+        let replay = ReplayPositions::new(metrics.replay_queries.clone(), lifecycle.clone());
+        let config = Arc::new(Shared::new(config));
+        let servers = Arc::new(Shared::new(servers));
+        let pools = Arc::new(Pools::new(config.get().pool.clone()));
+        let session = Arc::new(SessionDeps {
+            config: config.clone(),
+            servers: servers.clone(),
+            pools: pools.clone(),
             classifier: Arc::new(Classifier::new(
                 FunctionCatalog::builtin(),
-                config.routing.cache_size,
+                config.get().routing.cache_size,
             )),
             health: Arc::new(Health::new(HealthSnapshot::initial(&names))),
-            cancels: CancelRegistry::default(),
-            credentials: Shared::new(Credentials::from_config(&config)),
-            metrics,
-            pod_floor: AtomicU64::new(0),
+            metrics: metrics.clone(),
             replay,
-            draining: AtomicBool::new(false),
-            terminate: watch::channel(false).0,
-            servers: Arc::new(Shared::new(servers)),
+            pod_floor: Arc::new(AtomicU64::new(0)),
+            lifecycle: lifecycle.clone(),
+        });
+        Ok(Wiring {
+            credentials: Arc::new(Shared::new(Credentials::from_config(&config.get()))),
+            config,
+            servers,
             next_server_id: next,
-            config: Arc::new(Shared::new(config)),
-        }))
+            pools,
+            client_tls,
+            cancels: Arc::new(CancelRegistry::default()),
+            metrics,
+            lifecycle,
+            session,
+        })
     }
 
-    pub fn config(&self) -> Arc<Config> {
-        self.config.get()
+    fn services(&self) -> Arc<Services> {
+        Arc::new(Services {
+            handshake: HandshakeDeps {
+                config: self.config.clone(),
+                client_tls: self.client_tls.clone(),
+                credentials: self.credentials.clone(),
+                cancels: self.cancels.clone(),
+                metrics: self.metrics.clone(),
+            },
+            session: self.session.clone(),
+        })
     }
 
-    pub fn servers(&self) -> Arc<Servers> {
-        self.servers.get()
-    }
-
-    pub fn credentials(&self) -> Arc<Credentials> {
-        self.credentials.get()
-    }
-
-    /// What the health monitor works with.
-    pub fn monitored(&self) -> monitor::Monitored {
+    fn monitored(&self) -> monitor::Monitored {
         monitor::Monitored {
             config: self.config.clone(),
             servers: self.servers.clone(),
             pools: self.pools.clone(),
-            health: self.health.clone(),
-            replay: self.replay.clone(),
-            classifier: self.classifier.clone(),
+            health: self.session.health.clone(),
+            replay: self.session.replay.clone(),
+            classifier: self.session.classifier.clone(),
+            lifecycle: self.lifecycle.clone(),
         }
     }
 
-    pub fn configured_primary(&self) -> ServerId {
-        self.servers().primary
-    }
-
-    pub fn server(&self, id: ServerId) -> Option<Arc<ServerTarget>> {
-        self.servers().get(id).cloned()
+    fn admin(&self) -> Arc<AdminDeps> {
+        Arc::new(AdminDeps {
+            lifecycle: self.lifecycle.clone(),
+            health: self.session.health.clone(),
+            servers: self.servers.clone(),
+            pools: self.pools.clone(),
+            metrics: self.metrics.clone(),
+        })
     }
 
     /// Applies a new configuration to a running pgsplit: servers, routing
     /// limits, pool settings, credentials. Listen addresses and `workers` need a
     /// restart.
-    pub fn reload(&self, mut new: Config) {
-        let old = self.config();
+    fn reload(&self, mut new: Config) {
+        let old = self.config.get();
         if new.listen != old.listen || new.admin_listen != old.admin_listen {
             tracing::warn!(
                 "listen addresses changed in the config; they take effect on restart only"
@@ -144,7 +140,7 @@ impl Context {
         if new.workers != old.workers {
             tracing::warn!("workers changed in the config; it takes effect on restart only");
         }
-        let servers = Servers::build(&new, Some(&self.servers()), &self.next_server_id);
+        let servers = Servers::build(&new, Some(&self.servers.get()), &self.next_server_id);
         let names: Vec<String> = servers.list.iter().map(|s| s.name.clone()).collect();
         if new.primary.password != old.primary.password || new.primary.user != old.primary.user {
             self.credentials.set(Credentials::from_config(&new));
@@ -186,7 +182,7 @@ pub enum Control {
 }
 
 pub struct App {
-    pub ctx: Arc<Context>,
+    wiring: Wiring,
     listener: TcpListener,
     admin: TcpListener,
     /// Where a reload reads the config from (file + environment + flags).
@@ -208,7 +204,7 @@ impl App {
                 source,
             })?;
         Ok(App {
-            ctx: Context::new(config).map_err(AppError::Tls)?,
+            wiring: Wiring::new(config).map_err(AppError::Tls)?,
             listener,
             admin,
             reload_source: None,
@@ -225,32 +221,37 @@ impl App {
     pub fn local_addr(&self) -> SocketAddr {
         self.listener
             .local_addr()
-            .unwrap_or(self.ctx.config().listen)
+            .unwrap_or(self.wiring.config.get().listen)
     }
 
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin
             .local_addr()
-            .unwrap_or(self.ctx.config().admin_listen)
+            .unwrap_or(self.wiring.config.get().admin_listen)
+    }
+
+    /// What sessions share: the health snapshot, the classifier, the
+    /// floors (tests and the demo look at it).
+    pub fn session_deps(&self) -> Arc<SessionDeps> {
+        self.wiring.session.clone()
     }
 
     /// Serves until `control` says to stop (or closes, which means stop).
     pub async fn run(self, mut control: impl futures_util::Stream<Item = Control> + Unpin) {
         use futures_util::StreamExt;
         let App {
-            ctx,
+            wiring,
             listener,
             admin,
             reload_source,
         } = self;
-        let (stop_tx, stop_rx) = watch::channel(false);
-        tokio::spawn(monitor::run_monitor(ctx.monitored(), stop_rx.clone()));
-        tokio::spawn(monitor::run_catalog_refresh(
-            ctx.monitored(),
-            stop_rx.clone(),
-        ));
-        tokio::spawn(crate::admin::serve(admin, ctx.clone(), stop_rx.clone()));
-        let config = ctx.config();
+        let life = wiring.lifecycle.clone();
+        life.spawn(monitor::run_monitor(wiring.monitored()));
+        life.spawn(monitor::run_catalog_refresh(wiring.monitored()));
+        life.spawn(crate::admin::serve(admin, wiring.admin()));
+        let services = wiring.services();
+        let metrics = wiring.metrics.clone();
+        let config = wiring.config.get();
         tracing::info!(
             listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
             primary = %config.primary,
@@ -272,51 +273,55 @@ impl App {
                 },
                 c = control.next() => match c {
                     Some(Control::Reload) => {
-                        reload(&ctx, reload_source.as_ref());
+                        reload(&wiring, reload_source.as_ref());
                         continue;
                     }
                     Some(other) => break other,
                     None => break Control::Stop,
                 },
             };
-            let ctx = ctx.clone();
+            let metrics = metrics.clone();
             match limit.clone().try_acquire_owned() {
                 Ok(permit) => {
+                    let services = services.clone();
                     sessions.spawn(async move {
-                        ctx.metrics.client_connections.increment(1.0);
-                        ctx.metrics.client_connections_total.increment(1);
-                        crate::client::serve_client(ctx.clone(), tcp, peer).await;
-                        ctx.metrics.client_connections.decrement(1.0);
+                        metrics.client_connections.increment(1.0);
+                        metrics.client_connections_total.increment(1);
+                        crate::client::serve_client(services, tcp, peer).await;
+                        metrics.client_connections.decrement(1.0);
                         drop(permit);
                     });
                 }
                 Err(_) => {
-                    tokio::spawn(async move {
+                    // Told and closed on a tracked task: a flood of refused
+                    // clients cannot outlive the process's shutdown.
+                    sessions.spawn(async move {
                         use tokio::io::AsyncWriteExt;
                         let mut tcp = tcp;
-                        ctx.metrics.rejected("too_many_clients");
+                        metrics.rejected("too_many_clients");
                         let msg = build::error_response(
                             build::Severity::Fatal,
                             crate::sqlstate::TOO_MANY_CONNECTIONS,
                             "pgsplit: sorry, too many clients already",
                         );
-                        let _ = tcp.write_all(&msg).await;
+                        let _ =
+                            tokio::time::timeout(Duration::from_secs(1), tcp.write_all(&msg)).await;
                     });
                 }
             }
         };
         // Stop accepting: closing the listener makes new connections fail fast.
         drop(listener);
-        ctx.draining.store(true, Ordering::Release);
+        life.advance(Phase::Draining);
         sessions.close();
         let grace = if how == Control::Drain {
-            ctx.config().limits.shutdown_grace
+            wiring.config.get().limits.shutdown_grace
         } else {
             Duration::ZERO
         };
         tracing::info!(open = sessions.len(), ?grace, "draining client sessions");
         if tokio::time::timeout(grace, sessions.wait()).await.is_err() || grace.is_zero() {
-            let _ = ctx.terminate.send(true);
+            life.advance(Phase::Terminating);
             // Sessions tell their clients 57P01 and return their connections.
             if tokio::time::timeout(Duration::from_secs(5), sessions.wait())
                 .await
@@ -325,12 +330,17 @@ impl App {
                 tracing::warn!(open = sessions.len(), "sessions did not end in time");
             }
         }
-        let _ = stop_tx.send(true);
+        if tokio::time::timeout(Duration::from_secs(5), life.stopped())
+            .await
+            .is_err()
+        {
+            tracing::warn!("background tasks did not stop in time");
+        }
         tracing::info!("pgsplit stopped");
     }
 }
 
-fn reload(ctx: &Context, source: Option<&(PathBuf, Overrides)>) {
+fn reload(wiring: &Wiring, source: Option<&(PathBuf, Overrides)>) {
     let Some((file, flags)) = source else {
         tracing::warn!(
             "reload requested but pgsplit was started without --config; nothing to reload"
@@ -338,7 +348,7 @@ fn reload(ctx: &Context, source: Option<&(PathBuf, Overrides)>) {
         return;
     };
     match Config::load(Some(file), std::env::vars(), flags) {
-        Ok(new) => ctx.reload(new),
+        Ok(new) => wiring.reload(new),
         Err(e) => tracing::error!(error = %e, "reload rejected; keeping the running configuration"),
     }
 }

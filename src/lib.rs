@@ -27,6 +27,7 @@ pub mod backend;
 pub mod client;
 pub mod cluster;
 pub mod config;
+pub mod lifecycle;
 pub mod metrics;
 pub mod net;
 pub mod protocol;

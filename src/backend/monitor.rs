@@ -6,7 +6,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::BackendError;
@@ -16,6 +15,7 @@ use super::health::{HealthState, LagLimits, PrimaryState, Probe};
 use super::replay::ReplayPositions;
 use super::{Pools, Servers};
 use crate::config::Config;
+use crate::lifecycle::{Lifecycle, Phase};
 use crate::route::catalog::{FunctionCatalog, LOAD_SQL};
 use crate::route::classify::Classifier;
 use crate::server::Lsn;
@@ -98,11 +98,14 @@ pub struct Monitored {
     pub health: Arc<Health>,
     pub replay: Arc<ReplayPositions>,
     pub classifier: Arc<Classifier>,
+    /// Both loops end when it reaches `Stopped`.
+    pub lifecycle: Lifecycle,
 }
 
 /// Probes every configured server each `health_interval` and publishes the
 /// snapshot. Follows reloads: servers added or removed, limits changed.
-pub async fn run_monitor(ctx: Monitored, mut shutdown: watch::Receiver<bool>) {
+pub async fn run_monitor(ctx: Monitored) {
+    let mut stopped = std::pin::pin!(ctx.lifecycle.reached(Phase::Stopped));
     let servers = ctx.servers.get();
     let names: Vec<_> = servers
         .list
@@ -174,7 +177,7 @@ pub async fn run_monitor(ctx: Monitored, mut shutdown: watch::Receiver<bool>) {
         ctx.health.set(snapshot);
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
-            _ = shutdown.changed() => return,
+            () = &mut stopped => return,
         }
     }
 }
@@ -189,7 +192,8 @@ fn limits(ctx: &Monitored) -> LagLimits {
 
 /// Reloads function volatility from the primary every `function_refresh`,
 /// starting now.
-pub async fn run_catalog_refresh(ctx: Monitored, mut shutdown: watch::Receiver<bool>) {
+pub async fn run_catalog_refresh(ctx: Monitored) {
+    let mut stopped = std::pin::pin!(ctx.lifecycle.reached(Phase::Stopped));
     let mut loaded_once = false;
     loop {
         let config = ctx.config.get();
@@ -224,7 +228,7 @@ pub async fn run_catalog_refresh(ctx: Monitored, mut shutdown: watch::Receiver<b
         };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = shutdown.changed() => return,
+            () = &mut stopped => return,
         }
     }
 }

@@ -23,6 +23,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::conn::{Login, ServerConn, ServerTarget};
+use crate::lifecycle::Lifecycle;
 use crate::route::router::ReplicaStatus;
 use crate::server::{Lsn, ServerId};
 
@@ -87,15 +88,18 @@ pub struct ReplayPositions {
     entries: Mutex<HashMap<ServerId, Entry>>,
     /// Position queries sent (a metrics counter).
     queries: metrics::Counter,
+    /// Poll loops run on its tracker, so shutdown waits for them.
+    lifecycle: Lifecycle,
     #[cfg(test)]
     sent: std::sync::atomic::AtomicU64,
 }
 
 impl ReplayPositions {
-    pub fn new(queries: metrics::Counter) -> Arc<ReplayPositions> {
+    pub fn new(queries: metrics::Counter, lifecycle: Lifecycle) -> Arc<ReplayPositions> {
         Arc::new(ReplayPositions {
             entries: Mutex::new(HashMap::new()),
             queries,
+            lifecycle,
             #[cfg(test)]
             sent: std::sync::atomic::AtomicU64::new(0),
         })
@@ -161,7 +165,8 @@ impl ReplayPositions {
                 let me = self.clone();
                 let target = target.clone();
                 let login = login.clone();
-                tokio::spawn(async move { me.poll(target, login).await });
+                self.lifecycle
+                    .spawn(async move { me.poll(target, login).await });
             }
             entry.known.subscribe()
         };
@@ -258,7 +263,7 @@ mod tests {
 
     #[test]
     fn positions_only_grow() {
-        let p = ReplayPositions::new(metrics::Counter::noop());
+        let p = ReplayPositions::new(metrics::Counter::noop(), Lifecycle::default());
         // Routing sees the larger of the probe's position and the learned one.
         let status = |id, replay| ReplicaStatus {
             id: ServerId(id),
@@ -285,7 +290,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_known_position_answers_without_a_query() {
-        let p = ReplayPositions::new(metrics::Counter::noop());
+        let p = ReplayPositions::new(metrics::Counter::noop(), Lifecycle::default());
         let url = crate::config::ServerUrl::parse("postgres://u@127.0.0.1:1/db?sslmode=disable")
             .unwrap_or_else(|e| panic!("{e}"));
         let target = ServerTarget::new(ServerId(1), url, crate::config::NetConfig::default());

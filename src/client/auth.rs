@@ -29,6 +29,24 @@ use sha2::{Digest as _, Sha256};
 
 use crate::sqlstate;
 
+/// The credentials clients log in with (those of the primary URL).
+pub struct Credentials {
+    pub user: String,
+    pub password: String,
+    pub scram: ScramSecret,
+}
+
+impl Credentials {
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        let password = config.primary.password.clone().unwrap_or_default();
+        Credentials {
+            user: config.user().to_owned(),
+            scram: ScramSecret::generate(&password),
+            password,
+        }
+    }
+}
+
 /// The SASL mechanism offered on every connection.
 pub const SCRAM_SHA_256: &str = "SCRAM-SHA-256";
 /// The SASL mechanism with channel binding, offered (first) over TLS.

@@ -10,8 +10,8 @@ use super::auth::{
     self, AuthError, Binding, SCRAM_SHA_256, SCRAM_SHA_256_PLUS, ScramExchange, md5_verify,
     parse_password, parse_sasl_initial_response, random_server_nonce,
 };
+use super::services::HandshakeDeps;
 use super::{ClientError, ClientIo};
-use crate::app::Context;
 use crate::config::{AuthMethod, TlsMode};
 use crate::net::Stream;
 use crate::protocol::startup::{
@@ -71,7 +71,7 @@ async fn read_startup(stream: &mut Stream, buf: &mut BytesMut) -> Result<Startup
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
 async fn accept_tls(
-    ctx: &Context,
+    ctx: &HandshakeDeps,
     tcp: tokio::net::TcpStream,
     config: std::sync::Arc<crate::tls::Acceptor>,
     direct: bool,
@@ -102,7 +102,7 @@ fn refuse(e: ClientError, stream: Stream) -> (ClientError, Option<ClientIo>) {
 /// Runs the handshake. On failure the client's stream comes back (when it is
 /// still usable) so the caller can send the error.
 pub async fn handshake(
-    ctx: &Context,
+    ctx: &HandshakeDeps,
     tcp: tokio::net::TcpStream,
 ) -> Result<Outcome, (ClientError, Option<ClientIo>)> {
     let (tls_mode, tls) = ctx.client_tls.get();
@@ -196,7 +196,7 @@ pub async fn handshake(
 type LoginInfo = (String, String, Vec<(String, String)>, RouteMode, u16);
 
 async fn login(
-    ctx: &Context,
+    ctx: &HandshakeDeps,
     io: &mut ClientIo,
     minor: u16,
     params: Vec<(String, String)>,
@@ -342,7 +342,7 @@ async fn read_password_frame(io: &mut ClientIo) -> Result<bytes::Bytes, ClientEr
 /// certificate presented on this TLS connection: with it, SCRAM-SHA-256-PLUS
 /// is offered first, as PostgreSQL does.
 async fn authenticate(
-    ctx: &Context,
+    ctx: &HandshakeDeps,
     io: &mut ClientIo,
     user: &str,
     end_point: Option<&[u8]>,

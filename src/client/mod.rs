@@ -9,6 +9,7 @@ pub mod handshake;
 pub mod io;
 pub mod relay;
 pub mod replies;
+pub mod services;
 pub mod session;
 pub mod state;
 pub mod unit;
@@ -24,18 +25,19 @@ use tokio::net::TcpStream;
 pub use error::ClientError;
 pub use io::ClientIo;
 
-use crate::app::Context;
 use crate::protocol::build;
 use handshake::Outcome;
+use services::Services;
 
 /// Serves one accepted client connection from handshake to goodbye.
-pub async fn serve_client(ctx: Arc<Context>, tcp: TcpStream, peer: SocketAddr) {
+pub async fn serve_client(services: Arc<Services>, tcp: TcpStream, peer: SocketAddr) {
+    let ctx = &services.handshake;
     let _ = tcp.set_nodelay(true);
     if let Err(e) = crate::net::tune(&tcp, &ctx.config().net) {
         tracing::warn!(%peer, error = %e, "cannot set TCP keepalive / user timeout");
     }
     let timeout = ctx.config().limits.handshake_timeout;
-    let hello = match tokio::time::timeout(timeout, handshake::handshake(&ctx, tcp)).await {
+    let hello = match tokio::time::timeout(timeout, handshake::handshake(ctx, tcp)).await {
         Err(_) => {
             tracing::info!(%peer, "client did not finish the handshake in time; closed");
             ctx.metrics.rejected("handshake");
@@ -73,7 +75,7 @@ pub async fn serve_client(ctx: Arc<Context>, tcp: TcpStream, peer: SocketAddr) {
     let guard = ctx
         .cancels
         .register(crate::protocol::startup::cancel_key_len(hello.minor));
-    let session = session::Session::new(ctx.clone(), hello, guard.slot.clone());
+    let session = session::Session::new(services.session.clone(), hello, guard.slot.clone());
     match session.run(guard.pid, &guard.secret).await {
         Ok(()) | Err(ClientError::Gone(_)) => {
             tracing::info!(%peer, %user, "client disconnected");

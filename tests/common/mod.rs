@@ -68,7 +68,7 @@ fn redact(url: &str) -> String {
 
 /// A pgsplit running in this test process in front of a cluster.
 pub struct Proxy {
-    pub ctx: std::sync::Arc<pgsplit::app::Context>,
+    pub ctx: std::sync::Arc<pgsplit::client::services::SessionDeps>,
     pub addr: std::net::SocketAddr,
     pub admin: std::net::SocketAddr,
     pub control: tokio::sync::mpsc::Sender<pgsplit::app::Control>,
@@ -115,7 +115,7 @@ impl Proxy {
         if let Some(file) = reload_file {
             app = app.reload_from(file, pgsplit::config::Overrides::default());
         }
-        let ctx = app.ctx.clone();
+        let ctx = app.session_deps();
         let addr = app.local_addr();
         let admin = app.admin_addr();
         let (control, stream) = pgsplit::app::control_channel();

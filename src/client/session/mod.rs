@@ -24,17 +24,18 @@ use tokio::time::Instant;
 
 use super::cancel::CancelSlot;
 use super::handshake::Hello;
+use super::services::SessionDeps;
 use super::state::SessionState;
 use super::unit::{Unit, is_unit_message};
 use super::{ClientError, ClientIo};
-use crate::app::Context;
 use crate::backend::health::PrimaryState;
 use crate::backend::{Login, ServerId};
+use crate::lifecycle::Phase;
 use crate::protocol::{Frame, ProtocolError, TxStatus, build, tag};
 use held::HeldConns;
 
 pub struct Session {
-    ctx: Arc<Context>,
+    ctx: Arc<SessionDeps>,
     io: ClientIo,
     login: Login,
     st: SessionState,
@@ -45,7 +46,7 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(ctx: Arc<Context>, hello: Hello, cancel: Arc<CancelSlot>) -> Self {
+    pub fn new(ctx: Arc<SessionDeps>, hello: Hello, cancel: Arc<CancelSlot>) -> Self {
         let st = SessionState::new(hello.mode, &hello.settings);
         Session {
             login: Login {
@@ -91,10 +92,7 @@ impl Session {
         self.io.write(&hello).await?;
 
         // One waiter for the whole session, not one registered per message.
-        let mut terminate = self.ctx.terminate.subscribe();
-        let mut terminated = std::pin::pin!(async move {
-            let _ = terminate.wait_for(|t| *t).await;
-        });
+        let mut terminated = std::pin::pin!(self.ctx.lifecycle.reached(Phase::Terminating));
         loop {
             // A LISTENing session gets notifications while idle, as it would
             // from PostgreSQL: watch the connection that ran the LISTEN too.

@@ -1,0 +1,77 @@
+//! What the client side needs from the rest of pgsplit, in two narrow
+//! handles built by `app`: the handshake's (TLS, credentials, cancel keys)
+//! and the session's (servers, pools, routing inputs). A session never
+//! sees TLS files or passwords; the handshake never sees a pool.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use super::auth::Credentials;
+use super::cancel::CancelRegistry;
+use crate::backend::health::Health;
+use crate::backend::replay::ReplayPositions;
+use crate::backend::{Pools, ServerId, ServerTarget, Servers};
+use crate::config::Config;
+use crate::lifecycle::Lifecycle;
+use crate::metrics::Metrics;
+use crate::route::classify::Classifier;
+use crate::shared::Shared;
+use crate::tls::ClientTls;
+
+/// What logging a client in takes.
+pub struct HandshakeDeps {
+    pub config: Arc<Shared<Config>>,
+    pub client_tls: Arc<ClientTls>,
+    pub credentials: Arc<Shared<Credentials>>,
+    pub cancels: Arc<CancelRegistry>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl HandshakeDeps {
+    pub fn config(&self) -> Arc<Config> {
+        self.config.get()
+    }
+
+    pub fn credentials(&self) -> Arc<Credentials> {
+        self.credentials.get()
+    }
+}
+
+/// What serving a logged-in client takes.
+pub struct SessionDeps {
+    pub config: Arc<Shared<Config>>,
+    pub servers: Arc<Shared<Servers>>,
+    pub pools: Arc<Pools>,
+    pub classifier: Arc<Classifier>,
+    pub health: Arc<Health>,
+    pub metrics: Arc<Metrics>,
+    /// Replica replay positions, learned by the monitor and on demand.
+    pub replay: Arc<ReplayPositions>,
+    /// Read-your-writes floor shared by every session (`read_your_writes =
+    /// "pod"`): the highest WAL position recorded after a committed write, 0
+    /// for none.
+    pub pod_floor: Arc<AtomicU64>,
+    /// Sessions end (57P01) when it reaches `Terminating`.
+    pub lifecycle: Lifecycle,
+}
+
+impl SessionDeps {
+    pub fn config(&self) -> Arc<Config> {
+        self.config.get()
+    }
+
+    /// The server configured as primary (the health monitor may know better).
+    pub fn configured_primary(&self) -> ServerId {
+        self.servers.get().primary
+    }
+
+    pub fn server(&self, id: ServerId) -> Option<Arc<ServerTarget>> {
+        self.servers.get().get(id).cloned()
+    }
+}
+
+/// Both handles, for the accept loop.
+pub struct Services {
+    pub handshake: HandshakeDeps,
+    pub session: Arc<SessionDeps>,
+}
