@@ -39,9 +39,13 @@ pub enum BackendError {
     #[error("authentication to {server} failed: {message}")]
     Auth { server: String, message: String },
     /// An ErrorResponse during startup (e.g. unknown database) or from a query
-    /// pgsplit ran itself.
-    #[error("{message}")]
-    Server { code: String, message: String },
+    /// pgsplit ran itself. `message` is the server's own words.
+    #[error("server {server}: {message}")]
+    Server {
+        server: String,
+        code: String,
+        message: String,
+    },
 }
 
 impl BackendError {
