@@ -9,14 +9,12 @@
 //!
 //! [`Classifier`] caches decisions by the text's masked shape ([`lexer::mask`]).
 
-use std::collections::HashMap;
 use std::ops::ControlFlow;
-use std::sync::{Arc, PoisonError, RwLock};
 
 use sqlparser::ast::{
-    ContextModifier, CopyTarget, DiscardObject, Expr, ObjectName, ObjectNamePart, Query, Reset,
-    Select, Set, Statement, TableFactor, TransactionAccessMode, TransactionIsolationLevel,
-    TransactionMode, UtilityOption, Value, Visit, Visitor,
+    CopyTarget, DiscardObject, Expr, ObjectName, ObjectNamePart, Query, Reset, Select, Statement,
+    TableFactor, TransactionAccessMode, TransactionIsolationLevel, TransactionMode, UtilityOption,
+    Visit, Visitor,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
@@ -24,6 +22,12 @@ use sqlparser::parser::Parser;
 use super::catalog::FunctionCatalog;
 use super::class::{Class, Kind, PinReason, RouteMode};
 use super::lexer;
+
+mod cache;
+mod set;
+
+pub use cache::Classifier;
+use set::{decide_set, dotted, setting_text};
 
 /// The session-level advisory lock functions: the lock belongs to the connection that
 /// took it, so the session must stay there. The `_xact_` forms end with the
@@ -251,127 +255,6 @@ fn is_false(text: &str) -> bool {
     matches!(text, "false" | "off" | "0" | "no")
 }
 
-fn decide_set(set: &Set) -> Decision {
-    match set {
-        Set::SingleAssignment {
-            scope,
-            hivevar: false,
-            variable,
-            values,
-        } => match scope {
-            Some(ContextModifier::Local) => Decision::of(Kind::TxnControl),
-            Some(ContextModifier::Global) => Decision::of(Kind::Write),
-            None | Some(ContextModifier::Session) => decide_assignment(variable, values),
-        },
-        Set::SetSessionAuthorization(param) => match param.scope {
-            ContextModifier::Local => Decision::of(Kind::TxnControl),
-            ContextModifier::Session => Decision::of(Kind::Session),
-            ContextModifier::Global => Decision::of(Kind::Write),
-        },
-        Set::SetRole {
-            context_modifier, ..
-        } => match context_modifier {
-            Some(ContextModifier::Local) => Decision::of(Kind::TxnControl),
-            Some(ContextModifier::Global) => Decision::of(Kind::Write),
-            None | Some(ContextModifier::Session) => Decision::of(Kind::Session),
-        },
-        Set::SetTimeZone { local: true, .. } => Decision::of(Kind::TxnControl),
-        Set::SetTimeZone { local: false, .. } | Set::SetNames { .. } | Set::SetNamesDefault {} => {
-            Decision::of(Kind::Session)
-        }
-        Set::SetTransaction {
-            modes,
-            session: true,
-            ..
-        } => {
-            let serializable = modes.iter().any(|m| {
-                matches!(
-                    m,
-                    TransactionMode::IsolationLevel(TransactionIsolationLevel::Serializable)
-                )
-            });
-            Decision {
-                pin: serializable.then_some(PinReason::Serializable),
-                ..Decision::of(Kind::Session)
-            }
-        }
-        Set::SetTransaction { session: false, .. } => Decision::of(Kind::TxnControl),
-        // MySQL/MSSQL/Hive forms PostgreSQL does not have.
-        _ => Decision::of(Kind::Write),
-    }
-}
-
-/// `SET [SESSION] name = value`.
-fn decide_assignment(variable: &ObjectName, values: &[Expr]) -> Decision {
-    let Some(name) = dotted(variable) else {
-        return Decision::of(Kind::Write);
-    };
-    let value = match values {
-        [one] => setting_text(one),
-        _ => None,
-    };
-    match name.as_str() {
-        // These act on the current transaction only, like SET TRANSACTION.
-        "transaction_isolation" | "transaction_read_only" | "transaction_deferrable" => {
-            Decision::of(Kind::TxnControl)
-        }
-        "default_transaction_isolation" => Decision {
-            pin: (value.as_deref() == Some("serializable")).then_some(PinReason::Serializable),
-            ..Decision::of(Kind::Session)
-        },
-        "pgsplit.route" => {
-            let mode = match value.as_deref() {
-                Some("primary") => Some(RouteMode::Primary),
-                Some("replica") => Some(RouteMode::Replica),
-                Some("auto" | "default") => Some(RouteMode::Auto),
-                _ => None,
-            };
-            Decision {
-                set_route: mode,
-                pin: (mode == Some(RouteMode::Primary)).then_some(PinReason::Hint),
-                ..Decision::of(Kind::Session)
-            }
-        }
-        _ => Decision::of(Kind::Session),
-    }
-}
-
-/// A SET value as PostgreSQL reads it: an identifier, a string, a number or a
-/// boolean, lower-cased and trimmed.
-fn setting_text(expr: &Expr) -> Option<String> {
-    let text = match expr {
-        Expr::Identifier(ident) => ident.value.clone(),
-        Expr::Value(value) => match &value.value {
-            Value::SingleQuotedString(s)
-            | Value::DoubleQuotedString(s)
-            | Value::EscapedStringLiteral(s)
-            | Value::DollarQuotedString(sqlparser::ast::DollarQuotedString { value: s, .. }) => {
-                s.clone()
-            }
-            Value::Number(n, _) => n.to_string(),
-            Value::Boolean(b) => b.to_string(),
-            _ => return None,
-        },
-        _ => return None,
-    };
-    Some(text.trim().to_ascii_lowercase())
-}
-
-/// `a.b.c` lower-cased, when every part is a plain identifier.
-fn dotted(name: &ObjectName) -> Option<String> {
-    let mut out = String::new();
-    for (i, part) in name.0.iter().enumerate() {
-        let ObjectNamePart::Identifier(ident) = part else {
-            return None;
-        };
-        if i > 0 {
-            out.push('.');
-        }
-        out.push_str(&ident.value.to_ascii_lowercase());
-    }
-    Some(out)
-}
-
 /// `pg_temp.x` / `pg_temp_3.x`: a temporary object however it is spelled.
 fn is_temp_schema(name: &ObjectName) -> bool {
     match name.0.as_slice() {
@@ -510,109 +393,5 @@ impl Visitor for Scan<'_> {
             self.call(&function.name);
         }
         ControlFlow::Continue(())
-    }
-}
-
-/// The cached classifier shared by every session (behind an `Arc`).
-///
-/// Decisions are cached by the masked text (see [`lexer`] for the invariant that
-/// makes this sound) and stored without the per-call hint. The cache is cleared
-/// when it reaches `capacity` (bounded and simple) and when the function catalog
-/// changes.
-#[derive(Debug)]
-pub struct Classifier {
-    catalog: RwLock<Arc<FunctionCatalog>>,
-    /// foldhash: the keys are statement shapes, not attacker-chosen hash-flood
-    /// material we must defend with SipHash (the map is bounded and cleared
-    /// when full), and the cached path is hot: hashing is most of a lookup.
-    cache: RwLock<HashMap<Box<str>, Class, foldhash::fast::RandomState>>,
-    capacity: usize,
-    /// Bumped whenever the catalog changes: a class computed under an older
-    /// generation may be stale (see [`Classifier::generation`]).
-    generation: std::sync::atomic::AtomicU64,
-}
-
-impl Classifier {
-    /// A classifier over `catalog` caching at most `capacity` shapes (0: no cache).
-    pub fn new(catalog: FunctionCatalog, capacity: usize) -> Self {
-        Classifier {
-            catalog: RwLock::new(Arc::new(catalog)),
-            cache: RwLock::new(HashMap::with_hasher(foldhash::fast::RandomState::default())),
-            capacity,
-            generation: std::sync::atomic::AtomicU64::new(0),
-        }
-    }
-
-    /// Classifies `sql`, from the cache when its shape was seen before.
-    pub fn classify(&self, sql: &str) -> Class {
-        let masked = lexer::mask(sql);
-        let with_hint = |class: Class| Class {
-            hint: masked.hint,
-            ..class
-        };
-        if !masked.cacheable || self.capacity == 0 {
-            return with_hint(classify_unhinted(sql, &self.catalog()));
-        }
-        if let Some(class) = self
-            .cache
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(masked.key.as_str())
-        {
-            return with_hint(*class);
-        }
-        let catalog = self.catalog();
-        let class = classify_unhinted(sql, &catalog);
-        let mut cache = self.cache.write().unwrap_or_else(PoisonError::into_inner);
-        // Insert only if the catalog did not change meanwhile: `set_catalog` swaps the
-        // catalog before clearing the cache, so a decision made with the old catalog
-        // is either refused here or cleared there.
-        if Arc::ptr_eq(&catalog, &self.catalog()) {
-            if cache.len() >= self.capacity {
-                cache.clear();
-            }
-            cache.insert(masked.key.clone().into_boxed_str(), class);
-        }
-        drop(cache);
-        with_hint(class)
-    }
-
-    /// Replaces the function catalog; clears the cache and returns true when it
-    /// differs from the current one.
-    pub fn set_catalog(&self, catalog: FunctionCatalog) -> bool {
-        {
-            let mut current = self.catalog.write().unwrap_or_else(PoisonError::into_inner);
-            if **current == catalog {
-                return false;
-            }
-            *current = Arc::new(catalog);
-            self.generation
-                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        }
-        self.cache
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clear();
-        true
-    }
-
-    /// Changes whenever the catalog does: a caller that keeps a class beyond
-    /// one statement (a session re-parsing the same text) may reuse it only
-    /// while the generation it was computed under is current.
-    pub fn generation(&self) -> u64 {
-        self.generation.load(std::sync::atomic::Ordering::Acquire)
-    }
-
-    /// The catalog in use.
-    pub fn catalog(&self) -> Arc<FunctionCatalog> {
-        Arc::clone(&self.catalog.read().unwrap_or_else(PoisonError::into_inner))
-    }
-
-    /// Number of cached shapes.
-    pub fn cached(&self) -> usize {
-        self.cache
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
     }
 }

@@ -1,0 +1,131 @@
+//! `SET` / `RESET` / `SET SESSION CHARACTERISTICS`: which are session changes
+//! to replay, which pin the session, which are pgsplit's own routing setting.
+
+use sqlparser::ast::{
+    ContextModifier, Expr, ObjectName, ObjectNamePart, Set, TransactionIsolationLevel,
+    TransactionMode, Value,
+};
+
+use super::Decision;
+use crate::route::class::{Kind, PinReason, RouteMode};
+
+pub(super) fn decide_set(set: &Set) -> Decision {
+    match set {
+        Set::SingleAssignment {
+            scope,
+            hivevar: false,
+            variable,
+            values,
+        } => match scope {
+            Some(ContextModifier::Local) => Decision::of(Kind::TxnControl),
+            Some(ContextModifier::Global) => Decision::of(Kind::Write),
+            None | Some(ContextModifier::Session) => decide_assignment(variable, values),
+        },
+        Set::SetSessionAuthorization(param) => match param.scope {
+            ContextModifier::Local => Decision::of(Kind::TxnControl),
+            ContextModifier::Session => Decision::of(Kind::Session),
+            ContextModifier::Global => Decision::of(Kind::Write),
+        },
+        Set::SetRole {
+            context_modifier, ..
+        } => match context_modifier {
+            Some(ContextModifier::Local) => Decision::of(Kind::TxnControl),
+            Some(ContextModifier::Global) => Decision::of(Kind::Write),
+            None | Some(ContextModifier::Session) => Decision::of(Kind::Session),
+        },
+        Set::SetTimeZone { local: true, .. } => Decision::of(Kind::TxnControl),
+        Set::SetTimeZone { local: false, .. } | Set::SetNames { .. } | Set::SetNamesDefault {} => {
+            Decision::of(Kind::Session)
+        }
+        Set::SetTransaction {
+            modes,
+            session: true,
+            ..
+        } => {
+            let serializable = modes.iter().any(|m| {
+                matches!(
+                    m,
+                    TransactionMode::IsolationLevel(TransactionIsolationLevel::Serializable)
+                )
+            });
+            Decision {
+                pin: serializable.then_some(PinReason::Serializable),
+                ..Decision::of(Kind::Session)
+            }
+        }
+        Set::SetTransaction { session: false, .. } => Decision::of(Kind::TxnControl),
+        // MySQL/MSSQL/Hive forms PostgreSQL does not have.
+        _ => Decision::of(Kind::Write),
+    }
+}
+
+/// `SET [SESSION] name = value`.
+fn decide_assignment(variable: &ObjectName, values: &[Expr]) -> Decision {
+    let Some(name) = dotted(variable) else {
+        return Decision::of(Kind::Write);
+    };
+    let value = match values {
+        [one] => setting_text(one),
+        _ => None,
+    };
+    match name.as_str() {
+        // These act on the current transaction only, like SET TRANSACTION.
+        "transaction_isolation" | "transaction_read_only" | "transaction_deferrable" => {
+            Decision::of(Kind::TxnControl)
+        }
+        "default_transaction_isolation" => Decision {
+            pin: (value.as_deref() == Some("serializable")).then_some(PinReason::Serializable),
+            ..Decision::of(Kind::Session)
+        },
+        "pgsplit.route" => {
+            let mode = match value.as_deref() {
+                Some("primary") => Some(RouteMode::Primary),
+                Some("replica") => Some(RouteMode::Replica),
+                Some("auto" | "default") => Some(RouteMode::Auto),
+                _ => None,
+            };
+            Decision {
+                set_route: mode,
+                pin: (mode == Some(RouteMode::Primary)).then_some(PinReason::Hint),
+                ..Decision::of(Kind::Session)
+            }
+        }
+        _ => Decision::of(Kind::Session),
+    }
+}
+
+/// A SET value as PostgreSQL reads it: an identifier, a string, a number or a
+/// boolean, lower-cased and trimmed.
+pub(super) fn setting_text(expr: &Expr) -> Option<String> {
+    let text = match expr {
+        Expr::Identifier(ident) => ident.value.clone(),
+        Expr::Value(value) => match &value.value {
+            Value::SingleQuotedString(s)
+            | Value::DoubleQuotedString(s)
+            | Value::EscapedStringLiteral(s)
+            | Value::DollarQuotedString(sqlparser::ast::DollarQuotedString { value: s, .. }) => {
+                s.clone()
+            }
+            Value::Number(n, _) => n.to_string(),
+            Value::Boolean(b) => b.to_string(),
+            _ => return None,
+        },
+        _ => return None,
+    };
+    Some(text.trim().to_ascii_lowercase())
+}
+
+/// `a.b.c` lower-cased, when every part is a plain identifier.
+pub(super) fn dotted(name: &ObjectName) -> Option<String> {
+    let mut out = String::new();
+    for (i, part) in name.0.iter().enumerate() {
+        let ObjectNamePart::Identifier(ident) = part else {
+            return None;
+        };
+        if i > 0 {
+            out.push('.');
+        }
+        out.push_str(&ident.value.to_ascii_lowercase());
+    }
+    Some(out)
+}
