@@ -9,15 +9,14 @@
 
 use std::collections::VecDeque;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 
 pub use super::replies::Outcome;
 use super::replies::{Action, Replies};
 use super::state::SessionState;
 use super::{ClientError, ClientIo};
-use crate::backend::conn::MAX_SERVER_MESSAGE;
 use crate::backend::{BackendError, ServerConn};
-use crate::protocol::{Frame, ProtocolError, build, fields, peek_frame, tag};
+use crate::protocol::{Frame, ProtocolError, build, fields, tag};
 pub use crate::route::plan::RelayMode;
 
 #[derive(Debug)]
@@ -237,15 +236,20 @@ pub async fn relay(
         let mut start = 0;
         let mut done = false;
         while !done {
-            let header = match peek_frame(&conn.rbuf[pos..], MAX_SERVER_MESSAGE) {
-                Ok(Some(h)) if conn.rbuf.len() - pos >= h.total => h,
-                Ok(_) => break,
-                Err(e) => return Err(server_protocol(conn, e, &replies)),
+            let message = match conn.buffered_at(pos) {
+                Ok(Some(m)) => m,
+                Ok(None) => break,
+                Err(error) => {
+                    return Err(RelayError::Server {
+                        error,
+                        sent_to_client: replies.out.sent_to_client,
+                    });
+                }
             };
-            let end = pos + header.total;
+            let end = message.body.end;
             let step = {
-                let ServerConn { rbuf, params, .. } = &mut *conn;
-                replies.on_message(header.tag, &rbuf[pos + 5..end], exp, params)
+                let (body, params) = conn.buffered_with_params(message.body);
+                replies.on_message(message.tag, body, exp, params)
             };
             let step = match step {
                 Ok(step) => step,
@@ -255,7 +259,10 @@ pub async fn relay(
             match step.action {
                 Action::Forward => {}
                 Action::HoldReady if to.held.is_empty() => {
-                    replies.out.tail.extend_from_slice(&conn.rbuf[start..pos]);
+                    replies
+                        .out
+                        .tail
+                        .extend_from_slice(conn.buffered(start..pos));
                     start = end;
                 }
                 Action::HoldReady | Action::Swallow => {
@@ -266,7 +273,7 @@ pub async fn relay(
             pos = end;
         }
         to.range(io, conn, &mut replies, start..pos).await?;
-        conn.rbuf.advance(pos);
+        conn.consume(pos);
         if done && !replies.discarding() && !to.held.is_empty() {
             // The ReadyForQuery was held back by the session: what was held
             // here goes out now, ahead of it.
@@ -383,7 +390,7 @@ impl Emit {
         if range.is_empty() {
             return Ok(());
         }
-        let bytes = &conn.rbuf[range];
+        let bytes = conn.buffered(range);
         if self.mode.retry_conflict && !replies.replied {
             if self.held.len() + bytes.len() <= MAX_HELD {
                 self.held.extend_from_slice(bytes);

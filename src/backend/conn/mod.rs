@@ -13,13 +13,22 @@ use tokio::io::{AsyncReadExt, AsyncWrite};
 use super::BackendError;
 use crate::config::ServerUrl;
 use crate::net::Stream;
-use crate::protocol::{Frame, TxStatus, build, decode_frame, fields, tag};
+use crate::protocol::{Frame, TxStatus, build, decode_frame, fields, peek_frame, tag};
 use crate::tls::ServerTls;
 
 /// PostgreSQL never sends a message larger than 1 GiB (MaxAllocSize).
 pub const MAX_SERVER_MESSAGE: usize = 1 << 30;
 
 pub use crate::server::ServerId;
+
+/// Where a whole message sits in a connection's read buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Buffered {
+    pub tag: u8,
+    /// Its body (after the tag and the length); `body.end` is where the
+    /// next message starts.
+    pub body: std::ops::Range<usize>,
+}
 
 mod login;
 
@@ -63,7 +72,9 @@ pub struct CancelKey {
 
 pub struct ServerConn {
     pub(crate) stream: Stream,
-    pub(crate) rbuf: BytesMut,
+    /// What the server sent that nobody has consumed yet: read only through
+    /// [`ServerConn::buffered_at`] and friends, so framing is checked once.
+    rbuf: BytesMut,
     pub target: Arc<ServerTarget>,
     /// ParameterStatus values as last reported by the server.
     pub params: HashMap<Vec<u8>, Vec<u8>>,
@@ -228,6 +239,55 @@ impl ServerConn {
             Err(e) => {
                 self.broken = true;
                 Err(self.io(e))
+            }
+        }
+    }
+
+    /// The whole message buffered at offset `at` (offsets count from the
+    /// oldest unconsumed byte): its tag and where it ends. `Ok(None)` while
+    /// it has not fully arrived. A malformed header breaks the connection.
+    pub fn buffered_at(&mut self, at: usize) -> Result<Option<Buffered>, BackendError> {
+        let rest = self.rbuf.get(at..).unwrap_or_default();
+        match peek_frame(rest, MAX_SERVER_MESSAGE) {
+            Ok(Some(h)) if rest.len() >= h.total => Ok(Some(Buffered {
+                tag: h.tag,
+                body: at + 5..at + h.total,
+            })),
+            Ok(_) => Ok(None),
+            Err(e) => {
+                self.broken = true;
+                Err(self.protocol(e))
+            }
+        }
+    }
+
+    /// Buffered bytes `range` (whole messages the caller judged).
+    pub fn buffered(&self, range: std::ops::Range<usize>) -> &[u8] {
+        self.rbuf.get(range).unwrap_or_default()
+    }
+
+    /// Buffered bytes `range` together with the reported parameters, for a
+    /// reply filter that notes ParameterStatus messages as it reads them.
+    pub fn buffered_with_params(
+        &mut self,
+        range: std::ops::Range<usize>,
+    ) -> (&[u8], &mut HashMap<Vec<u8>, Vec<u8>>) {
+        (self.rbuf.get(range).unwrap_or_default(), &mut self.params)
+    }
+
+    /// Drops the first `n` buffered bytes: relayed, or swallowed.
+    pub fn consume(&mut self, n: usize) {
+        self.rbuf.advance(n.min(self.rbuf.len()));
+    }
+
+    /// The next whole buffered message, taken out; `Ok(None)` if none is
+    /// whole yet. Never reads the socket.
+    pub fn take_buffered(&mut self) -> Result<Option<Frame>, BackendError> {
+        match decode_frame(&mut self.rbuf, MAX_SERVER_MESSAGE) {
+            Ok(f) => Ok(f),
+            Err(e) => {
+                self.broken = true;
+                Err(self.protocol(e))
             }
         }
     }

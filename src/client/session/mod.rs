@@ -208,10 +208,7 @@ impl Session {
         let conn = &mut self.conns.held(id)?.conn;
         let mut out = BytesMut::new();
         loop {
-            match crate::protocol::decode_frame(
-                &mut conn.rbuf,
-                crate::backend::conn::MAX_SERVER_MESSAGE,
-            ) {
+            match conn.take_buffered() {
                 Ok(Some(f)) => match f.tag {
                     b'A' | tag::backend::NOTICE_RESPONSE => out.extend_from_slice(&f.bytes),
                     tag::backend::PARAMETER_STATUS => {
@@ -226,10 +223,7 @@ impl Session {
                     }
                 },
                 Ok(None) => break,
-                Err(e) => {
-                    conn.mark_broken();
-                    return Err(conn.protocol(e).into());
-                }
+                Err(e) => return Err(e.into()),
             }
         }
         if !out.is_empty() {
