@@ -22,7 +22,8 @@
 # transactions per client (4 clients); their difference divided by 8,000 is the
 # cost of one more query, free of connection setup and start-up. Output:
 # OUT/instructions.tsv (target, workload, instructions per query) and a table
-# on stdout.
+# on stdout. RYW_TPCB=1 adds TPC-B per transaction with read_your_writes =
+# pod and = off (two more pgsplit runs under callgrind, a few minutes).
 
 set -euo pipefail
 
@@ -119,6 +120,34 @@ for spec in "${WORKLOADS[@]}"; do
   measure pgsplit "$VG_PGSPLIT" "$PORT" "$DB" "$name" "$args"
 done
 
+# With RYW_TPCB=1: TPC-B instructions per transaction with read_your_writes
+# = pod and = off (issue 13's CPU target: pod within off + 5%), each on a
+# pgsplit of its own under callgrind.
+if [ "${RYW_TPCB:-0}" = 1 ]; then
+  kill -INT "$VG_PGSPLIT" 2>/dev/null || true
+  wait "$VG_PGSPLIT" 2>/dev/null || true
+  for ryw in pod off; do
+    PORT="$(free_port)"
+    ADMIN="$(free_port)"
+    RUST_LOG=warn PGSPLIT_PRIMARY="$PRIMARY_URL" PGSPLIT_REPLICAS="$REPLICA_URL" \
+      PGSPLIT_ROUTING_READ_YOUR_WRITES="$ryw" \
+      valgrind --tool=callgrind --callgrind-out-file=/dev/null "$SPLIT_BIN" \
+      --listen "127.0.0.1:$PORT" --admin-listen "127.0.0.1:$ADMIN" >"$OUT/pgsplit-callgrind-$ryw.log" 2>&1 9>&- &
+    VG_PGSPLIT=$!
+    ready "$PORT" "$VG_PGSPLIT" ||
+      { echo "instructions.sh: pgsplit ($ryw) under callgrind did not start" >&2; exit 1; }
+    for ((i = 0; i < 300; i++)); do
+      curl -sf "http://127.0.0.1:$ADMIN/metrics" 2>/dev/null | grep -q '^pgsplit_server_usable{.*} 1' && break
+      sleep 0.2
+    done
+    measure "pgsplit-ryw-$ryw" "$VG_PGSPLIT" "$PORT" "$DB" "tpcb-extended (per transaction)" "-M extended"
+    measure "pgsplit-ryw-$ryw" "$VG_PGSPLIT" "$PORT" "$DB" "tpcb-simple (per transaction)" "-M simple"
+    kill -INT "$VG_PGSPLIT" 2>/dev/null || true
+    wait "$VG_PGSPLIT" 2>/dev/null || true
+  done
+  VG_PGSPLIT=""
+fi
+
 if [ -n "${PGBOUNCER_INI:-}" ]; then
   BIN="$(command -v pgbouncer || echo /usr/sbin/pgbouncer)"
   "${RUN_AS[@]}" valgrind --tool=callgrind --callgrind-out-file=/dev/null "$BIN" "$PGBOUNCER_INI" \
@@ -135,10 +164,23 @@ if [ -n "${PGBOUNCER_INI:-}" ]; then
   done
 fi
 
+if [ "${RYW_TPCB:-0}" = 1 ]; then
+  echo "| TPC-B workload | read_your_writes = pod | = off | pod/off |"
+  echo "|---|---|---|---|"
+  awk -F'\t' '
+    $1 ~ /^pgsplit-ryw-/ { v[$1, $2] = $3; if (!($2 in seen)) { seen[$2] = 1; order[++n] = $2 } }
+    END {
+      for (i = 1; i <= n; i++) {
+        w = order[i]; a = v["pgsplit-ryw-pod", w]; b = v["pgsplit-ryw-off", w]
+        printf "| %s | %s | %s | %s |\n", w, a, b, (b == "" || b == 0 ? "n/a" : sprintf("%.3f", a / b))
+      }
+    }' "$TSV"
+  echo
+fi
 echo "| workload | pgsplit instructions | PgBouncer instructions | pgsplit/PgBouncer |"
 echo "|---|---|---|---|"
 awk -F'\t' '
-  { v[$1, $2] = $3; if (!($2 in seen)) { seen[$2] = 1; order[++n] = $2 } }
+  $1 == "pgsplit" || $1 == "pgbouncer" { v[$1, $2] = $3; if (!($2 in seen)) { seen[$2] = 1; order[++n] = $2 } }
   END {
     for (i = 1; i <= n; i++) {
       w = order[i]; a = v["pgsplit", w]; b = v["pgbouncer", w]

@@ -14,6 +14,8 @@
 #   --out DIR        where run logs, results.tsv and report.md go
 #                    (default target/load-bench/<date>-<time>)
 #   --report-only DIR  render report.md again from DIR/results.tsv + meta.env
+#   --ryw-instructions  also count TPC-B instructions per transaction with
+#                    read_your_writes = pod and = off (RYW_TPCB=1, a few minutes)
 #   --no-instructions  skip benches/instructions.sh (user-space instructions per
 #                    query of pgsplit and PgBouncer under callgrind, ~5 min; it
 #                    needs valgrind, installed with apt-get when running as root)
@@ -37,13 +39,15 @@ OUT=""
 QUICK=0
 REPORT_ONLY=""
 INSTRUCTIONS=1
+RYW_TPCB=0
 
-usage() { sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'; }
 
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) QUICK=1; ROUNDS=1; DURATION=3; INSTRUCTIONS=0 ;;
     --no-instructions) INSTRUCTIONS=0 ;;
+    --ryw-instructions) RYW_TPCB=1 ;;
     --rounds) ROUNDS="${2:?--rounds needs a value}"; shift ;;
     --duration) DURATION="${2:?--duration needs a value}"; shift ;;
     --scale) SCALE="${2:?--scale needs a value}"; shift ;;
@@ -631,7 +635,7 @@ if [ "$INSTRUCTIONS" -eq 1 ]; then
       -e "s#^logfile = .*#logfile = $BDIR/pgbouncer-ir.log#" \
       "$BDIR/pgbouncer.ini" >"$BDIR/pgbouncer-ir.ini"
     if [ ${#RUN_AS[@]} -gt 0 ]; then chown postgres: "$BDIR/pgbouncer-ir.ini"; fi
-    PRIMARY_URL="$PRIMARY_URL" REPLICA_URL="$REPLICA_URL" SPLIT_BIN="$PGSPLIT_BIN" \
+    PRIMARY_URL="$PRIMARY_URL" REPLICA_URL="$REPLICA_URL" SPLIT_BIN="$PGSPLIT_BIN" RYW_TPCB="$RYW_TPCB" \
       PGBOUNCER_INI="$BDIR/pgbouncer-ir.ini" PGBOUNCER_PORT="$IR_PORT" OUT="$OUT/instructions" \
       "$ROOT/benches/instructions.sh" >"$OUT/instructions.md" 9>&- ||
       die "benches/instructions.sh failed; see $OUT/instructions"
