@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use common::Proxy;
 use common::tls::{ClientTls, TestCa, TlsDir, Usage};
-use pgsplit::cluster::{Cluster, ClusterOptions, Node};
+use pgsplit_cluster::{Cluster, ClusterOptions, Node};
 use tokio_postgres::Socket;
 use tokio_postgres::tls::MakeTlsConnect;
 

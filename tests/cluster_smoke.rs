@@ -3,7 +3,7 @@
 
 mod common;
 
-use pgsplit::cluster::{Cluster, ClusterOptions, Node};
+use pgsplit_cluster::{Cluster, ClusterOptions, Node};
 use tokio_postgres::error::SqlState;
 
 #[tokio::test]

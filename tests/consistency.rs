@@ -15,7 +15,7 @@ use std::time::Duration;
 use common::own::{blocking, health_of, own_cluster, poll_until};
 use common::{Proxy, connect, server_port};
 use pgsplit::backend::health::Role;
-use pgsplit::cluster::{Cluster, Node};
+use pgsplit_cluster::{Cluster, Node};
 use tokio_postgres::Client;
 
 /// A direct connection to the primary as the application role.
@@ -377,7 +377,7 @@ async fn pgbench(c: &Cluster, port: u16, args: &[&str]) -> String {
     let out = tokio::process::Command::new(c.bindir().join("pgbench"))
         .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", c.user()])
         .args(args)
-        .arg(pgsplit::cluster::DATABASE)
+        .arg(pgsplit_cluster::DATABASE)
         .env("PGPASSWORD", c.password())
         .kill_on_drop(true)
         .output()
@@ -443,7 +443,7 @@ async fn settle(c: &Arc<Cluster>) {
             "VACUUM pgbench_accounts",
             "CHECKPOINT",
         ] {
-            c.psql(Node::Primary, pgsplit::cluster::DATABASE, sql)?;
+            c.psql(Node::Primary, pgsplit_cluster::DATABASE, sql)?;
         }
         c.wait_caught_up()
     })
@@ -591,7 +591,7 @@ fn calls(c: &Cluster, node: Node, pattern: &str) -> u64 {
     let out = c
         .psql(
             node,
-            pgsplit::cluster::DATABASE,
+            pgsplit_cluster::DATABASE,
             &format!(
                 "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements WHERE query LIKE '{pattern}'"
             ),
@@ -609,7 +609,7 @@ fn calls(c: &Cluster, node: Node, pattern: &str) -> u64 {
 #[ignore = "measurement: cargo test --release --test consistency -- --ignored --nocapture measure_replica_share"]
 async fn measure_replica_share_with_writes() {
     let c = tokio::task::spawn_blocking(|| {
-        Cluster::start(pgsplit::cluster::ClusterOptions {
+        Cluster::start(pgsplit_cluster::ClusterOptions {
             extra_conf: vec!["shared_preload_libraries = 'pg_stat_statements'".to_owned()],
             ..Default::default()
         })
@@ -622,7 +622,7 @@ async fn measure_replica_share_with_writes() {
     blocking(&c, |c| {
         c.psql(
             Node::Primary,
-            pgsplit::cluster::DATABASE,
+            pgsplit_cluster::DATABASE,
             "CREATE EXTENSION pg_stat_statements",
         )
     })
@@ -641,11 +641,11 @@ async fn measure_replica_share_with_writes() {
                 for node in [Node::Primary, Node::Replica] {
                     c.psql(
                         node,
-                        pgsplit::cluster::DATABASE,
+                        pgsplit_cluster::DATABASE,
                         "SELECT pg_stat_statements_reset()",
                     )?;
                 }
-                Ok::<_, pgsplit::cluster::ClusterError>(())
+                Ok::<_, pgsplit_cluster::ClusterError>(())
             })
             .await
             .unwrap_or_else(|e| panic!("{e}"));

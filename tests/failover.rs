@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use common::own::{blocking, health_of, own_cluster, poll_until};
 use common::{Proxy, connect, server_port};
 use pgsplit::backend::health::{PrimaryState, Role};
-use pgsplit::cluster::Node;
+use pgsplit_cluster::Node;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
@@ -424,7 +424,7 @@ async fn write_until(client: &Client, id: i32, deadline: Duration) -> (Option<u1
 /// front of it with `FAILOVER_CONFIG`, and a client: (cluster, primary port,
 /// replica port, proxy, client).
 async fn failover_setup() -> (
-    std::sync::Arc<pgsplit::cluster::Cluster>,
+    std::sync::Arc<pgsplit_cluster::Cluster>,
     u16,
     u16,
     Proxy,
@@ -543,7 +543,7 @@ async fn promotion_moves_writes_to_the_promoted_replica_without_losing_acknowled
     let on_server = blocking(&c, |c| {
         c.psql(
             Node::Replica,
-            pgsplit::cluster::DATABASE,
+            pgsplit_cluster::DATABASE,
             "SELECT count(*) FROM acked WHERE id BETWEEN 1 AND 200 OR id IN (1000, 1001)",
         )
     })
@@ -632,7 +632,7 @@ async fn two_primaries_fence_writes_until_one_is_gone() {
         let n = blocking(&c, move |c| {
             c.psql(
                 node,
-                pgsplit::cluster::DATABASE,
+                pgsplit_cluster::DATABASE,
                 "SELECT count(*) FROM acked WHERE id = 3",
             )
         })

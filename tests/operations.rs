@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{Proxy, cluster, connect, free_port, percent};
-use pgsplit::cluster::{Cluster, DATABASE, Node};
+use pgsplit_cluster::{Cluster, DATABASE, Node};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_postgres::{Client, NoTls};

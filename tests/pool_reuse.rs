@@ -11,7 +11,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{Proxy, cluster, connect};
-use pgsplit::cluster::{Cluster, Node};
+use pgsplit_cluster::{Cluster, Node};
 
 const POOL_OF_ONE: &str = "[pool]\nmax_size = 1\n";
 

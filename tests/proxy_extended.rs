@@ -14,7 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::{cluster, connect, server_port, start};
 use futures_util::{SinkExt, TryStreamExt, future};
-use pgsplit::cluster::{Cluster, Node};
+use pgsplit_cluster::{Cluster, Node};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep, timeout};
 use tokio_postgres::types::{ToSql, Type};

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use common::tls::{ClientTls, Leaf, TestCa, TlsDir, Usage, read_message, startup_packet};
 use common::{Proxy, server_port};
 use pgsplit::backend::health::{PrimaryState, Role};
-use pgsplit::cluster::{Cluster, ClusterOptions, Node};
+use pgsplit_cluster::{Cluster, ClusterOptions, Node};
 use tokio::io::AsyncWriteExt;
 
 /// The TLS-enabled cluster and the certificates around it.

@@ -18,7 +18,7 @@ pub mod tls;
 
 use std::sync::OnceLock;
 
-use pgsplit::cluster::{Cluster, ClusterOptions};
+use pgsplit_cluster::{Cluster, ClusterOptions};
 use tokio_postgres::{Client, NoTls};
 
 /// The process-wide cluster; panics with the reason if it cannot be started. A failed
@@ -48,7 +48,7 @@ pub async fn connect(url: &str) -> Client {
 
 /// A loopback TCP port that was free a moment ago.
 pub fn free_port() -> u16 {
-    match pgsplit::cluster::free_loopback_port() {
+    match pgsplit_cluster::free_loopback_port() {
         Ok(port) => port,
         Err(e) => panic!("{e}"),
     }
@@ -87,7 +87,7 @@ impl Proxy {
     /// The config `start` uses: loopback listeners on free ports, the cluster's
     /// primary and replica, then `extra`.
     pub fn config_text(cluster: &Cluster, extra: &str) -> String {
-        use pgsplit::cluster::Node;
+        use pgsplit_cluster::Node;
         format!(
             "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nprimary = \"{}\"\nreplicas = [\"{}\"]\n{extra}",
             cluster.url(Node::Primary),
@@ -157,7 +157,7 @@ impl Proxy {
         format!(
             "postgres://{user}:{pw}@{}/{}",
             self.addr,
-            pgsplit::cluster::DATABASE
+            pgsplit_cluster::DATABASE
         )
     }
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pgsplit::backend::health::ServerHealth;
-use pgsplit::cluster::{Cluster, ClusterOptions};
+use pgsplit_cluster::{Cluster, ClusterOptions};
 
 use super::Proxy;
 
