@@ -59,9 +59,10 @@ async fn writes_on_the_primary_are_read_on_the_replica() {
     );
 }
 
+/// On the replay cluster: a paused replica would hold back every test on the shared one.
 #[tokio::test]
 async fn paused_replay_holds_the_replica_behind() {
-    let cluster = common::cluster();
+    let (cluster, _turn) = common::replay::replay_cluster().await;
     let primary = common::connect(&cluster.url(Node::Primary)).await;
     primary
         .batch_execute("CREATE TABLE lag (id int)")

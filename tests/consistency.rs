@@ -1,7 +1,8 @@
 //! DESIGN.md section 3 "Consistency" against a real primary and streaming replica:
 //! lag limits (time and bytes) and read-your-writes in its three scopes, with replay
-//! paused on the replica so that lag is real. Every test starts its own cluster: they
-//! pause and resume replay, which would disturb each other on a shared one.
+//! paused on the replica so that lag is real. The tests that pause replay take turns on
+//! the replay cluster (`common::replay`): a paused replica would disturb every other
+//! test on a shared one. The measurements start clusters of their own.
 //!
 //! `measure_read_your_writes_cost` is a measurement, not a check; run it with
 //! `cargo test --release --test consistency -- --ignored --nocapture`.
@@ -13,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::own::{blocking, health_of, own_cluster, poll_until};
+use common::replay::replay_cluster;
 use common::{Proxy, connect, server_port};
 use pgsplit::backend::health::Role;
 use pgsplit_cluster::{Cluster, Node};
@@ -57,7 +59,7 @@ const MAX_LAG: Duration = Duration::from_millis(500);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lagging_replica_loses_reads_past_max_lag_and_regains_them_after_catch_up() {
-    let c = own_cluster().await;
+    let (c, _turn) = replay_cluster().await;
     let (primary, replica) = (c.port(Node::Primary), c.port(Node::Replica));
     primary_client(&c)
         .await
@@ -131,7 +133,7 @@ async fn lagging_replica_loses_reads_past_max_lag_and_regains_them_after_catch_u
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replica_over_max_lag_bytes_loses_reads_and_regains_them() {
-    let c = own_cluster().await;
+    let (c, _turn) = replay_cluster().await;
     let (primary, replica) = (c.port(Node::Primary), c.port(Node::Replica));
     let direct = primary_client(&c).await;
     direct
@@ -217,11 +219,11 @@ enum Expect {
 /// With replay paused: session `a` writes (autocommit, then an explicit
 /// transaction); `a`, an older session `b` and a new session `fresh` read at once.
 async fn ryw_scenario(scope: &str, same: Expect, others: Expect) {
-    let c = own_cluster().await;
+    let (c, _turn) = replay_cluster().await;
     let (primary, replica) = (c.port(Node::Primary), c.port(Node::Replica));
     primary_client(&c)
         .await
-        .batch_execute("CREATE TABLE ryw (id int primary key, v text)")
+        .batch_execute("DROP TABLE IF EXISTS ryw; CREATE TABLE ryw (id int primary key, v text)")
         .await
         .unwrap();
     blocking(&c, |c| c.wait_caught_up()).await.unwrap();
@@ -313,11 +315,11 @@ async fn ryw_scenario(scope: &str, same: Expect, others: Expect) {
 /// are not committed writes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statement_closes_of_a_reading_session_do_not_raise_the_floor() {
-    let c = own_cluster().await;
+    let (c, _turn) = replay_cluster().await;
     let replica = c.port(Node::Replica);
     let direct = primary_client(&c).await;
     direct
-        .batch_execute("CREATE TABLE ryw (id int primary key, v text)")
+        .batch_execute("DROP TABLE IF EXISTS ryw; CREATE TABLE ryw (id int primary key, v text)")
         .await
         .unwrap();
     blocking(&c, |c| c.wait_caught_up()).await.unwrap();
@@ -512,18 +514,22 @@ async fn measure_read_your_writes_cost() {
 /// waiting for the next probe). Prints the share.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn write_then_read_elsewhere_is_never_stale_and_mostly_on_the_replica() {
-    let c = own_cluster().await;
+    // Replay is never paused here: the shared cluster will do.
+    let c = tokio::task::spawn_blocking(common::cluster).await.unwrap();
     let replica = c.port(Node::Replica);
-    primary_client(&c)
+    primary_client(c)
         .await
         .batch_execute("CREATE TABLE seen (id int primary key, v int)")
         .await
         .unwrap();
-    blocking(&c, |c| c.wait_caught_up()).await.unwrap();
+    tokio::task::spawn_blocking(move || c.wait_caught_up())
+        .await
+        .unwrap()
+        .unwrap();
     common::logs();
-    let proxy = Proxy::start(&c, "").await;
-    let writer = connect(&proxy.url(&c)).await;
-    let reader = connect(&proxy.url(&c)).await;
+    let proxy = Proxy::start(c, "").await;
+    let writer = connect(&proxy.url(c)).await;
+    let reader = connect(&proxy.url(c)).await;
     let rounds = 300;
     let mut on_replica = 0;
     for i in 0..rounds {

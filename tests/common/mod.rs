@@ -3,8 +3,9 @@
 //! Each test binary that declares `mod common;` gets one primary + replica cluster, started
 //! on first use by [`cluster`] and shared by its tests (cargo runs them as threads of one
 //! process). The servers outlive the tests only until the cluster's watchdog notices that
-//! the process has exited. Tests that stop, promote or otherwise damage a node should
-//! start a `Cluster` of their own instead.
+//! the process has exited. Tests that pause WAL replay take turns on a cluster of their
+//! own ([`replay::replay_cluster`]); tests that stop, promote or otherwise damage a node
+//! start a `Cluster` of their own ([`own::own_cluster`]).
 //!
 //! `Cluster` methods block. In a `#[tokio::test]` (a current-thread runtime) call them only
 //! while no query of that test is in flight, or through `tokio::task::spawn_blocking`.
@@ -14,6 +15,7 @@
 
 pub mod libpq;
 pub mod own;
+pub mod replay;
 pub mod tls;
 
 use std::sync::OnceLock;
