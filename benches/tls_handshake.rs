@@ -10,7 +10,10 @@
 //! `cargo bench --bench tls_handshake`; `PGSPLIT_BENCH_CONNECTIONS` sets the number
 //! of connections per case (default 300).
 
-#[path = "../tests/common/mod.rs"]
+// The integration tests' helpers (a test CA, an in-process pgsplit); this
+// bench uses a few of them.
+#[path = "../tests/it/common/mod.rs"]
+#[allow(dead_code)]
 mod common;
 
 use std::time::{Duration, Instant};

@@ -1,9 +1,7 @@
 //! The core data path through pgsplit with real clients against a real primary
 //! and streaming replica: routing, transactions, extended protocol, auth.
 
-mod common;
-
-use common::{Proxy, cluster, connect, server_port};
+use crate::common::{Proxy, cluster, connect, server_port};
 use pgsplit_cluster::Node;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,8 +1,7 @@
 //! The test cluster itself: a primary, a streaming hot standby, and the controls that
 //! later tests rely on.
 
-mod common;
-
+use crate::common;
 use pgsplit_cluster::{Cluster, ClusterOptions, Node};
 use tokio_postgres::error::SqlState;
 

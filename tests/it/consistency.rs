@@ -5,17 +5,16 @@
 //! test on a shared one. The measurements start clusters of their own.
 //!
 //! `measure_read_your_writes_cost` is a measurement, not a check; run it with
-//! `cargo test --release --test consistency -- --ignored --nocapture`.
-
-mod common;
+//! `cargo test --release --test it -- --ignored --nocapture consistency::measure`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::own::{blocking, health_of, own_cluster, poll_until};
-use common::replay::replay_cluster;
-use common::{Proxy, connect, server_port};
+use crate::common;
+use crate::common::own::{blocking, health_of, own_cluster, poll_until};
+use crate::common::replay::replay_cluster;
+use crate::common::{Proxy, connect, server_port};
 use pgsplit::backend::health::Role;
 use pgsplit_cluster::{Cluster, Node};
 use tokio_postgres::Client;
@@ -462,7 +461,7 @@ fn mean(xs: &[f64]) -> f64 {
 /// Runs alternate (pod, off, off, pod, pod, off) so that drift over the runs
 /// (table growth, checkpoints) falls on both alike.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "measurement: cargo test --release --test consistency -- --ignored --nocapture"]
+#[ignore = "measurement: cargo test --release --test it -- --ignored --nocapture consistency::measure_read_your_writes_cost"]
 async fn measure_read_your_writes_cost() {
     let c = own_cluster().await;
     let primary = c.port(Node::Primary);
@@ -612,7 +611,7 @@ fn calls(c: &Cluster, node: Node, pattern: &str) -> u64 {
 /// share of the SELECTs the replica ran, by its own statistics, and TPS, at 8
 /// and 64 clients, for read_your_writes = pod (default), session and off.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "measurement: cargo test --release --test consistency -- --ignored --nocapture measure_replica_share"]
+#[ignore = "measurement: cargo test --release --test it -- --ignored --nocapture consistency::measure_replica_share"]
 async fn measure_replica_share_with_writes() {
     let c = tokio::task::spawn_blocking(|| {
         Cluster::start(pgsplit_cluster::ClusterOptions {

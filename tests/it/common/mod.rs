@@ -1,17 +1,14 @@
 //! Shared helpers for the integration tests.
 //!
-//! Each test binary that declares `mod common;` gets one primary + replica cluster, started
-//! on first use by [`cluster`] and shared by its tests (cargo runs them as threads of one
-//! process). The servers outlive the tests only until the cluster's watchdog notices that
-//! the process has exited. Tests that pause WAL replay take turns on a cluster of their
-//! own ([`replay::replay_cluster`]); tests that stop, promote or otherwise damage a node
-//! start a `Cluster` of their own ([`own::own_cluster`]).
+//! The test process has one primary + replica cluster, started on first use by [`cluster`]
+//! and shared by the tests of every module (cargo runs them as threads of one process).
+//! The servers outlive the tests only until the cluster's watchdog notices that the
+//! process has exited. Tests that pause WAL replay take turns on a cluster of their own
+//! ([`replay::replay_cluster`]); tests that stop, promote or otherwise damage a node start
+//! a `Cluster` of their own ([`own::own_cluster`]).
 //!
 //! `Cluster` methods block. In a `#[tokio::test]` (a current-thread runtime) call them only
 //! while no query of that test is in flight, or through `tokio::task::spawn_blocking`.
-
-// Each test binary uses a subset of these helpers.
-#![allow(dead_code)]
 
 pub mod libpq;
 pub mod own;

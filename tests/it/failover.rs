@@ -3,13 +3,12 @@
 //! and the replica promoted, and two servers claiming to be primary. Each test kills
 //! or promotes servers, so each starts its own cluster.
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::own::{blocking, health_of, own_cluster, poll_until};
-use common::{Proxy, connect, log_text, server_port};
+use crate::common;
+use crate::common::own::{blocking, health_of, own_cluster, poll_until};
+use crate::common::{Proxy, connect, log_text, server_port};
 use pgsplit::backend::health::{PrimaryState, Role};
 use pgsplit_cluster::Node;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -1,13 +1,12 @@
 //! psql and pgbench through pgsplit, as child processes, against the shared
 //! primary + replica.
 
-mod common;
-
 use std::path::PathBuf;
 use std::process::Output;
 use std::time::Duration;
 
-use common::{Proxy, cluster, connect, start};
+use crate::common;
+use crate::common::{Proxy, cluster, connect, start};
 use pgsplit_cluster::{Cluster, Node};
 use tokio::process::Command;
 use tokio::time::{Instant, sleep, timeout};

@@ -8,8 +8,6 @@
 //! others share the binary's cluster but each runs its own pgsplit (and so its
 //! own metrics recorder).
 
-mod common;
-
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
@@ -18,9 +16,9 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::own::{blocking, own_cluster};
-use common::replay::replay_cluster;
-use common::{Proxy, cluster, connect, free_port, percent};
+use crate::common::own::{blocking, own_cluster};
+use crate::common::replay::replay_cluster;
+use crate::common::{Proxy, cluster, connect, free_port, percent};
 use pgsplit_cluster::{Cluster, DATABASE, Node};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
