@@ -10,6 +10,9 @@
 //! `cargo bench --bench tls_handshake`; `PGSPLIT_BENCH_CONNECTIONS` sets the number
 //! of connections per case (default 300).
 
+// A bench that meets something unexpected stops there.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 // The integration tests' helpers (a test CA, an in-process pgsplit); this
 // bench uses a few of them.
 #[path = "../tests/it/common/mod.rs"]
