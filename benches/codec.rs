@@ -7,6 +7,9 @@
 //!
 //! Run: `cargo bench --bench codec`.
 
+// A bench that meets something unexpected stops there.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::hint::black_box;
 
 use bytes::{BufMut, BytesMut};

@@ -1,5 +1,5 @@
 //! Helper for `benches/load.sh`, not a benchmark: starts the throwaway primary +
-//! streaming replica of `pgsplit::cluster`, prints what the script needs as
+//! streaming replica of `pgsplit_cluster`, prints what the script needs as
 //! `KEY=value` lines followed by `READY`, and keeps the cluster up until its
 //! standard input closes (the script holds a pipe open; when the script exits,
 //! however it exits, the pipe closes and the cluster is stopped and removed).
@@ -9,7 +9,7 @@
 
 use std::io::{Read, Write};
 
-use pgsplit::cluster::{Cluster, ClusterOptions, Node};
+use pgsplit_cluster::{Cluster, ClusterOptions, Node};
 
 fn main() {
     if std::env::var("PGSPLIT_LOAD_CLUSTER").as_deref() != Ok("serve") {
@@ -40,7 +40,7 @@ fn main() {
         ("REPLICA_PORT", cluster.port(Node::Replica).to_string()),
         ("DB_USER", cluster.user().to_owned()),
         ("DB_PASSWORD", cluster.password().to_owned()),
-        ("DB_NAME", pgsplit::cluster::DATABASE.to_owned()),
+        ("DB_NAME", pgsplit_cluster::DATABASE.to_owned()),
         ("CLUSTER_DIR", cluster.dir().display().to_string()),
     ];
     for (k, v) in lines {

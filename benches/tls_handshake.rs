@@ -10,14 +10,20 @@
 //! `cargo bench --bench tls_handshake`; `PGSPLIT_BENCH_CONNECTIONS` sets the number
 //! of connections per case (default 300).
 
-#[path = "../tests/common/mod.rs"]
+// A bench that meets something unexpected stops there.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+// The integration tests' helpers (a test CA, an in-process pgsplit); this
+// bench uses a few of them.
+#[path = "../tests/it/common/mod.rs"]
+#[allow(dead_code)]
 mod common;
 
 use std::time::{Duration, Instant};
 
 use common::Proxy;
 use common::tls::{ClientTls, TestCa, TlsDir, Usage};
-use pgsplit::cluster::{Cluster, ClusterOptions, Node};
+use pgsplit_cluster::{Cluster, ClusterOptions, Node};
 use tokio_postgres::Socket;
 use tokio_postgres::tls::MakeTlsConnect;
 

@@ -16,8 +16,9 @@
 //! Module map: [`protocol`] pure wire codec; [`route`] pure classification and
 //! routing; [`client`] handshake, session loop, relay; [`backend`] server
 //! connections, pools, health monitor; [`config`] typed configuration; [`app`]
-//! wiring and shutdown; [`admin`] HTTP endpoints; [`metrics`] metric handles;
-//! [`cluster`] throwaway PostgreSQL primary + replica for the demo and tests.
+//! wiring and shutdown; [`admin`] HTTP endpoints; [`metrics`] metric handles.
+//! The throwaway PostgreSQL primary + replica of the demo and the tests is the
+//! workspace crate `pgsplit-cluster` (`cluster/`), not part of this library.
 
 #![forbid(unsafe_code)]
 
@@ -25,7 +26,6 @@ pub mod admin;
 pub mod app;
 pub mod backend;
 pub mod client;
-pub mod cluster;
 pub mod config;
 pub mod lifecycle;
 pub mod metrics;

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, ValueEnum};
 use pgsplit::app::{App, unix_signals};
 use pgsplit::config::{Config, Overrides};
 
@@ -36,11 +36,15 @@ struct Cli {
     /// gains. 0 means one per core.
     #[arg(long)]
     workers: Option<usize>,
+    #[cfg(feature = "demo")]
     #[command(subcommand)]
     command: Option<Command>,
 }
 
-#[derive(Subcommand, Debug)]
+// Only in builds with the `demo` feature (the default; the container image
+// leaves it out).
+#[cfg(feature = "demo")]
+#[derive(clap::Subcommand, Debug)]
 enum Command {
     /// Start a throwaway primary + streaming replica and pgsplit in front of them.
     Demo {
@@ -76,6 +80,7 @@ fn init_logs(format: LogFormat) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logs(cli.log_format);
+    #[cfg(feature = "demo")]
     if let Some(Command::Demo { port }) = cli.command {
         let Some(runtime) = runtime_or_report(cli.workers) else {
             return ExitCode::FAILURE;
@@ -154,8 +159,11 @@ async fn serve(config: Config, reload: Option<(PathBuf, Overrides)>) -> anyhow::
     Ok(())
 }
 
+/// `pgsplit demo`: a throwaway primary and streaming replica
+/// (`pgsplit-cluster`) with pgsplit in front, until Ctrl-C.
+#[cfg(feature = "demo")]
 async fn demo(port: u16) -> anyhow::Result<()> {
-    use pgsplit::cluster::{Cluster, ClusterOptions, Node};
+    use pgsplit_cluster::{Cluster, ClusterOptions, Node};
     eprintln!("pgsplit demo: starting a throwaway PostgreSQL primary and streaming replica...");
     let cluster =
         tokio::task::spawn_blocking(|| Cluster::start(ClusterOptions::default())).await??;

@@ -5,13 +5,16 @@
 
 No container engine is needed: the Dockerfile is read as text. Checks that
   * there is a build stage on a version-pinned rust:X.Y[.Z]-bookworm image, at
-    least the crate's rust-version, that runs `cargo build --release --locked`;
+    least the crate's rust-version, that runs `cargo build --release --locked
+    --no-default-features` (the proxy without `pgsplit demo` and the test
+    cluster it would link);
   * the final stage is distroless (gcr.io/distroless/...:nonroot), runs no
     command (it has no shell), copies exactly one file, the release binary of
     the crate's [[bin]] from the build stage, sets a numeric non-root USER,
     EXPOSEs the client and admin ports and starts the binary in exec form;
   * .dockerignore keeps target/ and .git out of the context but not the
-    sources, Cargo.toml or Cargo.lock.
+    sources, Cargo.toml, Cargo.lock or the manifests of the workspace members
+    (cargo reads them even for a build that does not use them).
 Exits 1 with one line per problem.
 """
 
@@ -49,17 +52,21 @@ def instructions(text):
 
 
 def crate_facts(root):
+    """(bin names, rust-version, workspace member directories)."""
     path = os.path.join(root, "Cargo.toml")
     with open(path, "rb") as f:
         raw = f.read()
     if tomllib:
         cargo = tomllib.loads(raw.decode())
         bins = [b.get("name") for b in cargo.get("bin", [])] or [cargo["package"]["name"]]
-        return bins, cargo["package"].get("rust-version")
+        members = cargo.get("workspace", {}).get("members", [])
+        return bins, cargo["package"].get("rust-version"), members
     text = raw.decode()
     bins = re.findall(r'\[\[bin\]\]\s*name\s*=\s*"([^"]+)"', text) or re.findall(r'^name\s*=\s*"([^"]+)"', text, re.M)[:1]
     rv = re.search(r'^rust-version\s*=\s*"([^"]+)"', text, re.M)
-    return bins, rv.group(1) if rv else None
+    m = re.search(r'^members\s*=\s*\[([^\]]*)\]', text, re.M)
+    members = re.findall(r'"([^"]+)"', m.group(1)) if m else []
+    return bins, rv.group(1) if rv else None, members
 
 
 def version_tuple(v):
@@ -72,7 +79,7 @@ def main(argv):
     dockerfile = os.path.join(root, "deploy", "Dockerfile")
     with open(dockerfile, encoding="utf-8") as f:
         ins = instructions(f.read())
-    bins, rust_version = crate_facts(root)
+    bins, rust_version, members = crate_facts(root)
 
     stages = []  # [name, from-image, [instructions]]
     for n, word, args in ins:
@@ -107,9 +114,12 @@ def main(argv):
         for n, word, args in st["ins"]:
             if word == "RUN" and re.search(r"\bcargo build\b", args):
                 flags = args.split()
-                for flag in ("--release", "--locked"):
+                for flag in ("--release", "--locked", "--no-default-features"):
                     if flag not in flags:
                         problems.append(f"line {n}: `cargo build` without {flag}")
+                for flag in ("--features", "-F", "--all-features"):
+                    if any(f == flag or f.startswith(flag + "=") for f in flags):
+                        problems.append(f"line {n}: `cargo build` with {flag}: the image is the proxy alone")
     if build is None:
         problems.append("no build stage runs `cargo build`")
     elif not build["name"]:
@@ -188,7 +198,9 @@ def main(argv):
         for must in ("target/release/pgsplit", ".git/HEAD"):
             if not ignored(must):
                 problems.append(f".dockerignore does not exclude {must.split('/')[0]}/")
-        for keep in ("Cargo.toml", "Cargo.lock", "src/main.rs"):
+        keeps = ["Cargo.toml", "Cargo.lock", "src/main.rs"]
+        keeps += [f"{m.rstrip('/')}/Cargo.toml" for m in members]
+        for keep in keeps:
             if ignored(keep):
                 problems.append(f".dockerignore excludes {keep}, which the build needs")
     return report(problems)

@@ -12,7 +12,8 @@
 # Needs: PostgreSQL server binaries (Debian: postgresql), psql, and Prometheus
 # (Debian: prometheus; installed with apt-get when missing and run as root).
 # The pgsplit binary is target/release/pgsplit (built with
-# `cargo build --release --locked` when missing), or $PGSPLIT_BIN.
+# `cargo build --release --locked` when missing or built without the `demo`
+# feature), or $PGSPLIT_BIN.
 # Ports: PGSPLIT_PORT (default 6432) for clients, PROMETHEUS_PORT (default 9090).
 set -euo pipefail
 
@@ -32,10 +33,14 @@ port_free "$PGSPLIT_PORT" || die "port $PGSPLIT_PORT is taken: set PGSPLIT_PORT"
 port_free "$PROMETHEUS_PORT" || die "port $PROMETHEUS_PORT is taken: set PROMETHEUS_PORT"
 
 BIN=${PGSPLIT_BIN:-$ROOT/target/release/pgsplit}
-if [[ ! -x "$BIN" ]]; then
+has_demo() { [[ -x "$BIN" ]] && "$BIN" demo --help >/dev/null 2>&1; }
+# A build without the default `demo` feature (the image's, --no-default-features)
+# has no `pgsplit demo`: rebuild target/release/pgsplit with it.
+if [[ -z "${PGSPLIT_BIN:-}" ]] && ! has_demo; then
     say "building pgsplit (cargo build --release --locked)..."
     (cd "$ROOT" && cargo build --release --locked)
 fi
+has_demo || die "$BIN has no \`demo\` subcommand (built with --no-default-features?)"
 if ! command -v prometheus >/dev/null; then
     [[ $(id -u) -eq 0 ]] || die "prometheus is not installed: sudo apt-get install prometheus"
     say "installing Prometheus (apt-get install prometheus)..."

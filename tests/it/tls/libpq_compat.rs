@@ -11,7 +11,7 @@ use tokio::net::{TcpListener, TcpStream};
 use super::{Tls, client_tls, proxy_verified, tls_cluster, tls_section};
 use crate::common::libpq::{attempt_all, compare, option_rows};
 use crate::common::tls::{Usage, ssl_request_packet};
-use pgsplit::cluster::Node;
+use pgsplit_cluster::Node;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn libpq_options_behave_as_against_postgres_under_tls_require() {

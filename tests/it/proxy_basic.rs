@@ -1,10 +1,8 @@
 //! The core data path through pgsplit with real clients against a real primary
 //! and streaming replica: routing, transactions, extended protocol, auth.
 
-mod common;
-
-use common::{Proxy, cluster, connect, server_port};
-use pgsplit::cluster::Node;
+use crate::common::{Proxy, cluster, connect, server_port};
+use pgsplit_cluster::Node;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_go_to_the_replica_and_writes_to_the_primary() {
@@ -63,7 +61,7 @@ async fn net_settings_are_set_on_server_sockets() {
         .unwrap_or_else(|| panic!("primary target"));
     let login = pgsplit::backend::Login {
         user: c.user().to_owned(),
-        database: pgsplit::cluster::DATABASE.to_owned(),
+        database: pgsplit_cluster::DATABASE.to_owned(),
     };
     let conn = proxy
         .ctx

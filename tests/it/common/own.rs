@@ -1,11 +1,12 @@
-//! Helpers for tests that run their own cluster (to stop, kill, promote or
-//! pause it) rather than the shared one.
+//! Helpers for tests that run their own cluster (to stop, kill or promote a
+//! node) rather than a shared one, and for tests that watch pgsplit's view of
+//! the servers change.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pgsplit::backend::health::ServerHealth;
-use pgsplit::cluster::{Cluster, ClusterOptions};
+use pgsplit_cluster::{Cluster, ClusterOptions};
 
 use super::Proxy;
 

@@ -1,9 +1,8 @@
 //! The test cluster itself: a primary, a streaming hot standby, and the controls that
 //! later tests rely on.
 
-mod common;
-
-use pgsplit::cluster::{Cluster, ClusterOptions, Node};
+use crate::common;
+use pgsplit_cluster::{Cluster, ClusterOptions, Node};
 use tokio_postgres::error::SqlState;
 
 #[tokio::test]
@@ -59,9 +58,10 @@ async fn writes_on_the_primary_are_read_on_the_replica() {
     );
 }
 
+/// On the replay cluster: a paused replica would hold back every test on the shared one.
 #[tokio::test]
 async fn paused_replay_holds_the_replica_behind() {
-    let cluster = common::cluster();
+    let (cluster, _turn) = common::replay::replay_cluster().await;
     let primary = common::connect(&cluster.url(Node::Primary)).await;
     primary
         .batch_execute("CREATE TABLE lag (id int)")

@@ -1,21 +1,22 @@
 //! DESIGN.md section 3 "Consistency" against a real primary and streaming replica:
 //! lag limits (time and bytes) and read-your-writes in its three scopes, with replay
-//! paused on the replica so that lag is real. Every test starts its own cluster: they
-//! pause and resume replay, which would disturb each other on a shared one.
+//! paused on the replica so that lag is real. The tests that pause replay take turns on
+//! the replay cluster (`common::replay`): a paused replica would disturb every other
+//! test on a shared one. The measurements start clusters of their own.
 //!
 //! `measure_read_your_writes_cost` is a measurement, not a check; run it with
-//! `cargo test --release --test consistency -- --ignored --nocapture`.
-
-mod common;
+//! `cargo test --release --test it -- --ignored --nocapture consistency::measure`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::own::{blocking, health_of, own_cluster, poll_until};
-use common::{Proxy, connect, server_port};
+use crate::common;
+use crate::common::own::{blocking, health_of, own_cluster, poll_until};
+use crate::common::replay::replay_cluster;
+use crate::common::{Proxy, connect, server_port};
 use pgsplit::backend::health::Role;
-use pgsplit::cluster::{Cluster, Node};
+use pgsplit_cluster::{Cluster, Node};
 use tokio_postgres::Client;
 
 /// A direct connection to the primary as the application role.
@@ -57,7 +58,7 @@ const MAX_LAG: Duration = Duration::from_millis(500);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lagging_replica_loses_reads_past_max_lag_and_regains_them_after_catch_up() {
-    let c = own_cluster().await;
+    let (c, _turn) = replay_cluster().await;
     let (primary, replica) = (c.port(Node::Primary), c.port(Node::Replica));
     primary_client(&c)
         .await
@@ -131,7 +132,7 @@ async fn lagging_replica_loses_reads_past_max_lag_and_regains_them_after_catch_u
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replica_over_max_lag_bytes_loses_reads_and_regains_them() {
-    let c = own_cluster().await;
+    let (c, _turn) = replay_cluster().await;
     let (primary, replica) = (c.port(Node::Primary), c.port(Node::Replica));
     let direct = primary_client(&c).await;
     direct
@@ -217,11 +218,11 @@ enum Expect {
 /// With replay paused: session `a` writes (autocommit, then an explicit
 /// transaction); `a`, an older session `b` and a new session `fresh` read at once.
 async fn ryw_scenario(scope: &str, same: Expect, others: Expect) {
-    let c = own_cluster().await;
+    let (c, _turn) = replay_cluster().await;
     let (primary, replica) = (c.port(Node::Primary), c.port(Node::Replica));
     primary_client(&c)
         .await
-        .batch_execute("CREATE TABLE ryw (id int primary key, v text)")
+        .batch_execute("DROP TABLE IF EXISTS ryw; CREATE TABLE ryw (id int primary key, v text)")
         .await
         .unwrap();
     blocking(&c, |c| c.wait_caught_up()).await.unwrap();
@@ -313,11 +314,11 @@ async fn ryw_scenario(scope: &str, same: Expect, others: Expect) {
 /// are not committed writes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statement_closes_of_a_reading_session_do_not_raise_the_floor() {
-    let c = own_cluster().await;
+    let (c, _turn) = replay_cluster().await;
     let replica = c.port(Node::Replica);
     let direct = primary_client(&c).await;
     direct
-        .batch_execute("CREATE TABLE ryw (id int primary key, v text)")
+        .batch_execute("DROP TABLE IF EXISTS ryw; CREATE TABLE ryw (id int primary key, v text)")
         .await
         .unwrap();
     blocking(&c, |c| c.wait_caught_up()).await.unwrap();
@@ -377,7 +378,7 @@ async fn pgbench(c: &Cluster, port: u16, args: &[&str]) -> String {
     let out = tokio::process::Command::new(c.bindir().join("pgbench"))
         .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", c.user()])
         .args(args)
-        .arg(pgsplit::cluster::DATABASE)
+        .arg(pgsplit_cluster::DATABASE)
         .env("PGPASSWORD", c.password())
         .kill_on_drop(true)
         .output()
@@ -443,7 +444,7 @@ async fn settle(c: &Arc<Cluster>) {
             "VACUUM pgbench_accounts",
             "CHECKPOINT",
         ] {
-            c.psql(Node::Primary, pgsplit::cluster::DATABASE, sql)?;
+            c.psql(Node::Primary, pgsplit_cluster::DATABASE, sql)?;
         }
         c.wait_caught_up()
     })
@@ -460,7 +461,7 @@ fn mean(xs: &[f64]) -> f64 {
 /// Runs alternate (pod, off, off, pod, pod, off) so that drift over the runs
 /// (table growth, checkpoints) falls on both alike.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "measurement: cargo test --release --test consistency -- --ignored --nocapture"]
+#[ignore = "measurement: cargo test --release --test it -- --ignored --nocapture consistency::measure_read_your_writes_cost"]
 async fn measure_read_your_writes_cost() {
     let c = own_cluster().await;
     let primary = c.port(Node::Primary);
@@ -512,18 +513,22 @@ async fn measure_read_your_writes_cost() {
 /// waiting for the next probe). Prints the share.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn write_then_read_elsewhere_is_never_stale_and_mostly_on_the_replica() {
-    let c = own_cluster().await;
+    // Replay is never paused here: the shared cluster will do.
+    let c = tokio::task::spawn_blocking(common::cluster).await.unwrap();
     let replica = c.port(Node::Replica);
-    primary_client(&c)
+    primary_client(c)
         .await
         .batch_execute("CREATE TABLE seen (id int primary key, v int)")
         .await
         .unwrap();
-    blocking(&c, |c| c.wait_caught_up()).await.unwrap();
+    tokio::task::spawn_blocking(move || c.wait_caught_up())
+        .await
+        .unwrap()
+        .unwrap();
     common::logs();
-    let proxy = Proxy::start(&c, "").await;
-    let writer = connect(&proxy.url(&c)).await;
-    let reader = connect(&proxy.url(&c)).await;
+    let proxy = Proxy::start(c, "").await;
+    let writer = connect(&proxy.url(c)).await;
+    let reader = connect(&proxy.url(c)).await;
     let rounds = 300;
     let mut on_replica = 0;
     for i in 0..rounds {
@@ -591,7 +596,7 @@ fn calls(c: &Cluster, node: Node, pattern: &str) -> u64 {
     let out = c
         .psql(
             node,
-            pgsplit::cluster::DATABASE,
+            pgsplit_cluster::DATABASE,
             &format!(
                 "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements WHERE query LIKE '{pattern}'"
             ),
@@ -606,10 +611,10 @@ fn calls(c: &Cluster, node: Node, pattern: &str) -> u64 {
 /// share of the SELECTs the replica ran, by its own statistics, and TPS, at 8
 /// and 64 clients, for read_your_writes = pod (default), session and off.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "measurement: cargo test --release --test consistency -- --ignored --nocapture measure_replica_share"]
+#[ignore = "measurement: cargo test --release --test it -- --ignored --nocapture consistency::measure_replica_share"]
 async fn measure_replica_share_with_writes() {
     let c = tokio::task::spawn_blocking(|| {
-        Cluster::start(pgsplit::cluster::ClusterOptions {
+        Cluster::start(pgsplit_cluster::ClusterOptions {
             extra_conf: vec!["shared_preload_libraries = 'pg_stat_statements'".to_owned()],
             ..Default::default()
         })
@@ -622,7 +627,7 @@ async fn measure_replica_share_with_writes() {
     blocking(&c, |c| {
         c.psql(
             Node::Primary,
-            pgsplit::cluster::DATABASE,
+            pgsplit_cluster::DATABASE,
             "CREATE EXTENSION pg_stat_statements",
         )
     })
@@ -641,11 +646,11 @@ async fn measure_replica_share_with_writes() {
                 for node in [Node::Primary, Node::Replica] {
                     c.psql(
                         node,
-                        pgsplit::cluster::DATABASE,
+                        pgsplit_cluster::DATABASE,
                         "SELECT pg_stat_statements_reset()",
                     )?;
                 }
-                Ok::<_, pgsplit::cluster::ClusterError>(())
+                Ok::<_, pgsplit_cluster::ClusterError>(())
             })
             .await
             .unwrap_or_else(|e| panic!("{e}"));

@@ -5,16 +5,14 @@
 //! Every test starts its own pgsplit and uses tables named after itself, so the
 //! tests can run in parallel on the one database `app`.
 
-mod common;
-
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
+use crate::common::{cluster, connect, server_port, start};
 use bytes::Bytes;
-use common::{cluster, connect, server_port, start};
 use futures_util::{SinkExt, TryStreamExt, future};
-use pgsplit::cluster::{Cluster, Node};
+use pgsplit_cluster::{Cluster, Node};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep, timeout};
 use tokio_postgres::types::{ToSql, Type};

@@ -3,53 +3,19 @@
 //! and the replica promoted, and two servers claiming to be primary. Each test kills
 //! or promotes servers, so each starts its own cluster.
 
-mod common;
-
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::own::{blocking, health_of, own_cluster, poll_until};
-use common::{Proxy, connect, server_port};
+use crate::common;
+use crate::common::own::{blocking, health_of, own_cluster, poll_until};
+use crate::common::{Proxy, connect, log_text, server_port};
 use pgsplit::backend::health::{PrimaryState, Role};
-use pgsplit::cluster::Node;
+use pgsplit_cluster::Node;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
 fn primary_state(proxy: &Proxy) -> PrimaryState {
     proxy.ctx.health.get().primary
-}
-
-/// Everything pgsplit logs in this test process (all tests share it).
-static LOG: Mutex<Vec<u8>> = Mutex::new(Vec::new());
-
-struct LogWriter;
-
-impl std::io::Write for LogWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        LOG.lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn capture_logs() {
-    static INIT: Once = Once::new();
-    INIT.call_once(|| {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new("pgsplit=info"))
-            .with_ansi(false)
-            .with_writer(|| LogWriter)
-            .try_init();
-    });
-}
-
-fn log_text() -> String {
-    String::from_utf8_lossy(&LOG.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
 }
 
 /// A plain HTTP/1.0 GET; the whole response (status line, headers, body).
@@ -178,7 +144,7 @@ async fn read_loop(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn replica_killed_during_read_load_causes_no_client_errors() {
-    capture_logs();
+    common::logs();
     let c = own_cluster().await;
     let (primary, replica) = (c.port(Node::Primary), c.port(Node::Replica));
     connect(&c.url(Node::Primary))
@@ -345,7 +311,7 @@ async fn replica_killed_during_read_load_causes_no_client_errors() {
 /// the window wide enough to hit deterministically.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_routed_to_a_just_killed_replica_falls_back_without_stalling() {
-    capture_logs();
+    common::logs();
     let c = own_cluster().await;
     let (primary, replica) = (c.port(Node::Primary), c.port(Node::Replica));
     let proxy = Proxy::start(&c, "[routing]\nhealth_interval = \"2s\"\n").await;
@@ -424,7 +390,7 @@ async fn write_until(client: &Client, id: i32, deadline: Duration) -> (Option<u1
 /// front of it with `FAILOVER_CONFIG`, and a client: (cluster, primary port,
 /// replica port, proxy, client).
 async fn failover_setup() -> (
-    std::sync::Arc<pgsplit::cluster::Cluster>,
+    std::sync::Arc<pgsplit_cluster::Cluster>,
     u16,
     u16,
     Proxy,
@@ -445,7 +411,7 @@ async fn failover_setup() -> (
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn promotion_moves_writes_to_the_promoted_replica_without_losing_acknowledged_writes() {
-    capture_logs();
+    common::logs();
     let (c, primary, replica, proxy, w) = failover_setup().await;
 
     let mut acked = Vec::new();
@@ -543,7 +509,7 @@ async fn promotion_moves_writes_to_the_promoted_replica_without_losing_acknowled
     let on_server = blocking(&c, |c| {
         c.psql(
             Node::Replica,
-            pgsplit::cluster::DATABASE,
+            pgsplit_cluster::DATABASE,
             "SELECT count(*) FROM acked WHERE id BETWEEN 1 AND 200 OR id IN (1000, 1001)",
         )
     })
@@ -570,7 +536,7 @@ async fn promotion_moves_writes_to_the_promoted_replica_without_losing_acknowled
 /// and turn /readyz 503; once the old primary is gone again, writes resume.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_primaries_fence_writes_until_one_is_gone() {
-    capture_logs();
+    common::logs();
     let (c, primary, replica, proxy, w) = failover_setup().await;
     assert_eq!(
         write_until(&w, 1, Duration::from_secs(5)).await.0,
@@ -632,7 +598,7 @@ async fn two_primaries_fence_writes_until_one_is_gone() {
         let n = blocking(&c, move |c| {
             c.psql(
                 node,
-                pgsplit::cluster::DATABASE,
+                pgsplit_cluster::DATABASE,
                 "SELECT count(*) FROM acked WHERE id = 3",
             )
         })

@@ -1,24 +1,23 @@
 //! Shared helpers for the integration tests.
 //!
-//! Each test binary that declares `mod common;` gets one primary + replica cluster, started
-//! on first use by [`cluster`] and shared by its tests (cargo runs them as threads of one
-//! process). The servers outlive the tests only until the cluster's watchdog notices that
-//! the process has exited. Tests that stop, promote or otherwise damage a node should
-//! start a `Cluster` of their own instead.
+//! The test process has one primary + replica cluster, started on first use by [`cluster`]
+//! and shared by the tests of every module (cargo runs them as threads of one process).
+//! The servers outlive the tests only until the cluster's watchdog notices that the
+//! process has exited. Tests that pause WAL replay take turns on a cluster of their own
+//! ([`replay::replay_cluster`]); tests that stop, promote or otherwise damage a node start
+//! a `Cluster` of their own ([`own::own_cluster`]).
 //!
 //! `Cluster` methods block. In a `#[tokio::test]` (a current-thread runtime) call them only
 //! while no query of that test is in flight, or through `tokio::task::spawn_blocking`.
 
-// Each test binary uses a subset of these helpers.
-#![allow(dead_code)]
-
 pub mod libpq;
 pub mod own;
+pub mod replay;
 pub mod tls;
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, Once, OnceLock};
 
-use pgsplit::cluster::{Cluster, ClusterOptions};
+use pgsplit_cluster::{Cluster, ClusterOptions};
 use tokio_postgres::{Client, NoTls};
 
 /// The process-wide cluster; panics with the reason if it cannot be started. A failed
@@ -48,7 +47,7 @@ pub async fn connect(url: &str) -> Client {
 
 /// A loopback TCP port that was free a moment ago.
 pub fn free_port() -> u16 {
-    match pgsplit::cluster::free_loopback_port() {
+    match pgsplit_cluster::free_loopback_port() {
         Ok(port) => port,
         Err(e) => panic!("{e}"),
     }
@@ -87,7 +86,7 @@ impl Proxy {
     /// The config `start` uses: loopback listeners on free ports, the cluster's
     /// primary and replica, then `extra`.
     pub fn config_text(cluster: &Cluster, extra: &str) -> String {
-        use pgsplit::cluster::Node;
+        use pgsplit_cluster::Node;
         format!(
             "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nprimary = \"{}\"\nreplicas = [\"{}\"]\n{extra}",
             cluster.url(Node::Primary),
@@ -157,7 +156,7 @@ impl Proxy {
         format!(
             "postgres://{user}:{pw}@{}/{}",
             self.addr,
-            pgsplit::cluster::DATABASE
+            pgsplit_cluster::DATABASE
         )
     }
 
@@ -192,13 +191,65 @@ pub async fn server_port(client: &Client) -> u16 {
     u16::try_from(port).unwrap_or(0)
 }
 
-/// Sends pgsplit's `tracing` output to the test's captured output, filtered by
-/// `RUST_LOG` (e.g. `RUST_LOG=pgsplit=debug cargo test ... -- --nocapture`).
+/// What pgsplit logged at INFO and above in this process, for [`log_text`].
+static LOG: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+/// [`LOG`] keeps at most this much: the tests look for lines logged a moment ago.
+const LOG_LIMIT: usize = 8 << 20;
+
+/// Appends to [`LOG`], dropping its older half when it outgrows [`LOG_LIMIT`].
+struct LogWriter;
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut log = LOG.lock().unwrap_or_else(|p| p.into_inner());
+        log.extend_from_slice(buf);
+        if log.len() > LOG_LIMIT {
+            let cut = log.len() - LOG_LIMIT / 2;
+            let cut = log[cut..]
+                .iter()
+                .position(|b| *b == b'\n')
+                .map_or(cut, |i| cut + i + 1);
+            log.drain(..cut);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Installs the process's `tracing` subscriber (once; every test calls it, and
+/// a subscriber is global): pgsplit's output goes to the test's captured output,
+/// filtered by `RUST_LOG` (e.g. `RUST_LOG=pgsplit=debug cargo test ... --
+/// --nocapture`), and its INFO and above, what an operator reads, to the
+/// in-memory log of [`log_text`].
 pub fn logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        use tracing_subscriber::{EnvFilter, Layer, fmt};
+        let _ = tracing_subscriber::registry()
+            .with(
+                fmt::layer()
+                    .with_test_writer()
+                    .with_filter(EnvFilter::from_default_env()),
+            )
+            .with(
+                fmt::layer()
+                    .with_ansi(false)
+                    .with_writer(|| LogWriter)
+                    .with_filter(EnvFilter::new("pgsplit=info")),
+            )
+            .try_init();
+    });
+}
+
+/// Everything pgsplit logged at INFO and above since the first [`logs`] call,
+/// from every test of the process (the most recent 4 MiB at least).
+pub fn log_text() -> String {
+    String::from_utf8_lossy(&LOG.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
 }
 
 /// Starts pgsplit in front of `c` with `extra` config, with logs on.

@@ -1,14 +1,13 @@
 //! psql and pgbench through pgsplit, as child processes, against the shared
 //! primary + replica.
 
-mod common;
-
 use std::path::PathBuf;
 use std::process::Output;
 use std::time::Duration;
 
-use common::{Proxy, cluster, connect, start};
-use pgsplit::cluster::{Cluster, Node};
+use crate::common;
+use crate::common::{Proxy, cluster, connect, start};
+use pgsplit_cluster::{Cluster, Node};
 use tokio::process::Command;
 use tokio::time::{Instant, sleep, timeout};
 
@@ -61,7 +60,7 @@ fn text(out: &Output) -> (String, String) {
 /// `psql -X -At` with one `-c` per command, through pgsplit; stdin from `input`.
 async fn psql(c: &Cluster, proxy: &Proxy, commands: &[&str], input: Option<&[u8]>) -> Output {
     let mut cmd = client_command(c, proxy, "psql");
-    cmd.args(["-X", "-A", "-t", "-d", pgsplit::cluster::DATABASE]);
+    cmd.args(["-X", "-A", "-t", "-d", pgsplit_cluster::DATABASE]);
     for command in commands {
         cmd.arg("-c").arg(command);
     }
@@ -104,7 +103,7 @@ async fn psql_ok(c: &Cluster, proxy: &Proxy, commands: &[&str]) -> String {
 
 /// Runs SQL on the primary directly (superuser over its socket).
 async fn on_primary(c: &'static Cluster, sql: &'static str) -> String {
-    tokio::task::spawn_blocking(move || c.psql(Node::Primary, pgsplit::cluster::DATABASE, sql))
+    tokio::task::spawn_blocking(move || c.psql(Node::Primary, pgsplit_cluster::DATABASE, sql))
         .await
         .expect("spawn_blocking")
         .unwrap_or_else(|e| panic!("{sql}: {e}"))
@@ -290,7 +289,7 @@ async fn psql_sees_notices_and_errors() {
         "-v",
         "VERBOSITY=verbose",
         "-d",
-        pgsplit::cluster::DATABASE,
+        pgsplit_cluster::DATABASE,
         "-c",
         "SELECT 1 / 0",
     ]);
@@ -405,7 +404,7 @@ async fn pgbench_initializes_and_runs_in_every_protocol_mode() {
     const PER_CLIENT: u32 = 200;
 
     let mut init = client_command(c, &proxy, "pgbench");
-    init.args(["-i", "-s", "1", "-q", pgsplit::cluster::DATABASE]);
+    init.args(["-i", "-s", "1", "-q", pgsplit_cluster::DATABASE]);
     let out = run(init, "pgbench -i").await;
     let (stdout, stderr) = text(&out);
     assert!(
@@ -440,7 +439,7 @@ async fn pgbench_initializes_and_runs_in_every_protocol_mode() {
             if select_only {
                 cmd.arg("-S");
             }
-            cmd.arg(pgsplit::cluster::DATABASE);
+            cmd.arg(pgsplit_cluster::DATABASE);
             let out = run(cmd, &what).await;
             check_pgbench(&out, &what, CLIENTS * PER_CLIENT);
 

@@ -6,12 +6,10 @@
 //! Every proxy here has `pool.max_size = 1`, so the second client gets the very
 //! server connections the first one used.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{Proxy, cluster, connect};
-use pgsplit::cluster::{Cluster, Node};
+use crate::common::{Proxy, cluster, connect};
+use pgsplit_cluster::{Cluster, Node};
 
 const POOL_OF_ONE: &str = "[pool]\nmax_size = 1\n";
 

@@ -2,13 +2,11 @@
 //! input: each gets an ErrorResponse with a SQLSTATE and/or a closed
 //! connection, promptly, and pgsplit keeps serving everybody else.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{Proxy, cluster, connect, start};
-use pgsplit::cluster::Cluster;
+use crate::common::{Proxy, cluster, connect, start};
+use pgsplit_cluster::Cluster;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep, timeout};

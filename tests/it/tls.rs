@@ -2,25 +2,23 @@
 //! `[tls] mode = "require" | "allow"`, direct TLS, client certificates, certificate
 //! reload; pgsplit to the servers under libpq `sslmode` semantics.
 //!
-//! The tests of this binary share one primary + replica started with `ssl = on` and a
+//! The tests of this module share one primary + replica started with `ssl = on` and a
 //! server certificate from a test CA made here. That certificate names `127.0.0.1`
 //! (IP SAN) and `db.example`, not `localhost`: a server URL with host `localhost`
 //! fails `verify-full` while `127.0.0.1` passes.
 
-mod common;
-#[path = "tls/copy_soak.rs"]
 mod copy_soak;
-#[path = "tls/libpq_compat.rs"]
 mod libpq_compat;
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::tls::{ClientTls, Leaf, TestCa, TlsDir, Usage, read_message, startup_packet};
-use common::{Proxy, server_port};
+use crate::common;
+use crate::common::tls::{ClientTls, Leaf, TestCa, TlsDir, Usage, read_message, startup_packet};
+use crate::common::{Proxy, server_port};
 use pgsplit::backend::health::{PrimaryState, Role};
-use pgsplit::cluster::{Cluster, ClusterOptions, Node};
+use pgsplit_cluster::{Cluster, ClusterOptions, Node};
 use tokio::io::AsyncWriteExt;
 
 /// The TLS-enabled cluster and the certificates around it.

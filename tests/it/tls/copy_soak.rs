@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 use super::{Tls, client_tls, config_text, server_url, tls_cluster, tls_section, verify_full};
 use crate::common::Proxy;
 use crate::common::tls::{read_message, startup_packet};
-use pgsplit::cluster::Node;
+use pgsplit_cluster::Node;
 
 const ITERATIONS: u64 = 200;
 const MIN_SIZE: f64 = 1024.0;
@@ -103,7 +103,7 @@ async fn open(t: &Tls, proxy: &Proxy, tls: bool) -> Box<dyn Io> {
         let _ = tcp.set_nodelay(true);
         Box::new(tcp)
     };
-    s.write_all(&startup_packet(c.user(), pgsplit::cluster::DATABASE))
+    s.write_all(&startup_packet(c.user(), pgsplit_cluster::DATABASE))
         .await
         .unwrap_or_else(|e| panic!("startup: {e}"));
     s.flush().await.unwrap_or_else(|e| panic!("startup: {e}"));

@@ -3,11 +3,10 @@
 //! Prometheus), counters and gauges that move by the right amounts, and the
 //! `pgsplit` binary under SIGTERM (drain) and SIGHUP (reload), with its logs.
 //!
-//! Tests that stop the primary or pause replay start a cluster of their own;
-//! the others share the binary's cluster but each runs its own pgsplit (and so
-//! its own metrics recorder).
-
-mod common;
+//! The test that stops the primary starts a cluster of its own, the one that
+//! pauses replay takes its turn on the replay cluster (`common::replay`); the
+//! others share the binary's cluster but each runs its own pgsplit (and so its
+//! own metrics recorder).
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -17,8 +16,10 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Proxy, cluster, connect, free_port, percent};
-use pgsplit::cluster::{Cluster, DATABASE, Node};
+use crate::common::own::{blocking, own_cluster};
+use crate::common::replay::replay_cluster;
+use crate::common::{Proxy, cluster, connect, free_port, percent};
+use pgsplit_cluster::{Cluster, DATABASE, Node};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_postgres::{Client, NoTls};
@@ -287,22 +288,6 @@ fn proxy_url(c: &Cluster, addr: SocketAddr) -> String {
 /// The `server` label pgsplit uses for a node.
 fn server_label(c: &Cluster, node: Node) -> String {
     format!("127.0.0.1:{}", c.port(node))
-}
-
-async fn start_own_cluster() -> Arc<Cluster> {
-    let c = tokio::task::spawn_blocking(|| Cluster::start(Default::default()))
-        .await
-        .expect("cluster start task")
-        .unwrap_or_else(|e| panic!("could not start a PostgreSQL cluster: {e}"));
-    Arc::new(c)
-}
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f).await.expect("blocking task")
-}
-
-async fn drop_cluster(c: Arc<Cluster>) {
-    blocking(move || drop(c)).await;
 }
 
 fn unique() -> u64 {
@@ -868,7 +853,7 @@ async fn counters_move_by_the_right_amounts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lag_gauges_grow_while_replay_is_paused() {
-    let cl = start_own_cluster().await;
+    let (cl, _turn) = replay_cluster().await;
     let proxy = Proxy::start(&cl, "[routing]\nhealth_interval = \"100ms\"\n").await;
     let replica = server_label(&cl, Node::Replica);
     let direct = connect(&cl.url(Node::Primary)).await;
@@ -876,12 +861,9 @@ async fn lag_gauges_grow_while_replay_is_paused() {
         .batch_execute("CREATE TABLE ops_lag (id bigserial PRIMARY KEY, pad text)")
         .await
         .unwrap();
-    {
-        let cl = cl.clone();
-        blocking(move || cl.pause_replay())
-            .await
-            .expect("pause replay");
-    }
+    blocking(&cl, |c| c.pause_replay())
+        .await
+        .expect("pause replay");
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = {
         let stop = stop.clone();
@@ -903,10 +885,7 @@ async fn lag_gauges_grow_while_replay_is_paused() {
     let second = scrape(proxy.admin).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     writer.await.expect("writer task");
-    let resumed = {
-        let cl = cl.clone();
-        blocking(move || cl.resume_replay()).await
-    };
+    let resumed = blocking(&cl, |c| c.resume_replay()).await;
 
     let bytes = |m: &Scrape| m.value("pgsplit_server_lag_bytes", &[("server", &replica)]);
     let secs = |m: &Scrape| m.value("pgsplit_server_lag_seconds", &[("server", &replica)]);
@@ -943,12 +922,11 @@ async fn lag_gauges_grow_while_replay_is_paused() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     proxy.stop().await;
-    drop_cluster(cl).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_follows_the_primary_and_healthz_stays_up() {
-    let cl = start_own_cluster().await;
+    let cl = own_cluster().await;
     let proxy = Proxy::start(&cl, "[routing]\nhealth_interval = \"100ms\"\n").await;
     let admin = proxy.admin;
     assert_eq!(http_get(admin, "/readyz").await.unwrap().0, 200);
@@ -989,12 +967,9 @@ async fn readyz_follows_the_primary_and_healthz_stays_up() {
         }
     };
 
-    {
-        let cl = cl.clone();
-        blocking(move || cl.stop(Node::Primary, true))
-            .await
-            .expect("stop the primary");
-    }
+    blocking(&cl, |c| c.stop(Node::Primary, true))
+        .await
+        .expect("stop the primary");
     let body = wait_status(503, 15).await;
     assert!(
         body.starts_with("not ready:") && body.trim().lines().count() == 1,
@@ -1008,12 +983,9 @@ async fn readyz_follows_the_primary_and_healthz_stays_up() {
         "{}",
         down.text
     );
-    {
-        let cl = cl.clone();
-        blocking(move || cl.start_node(Node::Primary))
-            .await
-            .expect("start the primary");
-    }
+    blocking(&cl, |c| c.start_node(Node::Primary))
+        .await
+        .expect("start the primary");
     wait_status(200, 30).await;
     let back = scrape(admin).await;
     assert_eq!(
@@ -1037,7 +1009,6 @@ async fn readyz_follows_the_primary_and_healthz_stays_up() {
     assert!(n > 0);
     assert!(bad.is_empty(), "/healthz failed: {bad:?}");
     proxy.stop().await;
-    drop_cluster(cl).await;
 }
 
 // ----- signals against the real binary -----
