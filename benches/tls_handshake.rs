@@ -11,7 +11,7 @@
 //! of connections per case (default 300).
 
 // A bench that meets something unexpected stops there.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
 // The integration tests' helpers (a test CA, an in-process pgsplit); this
 // bench uses a few of them.

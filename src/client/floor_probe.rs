@@ -19,11 +19,11 @@ use crate::route::class::Kind;
 
 /// The floor query pipelined behind a unit. Schema-qualified: a client's
 /// `search_path` must not be able to put another function in its place.
-pub const SQL: &[u8] = b"SELECT pg_catalog.pg_current_wal_insert_lsn()::text";
+pub(crate) const SQL: &[u8] = b"SELECT pg_catalog.pg_current_wal_insert_lsn()::text";
 
 /// Whether the floor query may follow `unit` in the same flight. `in_txn`:
 /// the session has a transaction open before the unit.
-pub fn may_follow(unit: &Unit, st: &SessionState, in_txn: bool) -> bool {
+pub(crate) fn may_follow(unit: &Unit, st: &SessionState, in_txn: bool) -> bool {
     let class = unit.class();
     let shape = if in_txn {
         // A lone COMMIT/END ends the transaction (a failed one rolls back):
@@ -45,7 +45,7 @@ pub fn may_follow(unit: &Unit, st: &SessionState, in_txn: bool) -> bool {
 /// back for the floor; a statement in the middle of a transaction does not.
 /// Conservative: a transaction-control statement, or any of the words that
 /// end a transaction anywhere in the texts, or a statement not seen.
-pub fn may_end_transaction(unit: &Unit, st: &SessionState) -> bool {
+pub(crate) fn may_end_transaction(unit: &Unit, st: &SessionState) -> bool {
     const ENDING: &[&[u8]] = &[b"commit", b"end", b"rollback", b"abort", b"prepare"];
     unit.class().kind == Kind::TxnControl
         || !unit.complete

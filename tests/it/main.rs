@@ -16,7 +16,8 @@
 //! (by application_name or a marker in the query text).
 
 // Tests panic on what they did not expect; that is how they fail.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+// A test binary: its helpers are `pub` for the modules, never for a user.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
 mod common;
 
