@@ -1,13 +1,13 @@
 //! Everything that talks to PostgreSQL servers: connections, pools, health.
 
 pub mod conn;
-pub mod error;
+pub(crate) mod error;
 pub mod health;
-pub mod monitor;
-pub mod pool;
-pub mod replay;
-pub mod servers;
-pub mod statements;
+pub(crate) mod monitor;
+pub(crate) mod pool;
+pub(crate) mod replay;
+pub(crate) mod servers;
+pub(crate) mod statements;
 
 pub use conn::{CancelKey, Login, ServerConn, ServerId, ServerTarget};
 pub use error::BackendError;

@@ -91,7 +91,7 @@ impl Prober {
 /// What the monitor reads (the configuration and the server list, both
 /// replaced on reload) and what it keeps current: the health snapshot, the
 /// replay positions, the pools' server set, the function catalog.
-pub struct Monitored {
+pub(crate) struct Monitored {
     pub config: Arc<Shared<Config>>,
     pub servers: Arc<Shared<Servers>>,
     pub pools: Arc<Pools>,
@@ -104,7 +104,7 @@ pub struct Monitored {
 
 /// Probes every configured server each `health_interval` and publishes the
 /// snapshot. Follows reloads: servers added or removed, limits changed.
-pub async fn run_monitor(ctx: Monitored) {
+pub(crate) async fn run_monitor(ctx: Monitored) {
     let mut stopped = std::pin::pin!(ctx.lifecycle.reached(Phase::Stopped));
     let servers = ctx.servers.get();
     let names: Vec<_> = servers
@@ -192,7 +192,7 @@ fn limits(ctx: &Monitored) -> LagLimits {
 
 /// Reloads function volatility from the primary every `function_refresh`,
 /// starting now.
-pub async fn run_catalog_refresh(ctx: Monitored) {
+pub(crate) async fn run_catalog_refresh(ctx: Monitored) {
     let mut stopped = std::pin::pin!(ctx.lifecycle.reached(Phase::Stopped));
     let mut loaded_once = false;
     loop {

@@ -21,7 +21,7 @@ use crate::protocol::{ProtocolError, build, tag};
 use crate::route::class::RouteMode;
 
 /// What a successful handshake yields.
-pub struct Hello {
+pub(crate) struct Hello {
     pub io: ClientIo,
     pub user: String,
     pub database: String,
@@ -32,7 +32,7 @@ pub struct Hello {
     pub minor: u16,
 }
 
-pub enum Outcome {
+pub(crate) enum Outcome {
     Session(Hello),
     /// A cancel request was handled; the connection just closes.
     Cancelled,
@@ -101,7 +101,7 @@ fn refuse(e: ClientError, stream: Stream) -> (ClientError, Option<ClientIo>) {
 
 /// Runs the handshake. On failure the client's stream comes back (when it is
 /// still usable) so the caller can send the error.
-pub async fn handshake(
+pub(crate) async fn handshake(
     ctx: &HandshakeDeps,
     tcp: tokio::net::TcpStream,
 ) -> Result<Outcome, (ClientError, Option<ClientIo>)> {

@@ -2,17 +2,17 @@
 //! loop, and the relay of each unit to a server connection.
 
 pub mod auth;
-pub mod cancel;
-pub mod error;
+pub(crate) mod cancel;
+pub(crate) mod error;
 mod floor_probe;
-pub mod handshake;
-pub mod io;
-pub mod relay;
-pub mod replies;
+pub(crate) mod handshake;
+pub(crate) mod io;
+pub(crate) mod relay;
+pub(crate) mod replies;
 pub mod services;
-pub mod session;
-pub mod state;
-pub mod unit;
+pub(crate) mod session;
+pub(crate) mod state;
+pub(crate) mod unit;
 
 #[cfg(test)]
 mod relay_tests;

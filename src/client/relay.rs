@@ -11,13 +11,13 @@ use std::collections::VecDeque;
 
 use bytes::{Bytes, BytesMut};
 
-pub use super::replies::Outcome;
+pub(crate) use super::replies::Outcome;
 use super::replies::{Action, Replies};
 use super::state::SessionState;
 use super::{ClientError, ClientIo};
 use crate::backend::{BackendError, ServerConn};
 use crate::protocol::{Frame, ProtocolError, build, fields, tag};
-pub use crate::route::plan::RelayMode;
+pub(crate) use crate::route::plan::RelayMode;
 
 #[derive(Debug)]
 struct ParseExpect {
@@ -29,25 +29,25 @@ struct ParseExpect {
 
 /// Replies owed for messages pgsplit added or must account for.
 #[derive(Debug, Default)]
-pub struct Expect {
+pub(crate) struct Expect {
     parse: VecDeque<ParseExpect>,
     close: VecDeque<bool>,
 }
 
 impl Expect {
     /// A ParseComplete arrived: whether it answers a Parse pgsplit added.
-    pub fn parse_complete(&mut self) -> bool {
+    pub(crate) fn parse_complete(&mut self) -> bool {
         self.parse.pop_front().is_some_and(|p| p.injected)
     }
 
     /// A CloseComplete arrived: whether it answers a Close pgsplit added.
-    pub fn close_complete(&mut self) -> bool {
+    pub(crate) fn close_complete(&mut self) -> bool {
         self.close.pop_front().unwrap_or(false)
     }
 
     /// Owes replies to Parses and Closes, each added by pgsplit or not.
     #[cfg(test)]
-    pub fn owing(parses: &[bool], closes: &[bool]) -> Expect {
+    pub(crate) fn owing(parses: &[bool], closes: &[bool]) -> Expect {
         Expect {
             parse: parses
                 .iter()
@@ -64,7 +64,7 @@ impl Expect {
 
 /// Closes, ahead of a unit, the statements the client closed earlier while
 /// `conn` was not in use.
-pub fn stage_pending_closes(conn: &mut ServerConn, out: &mut BytesMut, exp: &mut Expect) {
+pub(crate) fn stage_pending_closes(conn: &mut ServerConn, out: &mut BytesMut, exp: &mut Expect) {
     for name in conn.statements.take_pending_closes() {
         out.extend_from_slice(&build::close_statement(&name));
         exp.close.push_back(true);
@@ -72,7 +72,7 @@ pub fn stage_pending_closes(conn: &mut ServerConn, out: &mut BytesMut, exp: &mut
 }
 
 /// Appends `frame` to `out` for `conn`, adding what the connection lacks.
-pub fn stage(
+pub(crate) fn stage(
     frame: &Frame,
     st: &mut SessionState,
     conn: &mut ServerConn,
@@ -173,7 +173,7 @@ fn ensure_prepared(
 /// Undoes optimistic registry entries for Parses that never completed (an
 /// error ended the unit first): neither the connection nor, for the client's
 /// own Parse, the session has that statement.
-pub fn settle(exp: &mut Expect, st: &mut SessionState, conn: &mut ServerConn) {
+pub(crate) fn settle(exp: &mut Expect, st: &mut SessionState, conn: &mut ServerConn) {
     for pe in exp.parse.drain(..) {
         conn.statements.parse_failed(pe.name.as_ref(), pe.hash);
         match pe.name {
@@ -192,7 +192,7 @@ pub fn settle(exp: &mut Expect, st: &mut SessionState, conn: &mut ServerConn) {
     exp.close.clear();
 }
 
-pub enum RelayError {
+pub(crate) enum RelayError {
     Client(ClientError),
     Server {
         error: BackendError,
@@ -213,7 +213,7 @@ const MAX_PENDING: usize = 1 << 20;
 /// while pgsplit writes to it (see [`ServerConn::pump`]), every write is
 /// flushed, and client frames already buffered are taken before the socket is
 /// waited on.
-pub async fn relay(
+pub(crate) async fn relay(
     io: &mut ClientIo,
     conn: &mut ServerConn,
     st: &mut SessionState,

@@ -16,7 +16,7 @@ use crate::sqlstate;
 
 /// What the server said about the unit.
 #[derive(Debug, Clone)]
-pub struct Outcome {
+pub(crate) struct Outcome {
     pub status: TxStatus,
     /// SQLSTATE of the first ErrorResponse, if any.
     pub error: Option<String>,
@@ -42,7 +42,7 @@ pub struct Outcome {
 
 /// What to do with one server message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
+pub(crate) enum Action {
     /// It goes to the client (or waits while the unit may still be retried,
     /// see [`Replies::replied`]).
     Forward,
@@ -55,14 +55,14 @@ pub enum Action {
 
 /// One message's verdict, and whether the unit's replies are over with it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Step {
+pub(crate) struct Step {
     pub action: Action,
     pub done: bool,
 }
 
 /// The filter's state over one unit's replies.
 #[derive(Debug)]
-pub struct Replies {
+pub(crate) struct Replies {
     mode: RelayMode,
     pub out: Outcome,
     /// After the unit's ReadyForQuery, while the pipelined floor query's
@@ -87,7 +87,7 @@ fn server_only_param(name: &[u8]) -> bool {
 }
 
 impl Replies {
-    pub fn new(mode: RelayMode) -> Self {
+    pub(crate) fn new(mode: RelayMode) -> Self {
         Replies {
             mode,
             out: Outcome {
@@ -110,14 +110,14 @@ impl Replies {
 
     /// Whether the unit failed where it may run again: its replies are
     /// thrown away.
-    pub fn discarding(&self) -> bool {
+    pub(crate) fn discarding(&self) -> bool {
         self.discarding
     }
 
     /// Judges the server message `tag`/`body`, noting what it says in the
     /// outcome, in `exp` (replies owed for messages pgsplit added) and in
     /// `params` (the connection's reported parameters).
-    pub fn on_message(
+    pub(crate) fn on_message(
         &mut self,
         tag: u8,
         body: &[u8],

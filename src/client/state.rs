@@ -13,11 +13,11 @@ use crate::server::{Lsn, ServerId};
 
 /// Session log entries beyond which the session is pinned to the primary rather
 /// than replaying an ever-growing log onto each new connection.
-pub const MAX_REPLAY: usize = 256;
+pub(crate) const MAX_REPLAY: usize = 256;
 
 /// One session-level change to replay on other server connections.
 #[derive(Debug, Clone)]
-pub struct ReplayEntry {
+pub(crate) struct ReplayEntry {
     pub sql: Bytes,
     /// For startup parameters: (name, value), so the replay can be skipped when
     /// the connection already reports that value.
@@ -30,7 +30,7 @@ pub struct ReplayEntry {
 }
 
 /// Whether `sql` is `RESET ALL` or `DISCARD ALL` (one statement, any case).
-pub fn is_reset_all(sql: &[u8]) -> bool {
+pub(crate) fn is_reset_all(sql: &[u8]) -> bool {
     let text = String::from_utf8_lossy(sql).to_ascii_lowercase();
     let words: Vec<&str> = text
         .split(|c: char| c.is_whitespace() || c == ';')
@@ -41,7 +41,7 @@ pub fn is_reset_all(sql: &[u8]) -> bool {
 
 /// A portal's class and, for a session-level statement, its text to replay.
 #[derive(Debug, Clone)]
-pub struct Portal {
+pub(crate) struct Portal {
     pub class: Class,
     pub text: Option<Bytes>,
 }
@@ -49,7 +49,7 @@ pub struct Portal {
 /// A client's prepared statement: its original Parse message, re-sent to any
 /// server connection that lacks it.
 #[derive(Debug, Clone)]
-pub struct Statement {
+pub(crate) struct Statement {
     pub parse: Bytes,
     pub text: Bytes,
     pub hash: u64,
@@ -58,14 +58,14 @@ pub struct Statement {
     pub generation: u64,
 }
 
-pub fn hash_bytes(b: &[u8]) -> u64 {
+pub(crate) fn hash_bytes(b: &[u8]) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     b.hash(&mut h);
     h.finish()
 }
 
 #[derive(Debug)]
-pub struct SessionState {
+pub(crate) struct SessionState {
     /// The server running the open transaction.
     pub txn: Option<ServerId>,
     pub pinned: Option<PinReason>,
@@ -96,7 +96,7 @@ pub struct SessionState {
 
 /// A unit the server finished, as the session's memory needs it.
 #[derive(Debug, Clone, Copy)]
-pub struct Finished<'a> {
+pub(crate) struct Finished<'a> {
     /// Where it ran.
     pub server: ServerId,
     /// The transaction status its ReadyForQuery reported.
@@ -111,7 +111,7 @@ pub struct Finished<'a> {
 
 /// What the connection that ran the unit must apply too.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Learned {
+pub(crate) struct Learned {
     /// The transaction (if any) ended with this unit.
     pub txn_ended: bool,
     /// `DISCARD ALL`/`DEALLOCATE ALL` ran: the connection has no prepared
@@ -120,7 +120,7 @@ pub struct Learned {
 }
 
 impl SessionState {
-    pub fn new(mode: RouteMode, settings: &[(String, String)]) -> Self {
+    pub(crate) fn new(mode: RouteMode, settings: &[(String, String)]) -> Self {
         let replay = settings
             .iter()
             .map(|(k, v)| ReplayEntry {
@@ -151,7 +151,7 @@ impl SessionState {
     /// Updates the session from a finished unit of class `class`: the open
     /// transaction, session changes, pins, the routing mode, prepared
     /// statements dropped.
-    pub fn learn(&mut self, class: &Class, done: Finished<'_>) -> Learned {
+    pub(crate) fn learn(&mut self, class: &Class, done: Finished<'_>) -> Learned {
         if done.ok {
             self.pending.extend(done.changes.iter().cloned());
         }
@@ -193,7 +193,7 @@ impl SessionState {
         }
     }
 
-    pub fn statement(&self, name: &[u8]) -> Option<&Statement> {
+    pub(crate) fn statement(&self, name: &[u8]) -> Option<&Statement> {
         if name.is_empty() {
             self.unnamed.as_ref()
         } else {
@@ -202,7 +202,7 @@ impl SessionState {
     }
 
     /// Moves pending changes into the log at transaction end.
-    pub fn end_transaction(&mut self, committed: bool) {
+    pub(crate) fn end_transaction(&mut self, committed: bool) {
         if committed {
             for entry in std::mem::take(&mut self.pending) {
                 let resets = entry.resets_all;
@@ -226,7 +226,7 @@ impl SessionState {
 
 /// `SET "name" TO 'value'`, quoted so that any value is taken literally.
 /// Names were validated at startup to `[A-Za-z0-9_.]`.
-pub fn set_statement(name: &str, value: &str) -> String {
+pub(crate) fn set_statement(name: &str, value: &str) -> String {
     let mut s = String::with_capacity(name.len() + value.len() + 16);
     s.push_str("SET ");
     push_setting_name(&mut s, name);
@@ -239,7 +239,7 @@ pub fn set_statement(name: &str, value: &str) -> String {
 }
 
 /// `RESET name`, with the name quoted as in [`set_statement`].
-pub fn reset_statement(name: &str) -> String {
+pub(crate) fn reset_statement(name: &str) -> String {
     let mut s = String::with_capacity(name.len() + 10);
     s.push_str("RESET ");
     push_setting_name(&mut s, name);

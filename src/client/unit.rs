@@ -12,10 +12,10 @@ use crate::route::classify::Classifier;
 
 /// A unit larger than this is sent before its Sync arrives (and therefore to the
 /// primary: its remaining statements are not known yet).
-pub const MAX_BUFFERED_UNIT: usize = 1 << 20;
+pub(crate) const MAX_BUFFERED_UNIT: usize = 1 << 20;
 
 #[derive(Debug, Default)]
-pub struct Unit {
+pub(crate) struct Unit {
     pub frames: Vec<Frame>,
     pub class: Option<Class>,
     /// Ends with Sync, Query or FunctionCall: a ReadyForQuery will close it.
@@ -37,7 +37,7 @@ impl Unit {
 
     /// The unit's class; a unit that names no statement (a bare Sync) follows
     /// the open transaction or goes to the primary.
-    pub fn class(&self) -> Class {
+    pub(crate) fn class(&self) -> Class {
         self.class.unwrap_or(Class::of(Kind::TxnControl))
     }
 
@@ -56,7 +56,7 @@ impl Unit {
 
     /// Records one client message: updates `st` and the unit's class. Returns
     /// whether the unit is now complete (or must be sent now).
-    pub fn push(
+    pub(crate) fn push(
         &mut self,
         frame: Frame,
         st: &mut SessionState,
@@ -188,7 +188,7 @@ fn classify_bytes(classifier: &Classifier, text: &[u8]) -> Class {
 }
 
 /// Whether a message type may appear inside a unit.
-pub fn is_unit_message(t: u8) -> bool {
+pub(crate) fn is_unit_message(t: u8) -> bool {
     matches!(
         t,
         tag::QUERY

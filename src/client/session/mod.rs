@@ -34,7 +34,7 @@ use crate::lifecycle::Phase;
 use crate::protocol::{Frame, ProtocolError, TxStatus, build, tag};
 use held::HeldConns;
 
-pub struct Session {
+pub(crate) struct Session {
     ctx: Arc<SessionDeps>,
     io: ClientIo,
     login: Login,
@@ -46,7 +46,7 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(ctx: Arc<SessionDeps>, hello: Hello, cancel: Arc<CancelSlot>) -> Self {
+    pub(crate) fn new(ctx: Arc<SessionDeps>, hello: Hello, cancel: Arc<CancelSlot>) -> Self {
         let st = SessionState::new(hello.mode, &hello.settings);
         Session {
             login: Login {
@@ -65,7 +65,7 @@ impl Session {
     /// Finishes the login: the primary's parameters and our cancel key, then
     /// serves the client until it leaves. Server connections are reset and
     /// returned to their pools on the way out, whatever happened.
-    pub async fn run(mut self, pid: i32, secret: &[u8]) -> Result<(), ClientError> {
+    pub(crate) async fn run(mut self, pid: i32, secret: &[u8]) -> Result<(), ClientError> {
         let result = self.serve(pid, secret).await;
         if let Err(e) = &result
             && !matches!(e, ClientError::Gone(_))
