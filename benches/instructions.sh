@@ -63,7 +63,7 @@ instructions() { # pid [runner...]
   local pid="$1"
   shift
   "$@" callgrind_control -e Ir "$pid" 2>/dev/null |
-    awk '$1 == "Th" { gsub(",", "", $3); s += $3; n++ } END { if (n) print s; else print "" }'
+    awk '$1 == "Th" { gsub(",", "", $3); s += $3; n++ } END { if (n) printf "%.0f\n", s; else print "" }'
 }
 
 # Cost of one more transaction: (delta over LONG - delta over SHORT) per query.

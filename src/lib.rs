@@ -4,19 +4,25 @@
 //!
 //! ```text
 //! client ─▶ client::handshake ─▶ client::session (one unit at a time)
-//!              │                      │ route::classify (SQL → Class, cached)   [pure]
-//!              │                      │ route::router (Class + session + health) [pure]
+//!              │                      │ route::classify (SQL → Class, cached)        [pure]
+//!              │                      │ route::plan (unit + session + health → where,
+//!              │                      │   how to relay, what the result means)        [pure]
 //!              │                      ▼
 //!              │                backend::pool checkout ─▶ server (primary | replica)
-//!              ▼                      │ client::relay: forward bytes, relay replies to ReadyForQuery
-//!         client::cancel              ▼
-//!                               learn: transaction status, session changes, pins
+//!              ▼                      │ client::relay: pump bytes both ways;
+//!         client::cancel              │ client::replies: judge each reply              [pure]
+//!                                     ▼
+//!                               SessionState::learn: transaction, session changes, pins [pure]
 //! ```
 //!
-//! Module map: [`protocol`] pure wire codec; [`route`] pure classification and
-//! routing; [`client`] handshake, session loop, relay; [`backend`] server
-//! connections, pools, health monitor; [`config`] typed configuration; [`app`]
-//! wiring and shutdown; [`admin`] HTTP endpoints; [`metrics`] metric handles.
+//! Module map: [`protocol`] pure wire codec; [`sqlstate`] every SQLSTATE by
+//! name; [`route`] pure classification and routing policy; [`client`]
+//! handshake, session loop, relay; [`backend`] server connections, statement
+//! registry, pools, health monitor; [`config`] typed configuration;
+//! [`shared`] snapshot cells; [`lifecycle`] the shutdown phases and the tasks
+//! they wait for; [`app`] wiring (each subsystem's narrow handle), reload and
+//! shutdown; [`admin`] HTTP endpoints; [`metrics`] metric handles. Nothing
+//! but `main` imports [`app`]; the module graph has no cycle.
 //! The throwaway PostgreSQL primary + replica of the demo and the tests is the
 //! workspace crate `pgsplit-cluster` (`cluster/`), not part of this library.
 

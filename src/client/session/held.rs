@@ -190,16 +190,14 @@ impl Session {
         Ok(())
     }
 
-    /// The replica this session holds a connection to, if any: reusing it
-    /// saves a connection.
+    /// The server other than the primary this session holds a connection
+    /// to, if any: reusing it for a read saves a connection. `primary` is the
+    /// one health knows; before the first probe, the configured one stands
+    /// in. (A held connection to a server that is no usable replica is never
+    /// chosen: the router takes it only from the eligible replicas.)
     pub(super) fn held_replica(&self, primary: Option<ServerId>) -> Option<ServerId> {
-        // The configured primary is read only if a connection needs the
-        // comparison (a lock and a clone).
-        let mut configured = None;
-        self.conns.ids().find(|id| {
-            Some(*id) != primary
-                && *id != *configured.get_or_insert_with(|| self.ctx.configured_primary())
-        })
+        let primary = primary.unwrap_or_else(|| self.ctx.configured_primary());
+        self.conns.ids().find(|id| *id != primary)
     }
 
     /// Resets and returns every server connection (or drops the ones whose
