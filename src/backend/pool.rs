@@ -65,7 +65,7 @@ impl bb8::ManageConnection for ServerManager {
             Ok(())
         } else {
             conn.mark_broken();
-            Err(BackendError::Closed(conn.target.name.clone()))
+            Err(BackendError::Closed(conn.target().name.clone()))
         }
     }
 

@@ -43,13 +43,18 @@ pub(crate) fn may_follow(unit: &Unit, st: &SessionState, in_txn: bool) -> bool {
 /// Whether `unit`, run inside an open transaction, may end it (and so commit
 /// what the transaction wrote). Only such a unit needs its ReadyForQuery held
 /// back for the floor; a statement in the middle of a transaction does not.
-/// Conservative: a transaction-control statement, or any of the words that
-/// end a transaction anywhere in the texts, or a statement not seen.
+///
+/// A statement the classifier read on its own is transaction control or it
+/// cannot end the transaction (a function or procedure cannot commit inside
+/// a transaction block), so the class answers for most units at no cost.
+/// Only texts of several statements, or that could not be parsed, are
+/// scanned, conservatively: any of the words that end a transaction counts.
 pub(crate) fn may_end_transaction(unit: &Unit, st: &SessionState) -> bool {
     const ENDING: &[&[u8]] = &[b"commit", b"end", b"rollback", b"abort", b"prepare"];
     unit.class().kind == Kind::TxnControl
         || !unit.complete
-        || any_text(unit, st, |t| mentions_any(t, ENDING)) == Some(true)
+        || unit.txn_control
+        || (unit.opaque && any_text(unit, st, |t| mentions_any(t, ENDING)) == Some(true))
 }
 
 /// Runs `suspect` over the statement texts `unit` executes (its Query and
@@ -197,10 +202,13 @@ mod tests {
             ("END", true),
             ("ROLLBACK", true),
             ("UPDATE t SET v = 1; COMMIT", true),
-            ("PREPARE TRANSACTION 'x'", true),
             ("SAVEPOINT a", true),
-            // Conservative: the word anywhere counts.
-            ("UPDATE t SET note = 'pending'", true),
+            // One statement the classifier read: its class answers.
+            ("UPDATE t SET note = 'pending'", false),
+            ("SELECT prepare_report()", false),
+            // Several statements: conservative, the word anywhere counts.
+            ("UPDATE t SET note = 'pending'; SELECT 1", true),
+            ("UPDATE t SET v = 1; SELECT 1", false),
         ] {
             let mut st = SessionState::new(RouteMode::Auto, &[]);
             let unit = query_unit(sql, &mut st);

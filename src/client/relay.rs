@@ -65,7 +65,7 @@ impl Expect {
 /// Closes, ahead of a unit, the statements the client closed earlier while
 /// `conn` was not in use.
 pub(crate) fn stage_pending_closes(conn: &mut ServerConn, out: &mut BytesMut, exp: &mut Expect) {
-    for name in conn.statements.take_pending_closes() {
+    for name in conn.statements().take_pending_closes() {
         out.extend_from_slice(&build::close_statement(&name));
         exp.close.push_back(true);
     }
@@ -92,14 +92,14 @@ pub(crate) fn stage(
                 .map_or_else(|| super::state::hash_bytes(body), |s| s.hash);
             let name = (!name.is_empty()).then(|| frame.bytes.slice_ref(name));
             if let Some(name) = &name
-                && conn.statements.closing(name)
+                && conn.statements().closing(name)
             {
                 // The name is taken (by another text, or the same one
                 // parsed again): the server needs it free first.
                 out.extend_from_slice(&build::close_statement(name));
                 exp.close.push_back(true);
             }
-            conn.statements.parsing(name.clone(), hash);
+            conn.statements().parsing(name.clone(), hash);
             exp.parse.push_back(ParseExpect {
                 name,
                 hash,
@@ -119,12 +119,12 @@ pub(crate) fn stage(
         tag::CLOSE => {
             let (kind, name) = fields::target(body, "Close")?;
             if kind == b'S' {
-                conn.statements.closing(name);
+                conn.statements().closing(name);
             }
             exp.close.push_back(false);
         }
         tag::QUERY => {
-            conn.statements.closing(b"");
+            conn.statements().closing(b"");
         }
         _ => {}
     }
@@ -146,22 +146,22 @@ fn ensure_prepared(
         // (it ran a simple Query or a Close since, or it was the previous
         // client's, see `Session::release`): close it, so that the client
         // gets the error a connection of its own would give.
-        if name.is_empty() && conn.statements.closing(b"") {
+        if name.is_empty() && conn.statements().closing(b"") {
             out.extend_from_slice(&build::close_statement(b""));
             exp.close.push_back(true);
         }
         return;
     };
-    if conn.statements.has(name, stmt.hash) {
+    if conn.statements().has(name, stmt.hash) {
         return;
     }
     let key = (!name.is_empty()).then(|| Bytes::copy_from_slice(name));
-    if key.is_some() && conn.statements.closing(name) {
+    if key.is_some() && conn.statements().closing(name) {
         // Another text holds the name here.
         out.extend_from_slice(&build::close_statement(name));
         exp.close.push_back(true);
     }
-    conn.statements.parsing(key.clone(), stmt.hash);
+    conn.statements().parsing(key.clone(), stmt.hash);
     exp.parse.push_back(ParseExpect {
         name: key,
         hash: stmt.hash,
@@ -175,7 +175,7 @@ fn ensure_prepared(
 /// own Parse, the session has that statement.
 pub(crate) fn settle(exp: &mut Expect, st: &mut SessionState, conn: &mut ServerConn) {
     for pe in exp.parse.drain(..) {
-        conn.statements.parse_failed(pe.name.as_ref(), pe.hash);
+        conn.statements().parse_failed(pe.name.as_ref(), pe.hash);
         match pe.name {
             None => {
                 if !pe.injected && st.unnamed.as_ref().is_some_and(|s| s.hash == pe.hash) {

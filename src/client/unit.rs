@@ -25,10 +25,18 @@ pub(crate) struct Unit {
     pub bytes: usize,
     /// Runs `RESET ALL` or `DISCARD ALL`.
     pub resets_all: bool,
+    /// Some statement of it is transaction control (COMMIT, ROLLBACK,
+    /// SAVEPOINT...).
+    pub txn_control: bool,
+    /// Some text of it is several statements or could not be parsed: its
+    /// class does not say what each statement is.
+    pub opaque: bool,
 }
 
 impl Unit {
     fn add_class(&mut self, c: Class) {
+        self.txn_control |= c.kind == Kind::TxnControl;
+        self.opaque |= c.statements > 1 || !c.parsed;
         self.class = Some(match self.class {
             Some(prev) => merge(prev, c),
             None => c,

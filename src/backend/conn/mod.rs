@@ -71,26 +71,28 @@ pub struct CancelKey {
 }
 
 pub struct ServerConn {
-    pub(crate) stream: Stream,
+    stream: Stream,
     /// What the server sent that nobody has consumed yet: read only through
     /// [`ServerConn::buffered_at`] and friends, so framing is checked once.
     rbuf: BytesMut,
-    pub target: Arc<ServerTarget>,
+    target: Arc<ServerTarget>,
     /// ParameterStatus values as last reported by the server.
-    pub params: HashMap<Vec<u8>, Vec<u8>>,
-    pub key: CancelKey,
-    pub status: TxStatus,
+    params: HashMap<Vec<u8>, Vec<u8>>,
+    key: CancelKey,
+    /// As the last ReadyForQuery said (the session notes it, see
+    /// [`ServerConn::note_status`]).
+    status: TxStatus,
     /// Set when the connection's state is unknown (I/O error, a client vanished
     /// mid-statement): the pool then drops it instead of lending it again.
     /// Never cleared: see [`ServerConn::mark_broken`].
     broken: bool,
     /// The prepared statements this connection holds.
-    pub statements: super::statements::Statements,
+    statements: super::statements::Statements,
     /// Reported parameters (`application_name`, `TimeZone`...) the last client
     /// set at startup and that were left in place because that client ran only
     /// read-only work (no `DISCARD ALL`): the next client resets the ones it
     /// does not set itself. See `Session::release`.
-    pub carried: Vec<String>,
+    carried: Vec<String>,
 }
 
 impl std::fmt::Debug for ServerConn {
@@ -146,6 +148,52 @@ impl ServerConn {
             },
             Err(e) => self.protocol(e),
         }
+    }
+
+    pub fn target(&self) -> &Arc<ServerTarget> {
+        &self.target
+    }
+
+    /// What a cancel request for this connection carries.
+    pub fn cancel_key(&self) -> CancelKey {
+        self.key
+    }
+
+    /// ParameterStatus values as last reported by the server.
+    pub fn params(&self) -> &HashMap<Vec<u8>, Vec<u8>> {
+        &self.params
+    }
+
+    pub fn status(&self) -> TxStatus {
+        self.status
+    }
+
+    /// The transaction status the unit just run here ended with.
+    pub fn note_status(&mut self, status: TxStatus) {
+        self.status = status;
+    }
+
+    /// The prepared statements this connection holds (the registry keeps
+    /// its own invariants).
+    pub fn statements(&mut self) -> &mut super::statements::Statements {
+        &mut self.statements
+    }
+
+    /// The reported startup parameters the last client left in place (see
+    /// `Session::release`), taken to be reset or overwritten.
+    pub fn take_carried(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.carried)
+    }
+
+    /// Whether a previous client left reported parameters to reset.
+    pub fn carries_nothing(&self) -> bool {
+        self.carried.is_empty()
+    }
+
+    /// Leaves `names` (startup parameters this client set) for the next
+    /// client to reset or overwrite.
+    pub fn carry(&mut self, names: &[String]) {
+        self.carried = names.to_vec();
     }
 
     /// The connection's state is unknown from now on: the pool drops it

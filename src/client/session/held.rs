@@ -27,11 +27,11 @@ pub(super) struct HeldConns(Vec<Held>);
 
 impl HeldConns {
     pub(super) fn holds(&self, id: ServerId) -> bool {
-        self.0.iter().any(|h| h.conn.target.id == id)
+        self.0.iter().any(|h| h.conn.target().id == id)
     }
 
     pub(super) fn get_mut(&mut self, id: ServerId) -> Option<&mut Held> {
-        self.0.iter_mut().find(|h| h.conn.target.id == id)
+        self.0.iter_mut().find(|h| h.conn.target().id == id)
     }
 
     /// The connection to `id`, which the caller attached: its absence is a
@@ -42,7 +42,7 @@ impl HeldConns {
 
     /// Lets go of the connection to `id`: the pool resets or discards it.
     pub(super) fn remove(&mut self, id: ServerId) -> Option<Held> {
-        let i = self.0.iter().position(|h| h.conn.target.id == id)?;
+        let i = self.0.iter().position(|h| h.conn.target().id == id)?;
         Some(self.0.swap_remove(i))
     }
 
@@ -51,7 +51,7 @@ impl HeldConns {
     }
 
     pub(super) fn ids(&self) -> impl Iterator<Item = ServerId> + '_ {
-        self.0.iter().map(|h| h.conn.target.id)
+        self.0.iter().map(|h| h.conn.target().id)
     }
 
     pub(super) fn iter_mut(&mut self) -> impl Iterator<Item = &mut Held> {
@@ -86,7 +86,7 @@ impl Session {
             && let Some(held) = self.conns.get_mut(id)
             && !held.conn.is_idle_and_open()
         {
-            tracing::debug!(server = %held.conn.target.name, "held server connection went away; replacing it");
+            tracing::debug!(server = %held.conn.target().name, "held server connection went away; replacing it");
             held.conn.mark_broken();
             self.conns.remove(id);
         }
@@ -117,7 +117,7 @@ impl Session {
     async fn sync(&mut self, id: ServerId) -> Result<(), ClientError> {
         let held = self.conns.held(id)?;
         let log = &self.st.replay;
-        if held.applied >= log.len() && held.conn.carried.is_empty() {
+        if held.applied >= log.len() && held.conn.carries_nothing() {
             return Ok(());
         }
         // Entries go in as few round trips as possible: one query string, cut
@@ -126,7 +126,7 @@ impl Session {
         let mut batches: Vec<Vec<u8>> = vec![Vec::new()];
         // Startup parameters the connection's previous client left in place
         // go back to the connection's defaults, unless this client sets them.
-        for name in std::mem::take(&mut held.conn.carried) {
+        for name in held.conn.take_carried() {
             let ours = self.st.startup.iter().any(|e| {
                 e.startup
                     .as_ref()
@@ -149,7 +149,7 @@ impl Session {
             // this very value.
             let reported = entry.startup.as_ref().and_then(|(k, v)| {
                 held.conn
-                    .params
+                    .params()
                     .iter()
                     .find(|(pk, _)| pk.eq_ignore_ascii_case(k.as_bytes()))
                     .map(|(_, pv)| pv.as_slice() == v.as_bytes())
@@ -184,7 +184,7 @@ impl Session {
             }
         }
         if drops {
-            held.conn.statements.clear();
+            held.conn.statements().clear();
         }
         held.applied = applied;
         Ok(())
@@ -217,7 +217,7 @@ impl Session {
             .collect();
         for mut held in self.conns.drain() {
             if !held.dirty && held.conn.is_clean() {
-                held.conn.carried.clone_from(&startup);
+                held.conn.carry(&startup);
                 continue;
             }
             if let Err(e) = held.conn.reset().await {

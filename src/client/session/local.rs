@@ -42,7 +42,7 @@ impl Session {
                 let failed = self
                     .conns
                     .get_mut(id)
-                    .is_some_and(|h| h.conn.status == TxStatus::Failed);
+                    .is_some_and(|h| h.conn.status() == TxStatus::Failed);
                 if failed {
                     let mut msg = BytesMut::new();
                     msg.extend_from_slice(&build::error_response(
@@ -81,10 +81,10 @@ impl Session {
             sql.extend_from_slice(&entry.sql);
         }
         let conn = &mut self.conns.held(id)?.conn;
-        let before = conn.params.clone();
+        let before = conn.params().clone();
         conn.run_internal(&sql).await??;
         let mut msg = BytesMut::new();
-        for (k, v) in &conn.params {
+        for (k, v) in conn.params() {
             if before.get(k) != Some(v) {
                 msg.extend_from_slice(&build::parameter_status(k, v));
             }
@@ -112,7 +112,7 @@ impl Session {
                     let (kind, name) = crate::protocol::fields::target(frame.body(), "Close")?;
                     if kind == b'S' {
                         for held in self.conns.iter_mut() {
-                            held.conn.statements.close_later(name);
+                            held.conn.statements().close_later(name);
                         }
                     }
                     reply.extend_from_slice(&build::close_complete());

@@ -82,7 +82,7 @@ impl Session {
         let primary = self.primary_id().await?;
         self.attach(primary).await?;
         let mut hello = BytesMut::new();
-        let mut params: Vec<_> = self.conns.held(primary)?.conn.params.iter().collect();
+        let mut params: Vec<_> = self.conns.held(primary)?.conn.params().iter().collect();
         params.sort();
         for (k, v) in params {
             hello.extend_from_slice(&build::parameter_status(k, v));

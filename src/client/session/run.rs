@@ -97,9 +97,9 @@ impl Session {
             match self.forward(&unit, id, mode).await {
                 Ok(outcome) if outcome.retry_conflict => {
                     let held = self.conns.held(id)?;
-                    tracing::debug!(server = %held.conn.target.name, "recovery conflict on a replica; retrying on the primary");
+                    tracing::debug!(server = %held.conn.target().name, "recovery conflict on a replica; retrying on the primary");
                     self.ctx.metrics.retry("recovery_conflict");
-                    held.conn.status = outcome.status;
+                    held.conn.note_status(outcome.status);
                     retried = true;
                 }
                 Ok(outcome) => {
@@ -263,8 +263,8 @@ impl Session {
             out.extend_from_slice(&build::query(floor_probe::SQL));
         }
         cancel.set(Some(CancelTarget {
-            server: conn.target.clone(),
-            key: conn.key,
+            server: conn.target().clone(),
+            key: conn.cancel_key(),
         }));
         let result = relay::relay(io, conn, st, &mut exp, mode, out).await;
         cancel.set(None);
@@ -277,7 +277,7 @@ impl Session {
     fn learn(&mut self, unit: &Unit, id: ServerId, outcome: &Outcome) -> Result<(), ClientError> {
         let Session { conns, st, .. } = self;
         let held = conns.held(id)?;
-        held.conn.status = outcome.status;
+        held.conn.note_status(outcome.status);
         let was_applied = held.applied == st.replay.len();
         let learned = st.learn(
             &unit.class(),
@@ -294,7 +294,7 @@ impl Session {
             held.applied = st.replay.len();
         }
         if learned.drops_prepared {
-            held.conn.statements.clear();
+            held.conn.statements().clear();
         }
         Ok(())
     }
