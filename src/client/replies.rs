@@ -117,6 +117,7 @@ impl Replies {
     /// Judges the server message `tag`/`body`, noting what it says in the
     /// outcome, in `exp` (replies owed for messages pgsplit added) and in
     /// `params` (the connection's reported parameters).
+    #[inline]
     pub(crate) fn on_message(
         &mut self,
         tag: u8,

@@ -150,6 +150,7 @@ impl ServerConn {
         }
     }
 
+    #[inline]
     pub fn target(&self) -> &Arc<ServerTarget> {
         &self.target
     }
@@ -164,17 +165,20 @@ impl ServerConn {
         &self.params
     }
 
+    #[inline]
     pub fn status(&self) -> TxStatus {
         self.status
     }
 
     /// The transaction status the unit just run here ended with.
+    #[inline]
     pub fn note_status(&mut self, status: TxStatus) {
         self.status = status;
     }
 
     /// The prepared statements this connection holds (the registry keeps
     /// its own invariants).
+    #[inline]
     pub fn statements(&mut self) -> &mut super::statements::Statements {
         &mut self.statements
     }
@@ -294,6 +298,7 @@ impl ServerConn {
     /// The whole message buffered at offset `at` (offsets count from the
     /// oldest unconsumed byte): its tag and where it ends. `Ok(None)` while
     /// it has not fully arrived. A malformed header breaks the connection.
+    #[inline]
     pub fn buffered_at(&mut self, at: usize) -> Result<Option<Buffered>, BackendError> {
         let rest = self.rbuf.get(at..).unwrap_or_default();
         match peek_frame(rest, MAX_SERVER_MESSAGE) {
@@ -310,12 +315,14 @@ impl ServerConn {
     }
 
     /// Buffered bytes `range` (whole messages the caller judged).
+    #[inline]
     pub fn buffered(&self, range: std::ops::Range<usize>) -> &[u8] {
         self.rbuf.get(range).unwrap_or_default()
     }
 
     /// Buffered bytes `range` together with the reported parameters, for a
     /// reply filter that notes ParameterStatus messages as it reads them.
+    #[inline]
     pub fn buffered_with_params(
         &mut self,
         range: std::ops::Range<usize>,
@@ -324,6 +331,7 @@ impl ServerConn {
     }
 
     /// Drops the first `n` buffered bytes: relayed, or swallowed.
+    #[inline]
     pub fn consume(&mut self, n: usize) {
         self.rbuf.advance(n.min(self.rbuf.len()));
     }
