@@ -21,6 +21,7 @@ pub struct Statements {
 impl Statements {
     /// Whether the statement `name` (empty: the unnamed one) exists here with
     /// the text that hashes to `hash`.
+    #[inline]
     pub fn has(&self, name: &[u8], hash: u64) -> bool {
         if name.is_empty() {
             self.unnamed == Some(hash)
@@ -61,6 +62,7 @@ impl Statements {
     /// A Close of `name` (empty: unnamed) is on its way, or the statement is
     /// gone otherwise (a simple Query destroys the unnamed one). Whether it
     /// existed.
+    #[inline]
     pub fn closing(&mut self, name: &[u8]) -> bool {
         if name.is_empty() {
             self.unnamed.take().is_some()
@@ -79,9 +81,11 @@ impl Statements {
         }
     }
 
-    /// The closes [`Statements::close_later`] deferred, to send now.
-    pub fn take_pending_closes(&mut self) -> Vec<Bytes> {
-        std::mem::take(&mut self.pending_close)
+    /// The closes [`Statements::close_later`] deferred, to send now (the
+    /// list keeps its capacity: nothing is allocated per unit).
+    #[inline]
+    pub fn take_pending_closes(&mut self) -> std::vec::Drain<'_, Bytes> {
+        self.pending_close.drain(..)
     }
 
     /// Everything is gone (`DISCARD ALL`, `DEALLOCATE ALL`).
@@ -135,8 +139,11 @@ mod tests {
         st.close_later(b"a");
         st.close_later(b"unknown");
         assert!(!st.has_name(b"a") && !st.is_empty());
-        assert_eq!(st.take_pending_closes(), vec![name("a")]);
-        assert!(st.take_pending_closes().is_empty());
+        assert_eq!(
+            st.take_pending_closes().collect::<Vec<_>>(),
+            vec![name("a")]
+        );
+        assert_eq!(st.take_pending_closes().count(), 0);
         st.clear();
         assert!(st.is_empty() && !st.has_name(b"b"));
     }

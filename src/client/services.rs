@@ -56,6 +56,7 @@ pub struct SessionDeps {
 }
 
 impl SessionDeps {
+    #[inline]
     pub fn config(&self) -> Arc<Config> {
         self.config.get()
     }

@@ -151,6 +151,7 @@ impl SessionState {
     /// Updates the session from a finished unit of class `class`: the open
     /// transaction, session changes, pins, the routing mode, prepared
     /// statements dropped.
+    #[inline]
     pub(crate) fn learn(&mut self, class: &Class, done: Finished<'_>) -> Learned {
         if done.ok {
             self.pending.extend(done.changes.iter().cloned());

@@ -40,6 +40,7 @@ pub struct UnitView<'a> {
 
 /// Where a unit runs. `retried`: it failed on a replica before any reply
 /// reached the client and runs again.
+#[inline]
 pub fn place(
     unit: &UnitView<'_>,
     session: &SessionView,
@@ -61,6 +62,7 @@ pub fn place(
 
 /// Whether a placed read waits for a replica to replay the session's floor:
 /// only the floor kept it off the replicas.
+#[inline]
 pub fn awaits_replay(placed: (Target, Reason), session: &SessionView) -> bool {
     placed == (Target::Primary, Reason::ReadYourWrites) && session.floor.is_some()
 }
@@ -109,6 +111,7 @@ pub struct Execution {
 }
 
 /// The relay's instructions for a unit about to run as `at` says.
+#[inline]
 pub fn relay_plan(unit: &UnitView<'_>, at: Execution) -> RelayMode {
     let records_floor = at.on_primary && at.tracks_floor;
     // Only a unit that may commit a write needs its ReadyForQuery held back
@@ -159,6 +162,7 @@ pub struct FloorEffect {
 /// Whether a unit committed a write. `txn_wrote`: the open transaction had
 /// written before this unit. SHOW, SET, a read-only transaction or a bare
 /// Sync leave no floor; neither does anything rolled back.
+#[inline]
 pub fn after(class: &Class, mode: RelayMode, ended: Ended, txn_wrote: bool) -> FloorEffect {
     let wrote = (class.kind == Kind::Write && ended.wrote) || txn_wrote;
     FloorEffect {

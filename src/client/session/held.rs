@@ -26,16 +26,19 @@ pub(super) struct Held {
 pub(super) struct HeldConns(Vec<Held>);
 
 impl HeldConns {
+    #[inline]
     pub(super) fn holds(&self, id: ServerId) -> bool {
         self.0.iter().any(|h| h.conn.target().id == id)
     }
 
+    #[inline]
     pub(super) fn get_mut(&mut self, id: ServerId) -> Option<&mut Held> {
         self.0.iter_mut().find(|h| h.conn.target().id == id)
     }
 
     /// The connection to `id`, which the caller attached: its absence is a
     /// lost connection.
+    #[inline]
     pub(super) fn held(&mut self, id: ServerId) -> Result<&mut Held, ClientError> {
         self.get_mut(id).ok_or(ClientError::TransactionLost)
     }
