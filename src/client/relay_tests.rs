@@ -222,10 +222,7 @@ async fn relay_unit(
     mode: RelayMode,
     unit: &[u8],
 ) -> Result<Outcome, relay::RelayError> {
-    let mut st = SessionState::new(RouteMode::Auto, &[]);
-    let mut exp = Expect::default();
-    let relayed = relay::relay(io, conn, &mut st, &mut exp, mode, BytesMut::from(unit));
-    bounded("relay", relayed).await
+    bounded("relay", relay_unit_unbounded(io, conn, mode, unit)).await
 }
 
 /// How the test client cuts the byte stream it sends after CopyInResponse.

@@ -9,6 +9,7 @@ use tokio::time::Instant;
 use super::Session;
 use crate::backend::ServerId;
 use crate::backend::replay::CatchUp;
+use crate::client::ClientError;
 use crate::config::{Config, ReadYourWrites};
 use crate::server::Lsn;
 
@@ -39,9 +40,9 @@ impl Session {
     /// Records the WAL position after a committed write, asked on the
     /// connection to `id` (the primary that ran it), as the floor.
     pub(super) async fn record_floor(&mut self, id: ServerId, config: &Config) {
-        let lsn = match self.conns.get_mut(id) {
-            Some(held) => held.conn.wal_insert_lsn().await,
-            None => return self.st.floor = Some(Lsn(u64::MAX)),
+        let lsn = match self.conns.held(id) {
+            Ok(held) => held.conn.wal_insert_lsn().await.map_err(ClientError::from),
+            Err(e) => Err(e),
         };
         match lsn {
             Ok(lsn) => self.set_floor(lsn, config),
