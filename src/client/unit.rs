@@ -45,8 +45,12 @@ impl Unit {
 
     /// The unit's class; a unit that names no statement (a bare Sync) follows
     /// the open transaction or goes to the primary.
+    #[inline]
     pub(crate) fn class(&self) -> Class {
-        self.class.unwrap_or(Class::of(Kind::TxnControl))
+        match self.class {
+            Some(c) => c,
+            None => Class::of(Kind::TxnControl),
+        }
     }
 
     fn note_session_change(&mut self, class: &Class, text: &Bytes) {

@@ -11,6 +11,9 @@ use crate::client::state::reset_statement;
 use crate::route::class::{Class, Kind, PinReason};
 
 pub(super) struct Held {
+    /// The server `conn` is to, kept beside it: the lookup key, read on every
+    /// unit without following the connection's pointers.
+    id: ServerId,
     pub(super) conn: Pooled,
     /// How much of the session's replay log this connection has applied.
     pub(super) applied: usize,
@@ -28,12 +31,12 @@ pub(super) struct HeldConns(Vec<Held>);
 impl HeldConns {
     #[inline]
     pub(super) fn holds(&self, id: ServerId) -> bool {
-        self.0.iter().any(|h| h.conn.target().id == id)
+        self.0.iter().any(|h| h.id == id)
     }
 
     #[inline]
     pub(super) fn get_mut(&mut self, id: ServerId) -> Option<&mut Held> {
-        self.0.iter_mut().find(|h| h.conn.target().id == id)
+        self.0.iter_mut().find(|h| h.id == id)
     }
 
     /// The connection to `id`, which the caller attached: its absence is a
@@ -45,7 +48,7 @@ impl HeldConns {
 
     /// Lets go of the connection to `id`: the pool resets or discards it.
     pub(super) fn remove(&mut self, id: ServerId) -> Option<Held> {
-        let i = self.0.iter().position(|h| h.conn.target().id == id)?;
+        let i = self.0.iter().position(|h| h.id == id)?;
         Some(self.0.swap_remove(i))
     }
 
@@ -54,7 +57,7 @@ impl HeldConns {
     }
 
     pub(super) fn ids(&self) -> impl Iterator<Item = ServerId> + '_ {
-        self.0.iter().map(|h| h.conn.target().id)
+        self.0.iter().map(|h| h.id)
     }
 
     pub(super) fn iter_mut(&mut self) -> impl Iterator<Item = &mut Held> {
@@ -84,34 +87,51 @@ impl Session {
         // A held connection the server closed (or spoke on unprompted, e.g. a
         // shutdown notice) while the session was idle is replaced, unless it
         // runs the open transaction or the session's LISTEN.
-        if self.st.txn != Some(id)
-            && self.st.listen != Some(id)
-            && let Some(held) = self.conns.get_mut(id)
-            && !held.conn.is_idle_and_open()
-        {
-            tracing::debug!(server = %held.conn.target().name, "held server connection went away; replacing it");
-            held.conn.mark_broken();
+        let keep = self.st.txn == Some(id) || self.st.listen == Some(id);
+        let replay_len = self.st.replay.len();
+        let needs_checkout = match self.conns.get_mut(id) {
+            Some(held) => {
+                if keep || held.conn.is_idle_and_open() {
+                    // The common case, one lookup: held and up to date.
+                    if held.applied >= replay_len && held.conn.carries_nothing() {
+                        return Ok(());
+                    }
+                    false
+                } else {
+                    tracing::debug!(server = %held.conn.target().name, "held server connection went away; replacing it");
+                    held.conn.mark_broken();
+                    true
+                }
+            }
+            None => true,
+        };
+        if needs_checkout {
             self.conns.remove(id);
-        }
-        if !self.conns.holds(id) {
-            let target = self.ctx.server(id).ok_or(ClientError::ServerRemoved)?;
-            let started = Instant::now();
-            let conn = self.ctx.pools.checkout(&target, &self.login).await;
-            let exhausted = matches!(conn, Err(crate::backend::CheckoutError::Exhausted { .. }));
-            self.ctx
-                .metrics
-                .checkout(&target.name, started.elapsed(), exhausted);
-            self.conns.insert(Held {
-                conn: conn?,
-                applied: 0,
-                dirty: false,
-            });
+            self.checkout(id).await?;
         }
         if let Err(e) = self.sync(id).await {
             // A connection that could not take the session's state is not used.
             self.conns.remove(id);
             return Err(e);
         }
+        Ok(())
+    }
+
+    /// Takes a connection to `id` from its pool.
+    async fn checkout(&mut self, id: ServerId) -> Result<(), ClientError> {
+        let target = self.ctx.server(id).ok_or(ClientError::ServerRemoved)?;
+        let started = Instant::now();
+        let conn = self.ctx.pools.checkout(&target, &self.login).await;
+        let exhausted = matches!(conn, Err(crate::backend::CheckoutError::Exhausted { .. }));
+        self.ctx
+            .metrics
+            .checkout(&target.name, started.elapsed(), exhausted);
+        self.conns.insert(Held {
+            id,
+            conn: conn?,
+            applied: 0,
+            dirty: false,
+        });
         Ok(())
     }
 

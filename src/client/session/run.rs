@@ -18,7 +18,7 @@ use crate::client::state::{Finished, SessionState};
 use crate::client::unit::Unit;
 use crate::config::Config;
 use crate::protocol::{TxStatus, build, tag};
-use crate::route::class::PinReason;
+use crate::route::class::{Class, PinReason};
 use crate::route::plan::{self, Ended, Execution, UnitTexts, UnitView};
 use crate::route::router::{Reason, SessionView, Target};
 
@@ -38,9 +38,9 @@ impl UnitTexts for Texts<'_> {
     }
 }
 
-fn view<'a>(unit: &'a Unit, texts: &'a Texts<'a>) -> UnitView<'a> {
+fn view<'a>(unit: &'a Unit, class: Class, texts: &'a Texts<'a>) -> UnitView<'a> {
     UnitView {
-        class: unit.class(),
+        class,
         complete: unit.complete,
         extended: unit.frames.first().is_some_and(|f| f.tag != tag::QUERY),
         resets_all: unit.resets_all,
@@ -69,7 +69,7 @@ impl Session {
             // one configuration and one picture of the servers.
             let config = self.ctx.config();
             let health = self.ctx.health.get();
-            let (id, reason) = match self.place(&unit, retried, &config, &health).await {
+            let (id, reason) = match self.place(&unit, class, retried, &config, &health).await {
                 Ok(p) => p,
                 Err(e @ (ClientError::Gone(_) | ClientError::Protocol(_))) => return Err(e),
                 Err(e) => return self.fail_unit(&unit, &e).await,
@@ -78,8 +78,6 @@ impl Session {
                 Some(p) => p == id,
                 None => id == self.ctx.configured_primary(),
             };
-            // An open unit continues with statements not seen yet.
-            self.conns.held(id)?.dirty |= !unit.complete || !leaves_no_state(&class);
             let at = Execution {
                 on_primary,
                 in_txn: self.st.txn.is_some(),
@@ -92,9 +90,11 @@ impl Session {
                 unit: &unit,
                 st: &self.st,
             };
-            let mode = plan::relay_plan(&view(&unit, &texts), at);
+            let mode = plan::relay_plan(&view(&unit, class, &texts), at);
             let started = Instant::now();
-            match self.forward(&unit, id, mode).await {
+            // An open unit continues with statements not seen yet.
+            let dirties = !unit.complete || !leaves_no_state(&class);
+            match self.forward(&unit, id, mode, dirties).await {
                 Ok(outcome) if outcome.retry_conflict => {
                     let held = self.conns.held(id)?;
                     tracing::debug!(server = %held.conn.target().name, "recovery conflict on a replica; retrying on the primary");
@@ -111,7 +111,7 @@ impl Session {
                     };
                     let floor = plan::after(&class, mode, ended, self.st.txn_wrote);
                     self.st.txn_wrote = floor.txn_wrote;
-                    self.learn(&unit, id, &outcome)?;
+                    self.learn(&unit, &class, id, &outcome)?;
                     if floor.record {
                         match outcome.probe {
                             Some(lsn) => self.set_floor(lsn, &config),
@@ -159,6 +159,7 @@ impl Session {
     async fn place(
         &mut self,
         unit: &Unit,
+        class: Class,
         retried: bool,
         config: &Config,
         health: &HealthSnapshot,
@@ -173,7 +174,7 @@ impl Session {
             self.spin = self.spin.wrapping_add(1);
         }
         let texts = Texts { unit, st: &self.st };
-        let unit_view = view(unit, &texts);
+        let unit_view = view(unit, class, &texts);
         let session = SessionView {
             // The transaction stays where it began; the plan says so.
             txn: self.st.txn.map(|id| {
@@ -238,11 +239,13 @@ impl Session {
     }
 
     /// Sends the unit to the connection to `id` and relays the replies.
+    /// `dirties`: the unit may leave state that only `DISCARD ALL` clears.
     async fn forward(
         &mut self,
         unit: &Unit,
         id: ServerId,
         mode: RelayMode,
+        dirties: bool,
     ) -> Result<Outcome, RelayError> {
         let Session {
             io,
@@ -251,7 +254,9 @@ impl Session {
             cancel,
             ..
         } = self;
-        let conn = &mut conns.held(id).map_err(RelayError::Client)?.conn;
+        let held = conns.held(id).map_err(RelayError::Client)?;
+        held.dirty |= dirties;
+        let conn = &mut held.conn;
         let mut exp = Expect::default();
         let mut out = BytesMut::with_capacity(unit.bytes + 64);
         relay::stage_pending_closes(conn, &mut out, &mut exp);
@@ -274,13 +279,19 @@ impl Session {
 
     /// Updates the session, and the connection that ran the unit, from what
     /// the server said (see [`SessionState::learn`]).
-    fn learn(&mut self, unit: &Unit, id: ServerId, outcome: &Outcome) -> Result<(), ClientError> {
+    fn learn(
+        &mut self,
+        unit: &Unit,
+        class: &Class,
+        id: ServerId,
+        outcome: &Outcome,
+    ) -> Result<(), ClientError> {
         let Session { conns, st, .. } = self;
         let held = conns.held(id)?;
         held.conn.note_status(outcome.status);
         let was_applied = held.applied == st.replay.len();
         let learned = st.learn(
-            &unit.class(),
+            class,
             Finished {
                 server: id,
                 status: outcome.status,
