@@ -14,13 +14,17 @@ pub struct Lsn(pub u64);
 impl Lsn {
     /// Parses PostgreSQL's `XXXXXXXX/XXXXXXXX` text form.
     pub fn parse(s: &str) -> Option<Lsn> {
-        let (hi, lo) = s.split_once('/')?;
-        let hi = u64::from_str_radix(hi, 16).ok()?;
-        let lo = u64::from_str_radix(lo, 16).ok()?;
-        if hi > u64::from(u32::MAX) || lo > u64::from(u32::MAX) {
-            return None;
-        }
-        Some(Lsn((hi << 32) | lo))
+        Lsn::parse_bytes(s.as_bytes())
+    }
+
+    /// [`Lsn::parse`] on the bytes of a DataRow value, as it arrives: no
+    /// UTF-8 check, no allocation (the floor query's answer is read after
+    /// every committed write).
+    pub fn parse_bytes(s: &[u8]) -> Option<Lsn> {
+        let slash = s.iter().position(|&b| b == b'/')?;
+        let hi = hex_u32(&s[..slash])?;
+        let lo = hex_u32(&s[slash + 1..])?;
+        Some(Lsn((u64::from(hi) << 32) | u64::from(lo)))
     }
 
     /// The WAL insert position points past the header of the page the next
@@ -53,6 +57,23 @@ impl Lsn {
     }
 }
 
+/// One half of an LSN: 1 to 8 hex digits (leading zeros allowed), at most
+/// `u32::MAX`.
+fn hex_u32(digits: &[u8]) -> Option<u32> {
+    let digits = match digits.iter().position(|&b| b != b'0') {
+        Some(first) => &digits[first..],
+        // All zeros; an empty half is no number.
+        None => return (!digits.is_empty()).then_some(0),
+    };
+    if digits.len() > 8 {
+        return None;
+    }
+    digits.iter().try_fold(0u32, |acc, &b| {
+        let d = char::from(b).to_digit(16)?;
+        Some((acc << 4) | d)
+    })
+}
+
 impl fmt::Display for Lsn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:X}/{:X}", self.0 >> 32, self.0 & 0xffff_ffff)
@@ -76,5 +97,34 @@ mod tests {
         assert_eq!(Lsn(0x3002018).record_boundary(), Lsn(0x3002000));
         assert_eq!(Lsn(0x3002100).record_boundary(), Lsn(0x3002100));
         assert_eq!(Lsn(0x3002000).record_boundary(), Lsn(0x3002000));
+    }
+
+    #[test]
+    fn lsn_text_forms() {
+        let cases: &[(&[u8], Option<u64>)] = &[
+            (b"0/0", Some(0)),
+            (b"0/3000060", Some(0x300_0060)),
+            (b"FFFFFFFF/FFFFFFFF", Some(u64::MAX)),
+            (b"ffffffff/0", Some(0xffff_ffff_0000_0000)),
+            (b"0000000001/00", Some(1 << 32)),
+            (b"100000000/0", None),
+            (b"0/100000000", None),
+            (b"/1", None),
+            (b"1/", None),
+            (b"1/2/3", None),
+            (b"+1/2", None),
+            (b"1 /2", None),
+            (b"g/0", None),
+            (b"", None),
+            (&[0xff, b'/', b'1'], None),
+        ];
+        for (text, want) in cases {
+            assert_eq!(
+                Lsn::parse_bytes(text).map(|l| l.0),
+                *want,
+                "{:?}",
+                String::from_utf8_lossy(text)
+            );
+        }
     }
 }

@@ -21,6 +21,9 @@ use crate::route::class::Kind;
 /// `search_path` must not be able to put another function in its place.
 pub(crate) const SQL: &[u8] = b"SELECT pg_catalog.pg_current_wal_insert_lsn()::text";
 
+/// [`SQL`] as the Query message sent, built once at compile time.
+pub(crate) const QUERY: [u8; SQL.len() + 6] = crate::protocol::build::query_const(SQL);
+
 /// Whether the floor query may follow `unit` in the same flight. `in_txn`:
 /// the session has a transaction open before the unit.
 pub(crate) fn may_follow(unit: &Unit, st: &SessionState, in_txn: bool) -> bool {
@@ -28,7 +31,7 @@ pub(crate) fn may_follow(unit: &Unit, st: &SessionState, in_txn: bool) -> bool {
     let shape = if in_txn {
         // A lone COMMIT/END ends the transaction (a failed one rolls back):
         // the server is idle when the probe arrives.
-        class.kind == Kind::TxnControl && class.statements == 1
+        class.kind == Kind::TxnControl && statements_run(unit) == 1
     } else {
         class.kind == Kind::Write
     };
@@ -38,6 +41,18 @@ pub(crate) fn may_follow(unit: &Unit, st: &SessionState, in_txn: bool) -> bool {
             mentions_any(t, &[b"begin", b"start", b"copy"])
                 || (in_txn && (!is_commit(t) || mentions_any(t, &[b"chain"])))
         }) == Some(false)
+}
+
+/// How many statements `unit` runs: those of its simple Query, or one per
+/// Execute. (A class counts every message that names a statement, so an
+/// extended unit's Parse, Bind and Describe of one statement count three.)
+fn statements_run(unit: &Unit) -> usize {
+    match unit.frames.first() {
+        Some(f) if f.tag == tag::QUERY => {
+            usize::try_from(unit.class().statements).unwrap_or(usize::MAX)
+        }
+        _ => unit.frames.iter().filter(|f| f.tag == tag::EXECUTE).count(),
+    }
 }
 
 /// Whether `unit`, run inside an open transaction, may end it (and so commit
@@ -184,6 +199,51 @@ mod tests {
         for (sql, in_txn, want) in cases {
             let mut st = SessionState::new(RouteMode::Auto, &[]);
             let unit = query_unit(sql, &mut st);
+            assert_eq!(
+                may_follow(&unit, &st, in_txn),
+                want,
+                "{sql:?} in_txn={in_txn}"
+            );
+        }
+    }
+
+    /// Parse/Bind/Describe/Execute/Sync of `sql` as the unnamed statement,
+    /// as pgbench `-M extended` and most drivers send it.
+    fn extended_unit(sql: &str, st: &mut SessionState) -> Unit {
+        let classifier = Classifier::new(crate::route::catalog::FunctionCatalog::builtin(), 64);
+        let mut parse = b"\0".to_vec();
+        parse.extend_from_slice(sql.as_bytes());
+        parse.extend_from_slice(b"\0\0\0");
+        let frames = [
+            frame(tag::PARSE, &parse),
+            frame(tag::BIND, b"\0\0\0\0\0\0\0\0"),
+            frame(tag::DESCRIBE, b"P\0"),
+            frame(tag::EXECUTE, b"\0\0\0\0\0"),
+            frame(tag::SYNC, b""),
+        ];
+        let mut unit = Unit::default();
+        let mut done = false;
+        for f in frames {
+            done = unit
+                .push(f, st, &classifier)
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        assert!(done);
+        unit
+    }
+
+    #[test]
+    fn extended_units_carry_the_probe_as_simple_ones_do() {
+        for (sql, in_txn, want) in [
+            ("END;", true, true),
+            ("COMMIT", true, true),
+            ("ROLLBACK", true, false),
+            ("UPDATE t SET v = 1 WHERE id = $1", false, true),
+            ("UPDATE t SET v = 1 WHERE id = $1", true, false),
+            ("SELECT 1", false, false),
+        ] {
+            let mut st = SessionState::new(RouteMode::Auto, &[]);
+            let unit = extended_unit(sql, &mut st);
             assert_eq!(
                 may_follow(&unit, &st, in_txn),
                 want,

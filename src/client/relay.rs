@@ -200,6 +200,9 @@ pub(crate) enum RelayError {
     },
 }
 
+/// The length of a ReadyForQuery message (tag, length, status).
+const READY_FOR_QUERY_LEN: usize = 6;
+
 /// Client bytes queued toward the server above which pgsplit stops reading
 /// the client until the server has taken some: the memory one session can
 /// hold for a COPY or a pipeline the server reads slower than the client sends.
@@ -259,10 +262,11 @@ pub(crate) async fn relay(
             match step.action {
                 Action::Forward => {}
                 Action::HoldReady if to.held.is_empty() => {
-                    replies
-                        .out
-                        .tail
-                        .extend_from_slice(conn.buffered(start..pos));
+                    let tail = &mut replies.out.tail;
+                    // Room for the ReadyForQuery the session appends: one
+                    // allocation.
+                    tail.reserve(pos - start + READY_FOR_QUERY_LEN);
+                    tail.extend_from_slice(conn.buffered(start..pos));
                     start = end;
                 }
                 Action::HoldReady | Action::Swallow => {

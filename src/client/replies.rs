@@ -231,13 +231,16 @@ impl Replies {
     }
 }
 
-/// The value of the floor query's one-column DataRow.
+/// The value of the floor query's one-column DataRow, read in place.
 fn probe_value(body: &[u8]) -> Option<Lsn> {
-    let row = crate::backend::conn::parse_text_row(body).ok()?;
-    match row.as_slice() {
-        [Some(text)] => Lsn::parse(text),
-        _ => None,
+    let mut r = fields::Reader::new(body, "DataRow");
+    if r.i16().ok()? != 1 {
+        return None;
     }
+    let len = usize::try_from(r.i32().ok()?).ok()?;
+    let text = r.take(len).ok()?;
+    r.finish().ok()?;
+    Lsn::parse_bytes(text)
 }
 
 #[cfg(test)]

@@ -186,6 +186,28 @@ pub fn query(sql: &[u8]) -> Bytes {
     tagged(b'Q', |b| cstr(b, sql))
 }
 
+/// [`query`] for a text fixed at compile time, built then: `N` is
+/// `sql.len() + 6` (tag, length, text, terminator); anything else fails the
+/// build.
+pub const fn query_const<const N: usize>(sql: &[u8]) -> [u8; N] {
+    assert!(N == sql.len() + 6 && N <= i32::MAX as usize);
+    let mut out = [0u8; N];
+    out[0] = b'Q';
+    #[allow(clippy::cast_possible_truncation)] // bounded by the assert
+    let len = ((N - 1) as u32).to_be_bytes();
+    let mut i = 0;
+    while i < 4 {
+        out[1 + i] = len[i];
+        i += 1;
+    }
+    let mut i = 0;
+    while i < sql.len() {
+        out[5 + i] = sql[i];
+        i += 1;
+    }
+    out
+}
+
 pub fn password_message(data: &[u8]) -> Bytes {
     tagged(b'p', |b| b.put_slice(data))
 }
@@ -214,6 +236,13 @@ pub fn terminate() -> Bytes {
 mod tests {
     use super::*;
     use crate::protocol::{decode_frame, fields};
+
+    #[test]
+    fn query_built_at_compile_time_equals_the_runtime_one() {
+        const SQL: &[u8] = b"SELECT 1";
+        const Q: [u8; SQL.len() + 6] = query_const(SQL);
+        assert_eq!(&Q[..], &query(SQL)[..]);
+    }
 
     #[test]
     fn composed_messages_decode() {

@@ -265,7 +265,7 @@ impl Session {
                 .map_err(|e| RelayError::Client(e.into()))?;
         }
         if mode.floor_probe {
-            out.extend_from_slice(&build::query(floor_probe::SQL));
+            out.extend_from_slice(&floor_probe::QUERY);
         }
         cancel.set(Some(CancelTarget {
             server: conn.target().clone(),
