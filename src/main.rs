@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
 use pgsplit::app::{App, unix_signals};
-use pgsplit::config::{Config, Overrides};
+use pgsplit::config::{Config, Overrides, PoolMode};
 
 /// PostgreSQL read/write-splitting sidecar proxy.
 #[derive(Parser, Debug)]
@@ -36,6 +36,11 @@ struct Cli {
     /// gains. 0 means one per core.
     #[arg(long)]
     workers: Option<usize>,
+    /// How long a client keeps a server connection (config `pool.mode`):
+    /// `session`, or `transaction` (while a transaction is open, or for one
+    /// statement outside one).
+    #[arg(long, value_enum)]
+    pool_mode: Option<PoolModeArg>,
     #[cfg(feature = "demo")]
     #[command(subcommand)]
     command: Option<Command>,
@@ -52,6 +57,21 @@ enum Command {
         #[arg(long, default_value_t = 6432)]
         port: u16,
     },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum PoolModeArg {
+    Session,
+    Transaction,
+}
+
+impl From<PoolModeArg> for PoolMode {
+    fn from(m: PoolModeArg) -> Self {
+        match m {
+            PoolModeArg::Session => PoolMode::Session,
+            PoolModeArg::Transaction => PoolMode::Transaction,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -95,6 +115,7 @@ fn main() -> ExitCode {
     }
     let overrides = Overrides {
         workers: cli.workers,
+        pool_mode: cli.pool_mode.map(PoolMode::from),
         listen: cli.listen,
         admin_listen: cli.admin_listen,
         primary: cli.primary,

@@ -99,6 +99,11 @@ const FAMILIES: &[(&str, char, &str)] = &[
         "Errors pgsplit reported to clients itself, by SQLSTATE class and kind.",
     ),
     (
+        "pgsplit_connection_pins_total",
+        'c',
+        "Transaction-pooled sessions that keep their server connections between transactions, by the state that cannot move.",
+    ),
+    (
         "pgsplit_retries_total",
         'c',
         "Reads retried on the primary after failing on a replica, by reason.",
@@ -302,6 +307,14 @@ impl Metrics {
             self.counter("pgsplit_pool_exhausted_total", &[("server", server.into())])
                 .increment(1);
         }
+    }
+
+    pub fn connection_pin(&self, reason: &'static str) {
+        self.counter(
+            "pgsplit_connection_pins_total",
+            &[("reason", reason.into())],
+        )
+        .increment(1);
     }
 
     pub fn retry(&self, reason: &'static str) {

@@ -64,11 +64,69 @@ pub(crate) fn hash_bytes(b: &[u8]) -> u64 {
     h.finish()
 }
 
+/// Why a session under transaction pooling keeps its server connections
+/// between transactions: it left state on them that cannot move to another
+/// connection. Once set it lasts for the session (a first cut: releasing the
+/// state, e.g. `DISCARD TEMP` or `UNLISTEN *`, does not unpin yet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ConnPin {
+    TempObject,
+    Listen,
+    AdvisoryLock,
+    HoldCursor,
+    /// A session change pgsplit does not replay (`set_config(..., false)`,
+    /// a SET inside a multi-statement string, a log past its bound).
+    SessionChange,
+    /// An SQL `PREPARE` or `LOAD`.
+    Prepared,
+    /// A statement pgsplit could not parse: it may have done any of these.
+    Unparsed,
+}
+
+impl ConnPin {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            ConnPin::TempObject => "temp_object",
+            ConnPin::Listen => "listen",
+            ConnPin::AdvisoryLock => "advisory_lock",
+            ConnPin::HoldCursor => "hold_cursor",
+            ConnPin::SessionChange => "session_change",
+            ConnPin::Prepared => "prepare_or_load",
+            ConnPin::Unparsed => "unparsed",
+        }
+    }
+
+    /// What a statement of class `class` leaves on its connection, if that
+    /// cannot move.
+    fn of(class: &Class) -> Option<ConnPin> {
+        match class.pin {
+            Some(PinReason::TempObject) => Some(ConnPin::TempObject),
+            Some(PinReason::Listen) => Some(ConnPin::Listen),
+            Some(PinReason::AdvisoryLock) => Some(ConnPin::AdvisoryLock),
+            Some(PinReason::HoldCursor) => Some(ConnPin::HoldCursor),
+            Some(PinReason::SessionChange) => Some(ConnPin::SessionChange),
+            Some(PinReason::Serializable | PinReason::Hint) | None => {
+                if class.session_effect && class.kind != Kind::Session {
+                    Some(ConnPin::SessionChange)
+                } else if class.conn_state {
+                    Some(ConnPin::Prepared)
+                } else if !class.parsed {
+                    Some(ConnPin::Unparsed)
+                } else {
+                    None
+                }
+            }
+        }
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct SessionState {
     /// The server running the open transaction.
     pub txn: Option<ServerId>,
     pub pinned: Option<PinReason>,
+    /// Transaction pooling: why the session keeps its connections.
+    pub conn_pin: Option<ConnPin>,
     pub mode: RouteMode,
     /// Committed session changes, in order.
     pub replay: Vec<ReplayEntry>,
@@ -133,6 +191,7 @@ impl SessionState {
         SessionState {
             txn: None,
             pinned: None,
+            conn_pin: None,
             mode,
             default_mode: mode,
             pending_mode: None,
@@ -163,6 +222,11 @@ impl SessionState {
             self.end_transaction(!done.rolled_back);
         } else {
             self.txn = Some(done.server);
+        }
+        // Even a failed unit may have left it (a session advisory lock
+        // taken before a later error is not released by the rollback).
+        if self.conn_pin.is_none() {
+            self.conn_pin = ConnPin::of(class);
         }
         let mut drops_prepared = false;
         if done.ok {
@@ -218,6 +282,9 @@ impl SessionState {
         } else {
             self.pending.clear();
             self.pending_mode = None;
+        }
+        if self.replay.len() > MAX_REPLAY {
+            self.conn_pin.get_or_insert(ConnPin::SessionChange);
         }
         if self.replay.len() > MAX_REPLAY && self.pinned.is_none() {
             self.pinned = Some(PinReason::SessionChange);

@@ -152,3 +152,37 @@ fn pins_listen_route_and_prepared_statements() {
     let l = st.learn(&discard, done(TxStatus::Idle, true, &[]));
     assert!(l.drops_prepared && st.statements.is_empty());
 }
+
+#[test]
+fn what_keeps_a_transaction_pooled_session_on_its_connections() {
+    let catalog = crate::route::catalog::FunctionCatalog::builtin();
+    let cases = [
+        ("SELECT 1", None),
+        ("UPDATE t SET v = 1", None),
+        ("SET search_path = app", None),
+        ("CREATE TEMP TABLE t (x int)", Some(ConnPin::TempObject)),
+        ("LISTEN jobs", Some(ConnPin::Listen)),
+        ("SELECT pg_advisory_lock(1)", Some(ConnPin::AdvisoryLock)),
+        (
+            "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
+            Some(ConnPin::HoldCursor),
+        ),
+        (
+            "SELECT set_config('search_path', 'app', false)",
+            Some(ConnPin::SessionChange),
+        ),
+        ("PREPARE q AS SELECT 1", Some(ConnPin::Prepared)),
+        ("LOAD 'auto_explain'", Some(ConnPin::Prepared)),
+        ("SELEC 1 FROM", Some(ConnPin::Unparsed)),
+    ];
+    for (sql, want) in cases {
+        let class = crate::route::classify::classify(sql, &catalog);
+        let mut st = SessionState::new(RouteMode::Auto, &[]);
+        st.learn(&class, done(TxStatus::Idle, true, &[]));
+        assert_eq!(st.conn_pin, want, "{sql}");
+        // A failed unit pins too: what it did before failing stays.
+        let mut st = SessionState::new(RouteMode::Auto, &[]);
+        st.learn(&class, done(TxStatus::Idle, false, &[]));
+        assert_eq!(st.conn_pin, want, "{sql} (failed)");
+    }
+}

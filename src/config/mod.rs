@@ -141,9 +141,26 @@ impl Default for RoutingConfig {
     }
 }
 
+/// How long a client keeps a server connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolMode {
+    /// For its whole session.
+    #[default]
+    Session,
+    /// While it has a transaction open, or for one unit outside a
+    /// transaction; then the connection serves other clients. A client
+    /// whose session holds state that cannot move (a temporary table,
+    /// LISTEN, a session advisory lock, a WITH HOLD cursor, an SQL PREPARE,
+    /// LOAD, a statement pgsplit could not parse) keeps its connections as in
+    /// session mode.
+    Transaction,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PoolConfig {
+    pub mode: PoolMode,
     /// Server connections per (server, user, database).
     pub max_size: u32,
     #[serde(deserialize_with = "de_duration")]
@@ -157,6 +174,7 @@ pub struct PoolConfig {
 impl Default for PoolConfig {
     fn default() -> Self {
         PoolConfig {
+            mode: PoolMode::default(),
             max_size: 100,
             checkout_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
@@ -338,6 +356,7 @@ mod tests {
             &[
                 ("PGSPLIT_ROUTING_MAX_LAG", "300ms"),
                 ("PGSPLIT_POOL_MAX_SIZE", "7"),
+                ("PGSPLIT_POOL_MODE", "transaction"),
                 ("PGSPLIT_WORKERS", "3"),
                 (
                     "PGSPLIT_REPLICAS",
@@ -348,6 +367,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.routing.max_lag, Duration::from_millis(300));
         assert_eq!(c.pool.max_size, 7);
+        assert_eq!(c.pool.mode, PoolMode::Transaction);
         assert_eq!(c.workers, Some(3));
         assert_eq!(c.replicas.len(), 2);
         assert_eq!(c.replicas[1].port, 6000);
@@ -355,16 +375,20 @@ mod tests {
         let flags = Overrides {
             listen: Some("127.0.0.1:7000".into()),
             workers: Some(1),
+            pool_mode: Some(PoolMode::Session),
             ..Overrides::default()
         };
         let c = Config::from_toml_str(
-            &format!("primary = \"{P}\"\nlisten = \"0.0.0.0:1\"\nworkers = 4"),
+            &format!(
+                "primary = \"{P}\"\nlisten = \"0.0.0.0:1\"\nworkers = 4\n[pool]\nmode = \"transaction\""
+            ),
             [],
             &flags,
         )
         .unwrap();
         assert_eq!(c.listen.port(), 7000);
         assert_eq!(c.workers, Some(1));
+        assert_eq!(c.pool.mode, PoolMode::Session, "the flag wins");
     }
 
     #[test]

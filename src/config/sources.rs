@@ -36,6 +36,7 @@ struct RawConfig {
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
     pub workers: Option<usize>,
+    pub pool_mode: Option<super::PoolMode>,
     pub listen: Option<String>,
     pub admin_listen: Option<String>,
     pub primary: Option<String>,
@@ -65,6 +66,7 @@ const ENV_KEYS: &[(&str, &str)] = &[
     ("net", "tcp_keepalive_interval"),
     ("net", "tcp_keepalive_count"),
     ("net", "tcp_user_timeout"),
+    ("pool", "mode"),
     ("pool", "max_size"),
     ("pool", "checkout_timeout"),
     ("pool", "connect_timeout"),
@@ -231,7 +233,10 @@ impl Config {
             replicas,
             auth: raw.auth,
             routing: raw.routing,
-            pool: raw.pool,
+            pool: super::PoolConfig {
+                mode: flags.pool_mode.unwrap_or(raw.pool.mode),
+                ..raw.pool
+            },
             limits: raw.limits,
             tls: raw.tls,
             net: raw.net,

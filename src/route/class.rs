@@ -66,6 +66,10 @@ pub struct Class {
     /// `DISCARD ALL` or `DEALLOCATE ALL`: drops every prepared statement on the
     /// connection that runs it.
     pub drops_prepared: bool,
+    /// Leaves state on the server connection that runs it which pgsplit does
+    /// not replay elsewhere and that pins no route (an SQL `PREPARE`, `LOAD`):
+    /// in transaction pooling, the client keeps that connection.
+    pub conn_state: bool,
     /// False when sqlparser could not read the text: the statement goes to the
     /// primary ("parse_fallback" in metrics).
     pub parsed: bool,
@@ -85,6 +89,7 @@ impl Class {
             set_route: None,
             hint: None,
             drops_prepared: false,
+            conn_state: false,
             parsed: false,
             statements: 1,
             session_effect: false,
@@ -99,6 +104,7 @@ impl Class {
             set_route: None,
             hint: None,
             drops_prepared: false,
+            conn_state: false,
             parsed: true,
             statements: 1,
             session_effect: matches!(kind, Kind::Session),
@@ -136,6 +142,7 @@ pub fn merge(a: Class, b: Class) -> Class {
         set_route: b.set_route.or(a.set_route),
         hint: a.hint.or(b.hint),
         drops_prepared: a.drops_prepared || b.drops_prepared,
+        conn_state: a.conn_state || b.conn_state,
         parsed: a.parsed && b.parsed,
         statements: a.statements.saturating_add(b.statements),
         session_effect: a.session_effect || b.session_effect,

@@ -8,29 +8,13 @@ use std::time::{Duration, Instant};
 
 use crate::common;
 use crate::common::own::{blocking, health_of, own_cluster, poll_until};
-use crate::common::{Proxy, connect, log_text, server_port};
+use crate::common::{Proxy, connect, http_get, log_text, server_port};
 use pgsplit::backend::health::{PrimaryState, Role};
 use pgsplit_cluster::Node;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
 fn primary_state(proxy: &Proxy) -> PrimaryState {
     proxy.ctx.health.get().primary
-}
-
-/// A plain HTTP/1.0 GET; the whole response (status line, headers, body).
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<String> {
-    let exchange = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await?;
-        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: pgsplit\r\n\r\n").as_bytes())
-            .await?;
-        let mut out = String::new();
-        s.read_to_string(&mut out).await?;
-        Ok(out)
-    };
-    tokio::time::timeout(Duration::from_secs(5), exchange)
-        .await
-        .unwrap_or_else(|_| Err(std::io::Error::other("no answer within 5s")))
 }
 
 /// The SQLSTATE and message of a failed statement.

@@ -232,20 +232,63 @@ impl Session {
     /// the reported startup parameters this client set, which the next client's
     /// first `sync` sets or resets.
     pub(super) async fn release(&mut self) {
-        let startup: Vec<String> = self
-            .st
+        let startup = self.startup_names();
+        for held in self.conns.drain() {
+            hand_back(held, &startup).await;
+        }
+    }
+
+    /// Transaction pooling, between units: every held connection goes back
+    /// to its pool except the one running the open transaction and the one
+    /// the session LISTENs on. A session that left state on its connections
+    /// that cannot move (see [`crate::client::state::ConnPin`]) keeps them
+    /// all, as in session pooling.
+    pub(super) async fn release_between_units(&mut self) {
+        if let Some(pin) = self.st.conn_pin {
+            if !self.pin_counted {
+                self.pin_counted = true;
+                tracing::debug!(
+                    reason = pin.as_str(),
+                    "session keeps its server connections"
+                );
+                self.ctx.metrics.connection_pin(pin.as_str());
+            }
+            return;
+        }
+        let keep = |id| self.st.txn == Some(id) || self.st.listen == Some(id);
+        let ids: Vec<ServerId> = self.conns.ids().filter(|id| !keep(*id)).collect();
+        if ids.is_empty() {
+            return;
+        }
+        let startup = self.startup_names();
+        for id in ids {
+            if let Some(held) = self.conns.remove(id) {
+                hand_back(held, &startup).await;
+            }
+        }
+    }
+
+    /// The startup parameters this client set, which a connection it used
+    /// only for reading carries to the next client (see [`Session::release`]).
+    fn startup_names(&self) -> Vec<String> {
+        self.st
             .startup
             .iter()
             .filter_map(|e| e.startup.as_ref().map(|(k, _)| k.clone()))
-            .collect();
-        for mut held in self.conns.drain() {
-            if !held.dirty && held.conn.is_clean() {
-                held.conn.carry(&startup);
-                continue;
-            }
-            if let Err(e) = held.conn.reset().await {
-                tracing::debug!(error = %e, "server connection not reusable");
-            }
-        }
+            .collect()
+    }
+}
+
+/// Returns a connection to its pool: as it is when this client only read
+/// there (the next client's first `sync` sets or resets the startup
+/// parameters named in `startup`), else after `DISCARD ALL` (or dropped when
+/// that fails).
+async fn hand_back(mut held: Held, startup: &[String]) {
+    if !held.dirty && held.conn.is_clean() {
+        held.conn.carry(startup);
+        return;
+    }
+    if let Err(e) = held.conn.reset().await {
+        tracing::debug!(error = %e, "server connection not reusable");
     }
 }

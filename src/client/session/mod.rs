@@ -7,9 +7,11 @@
 //! ([`local`]).
 //!
 //! Session pooling: the session keeps each server connection it uses until the
-//! client leaves (the replica's only once it first reads). The seam for
-//! transaction pooling is [`Session::attach`], which hands out a connection per
-//! unit.
+//! client leaves (the replica's only once it first reads). Transaction
+//! pooling: [`Session::attach`] checks a connection out for a unit (and
+//! replays the session's settings on it), and the loop hands it back after
+//! the unit unless a transaction is open or the session left state on it
+//! that cannot move (`held::release_between_units`).
 
 mod floor;
 mod held;
@@ -30,6 +32,7 @@ use super::unit::{Unit, is_unit_message};
 use super::{ClientError, ClientIo};
 use crate::backend::health::PrimaryState;
 use crate::backend::{Login, ServerId};
+use crate::config::PoolMode;
 use crate::lifecycle::Phase;
 use crate::protocol::{Frame, ProtocolError, TxStatus, build, tag};
 use held::HeldConns;
@@ -43,6 +46,11 @@ pub(crate) struct Session {
     cancel: Arc<CancelSlot>,
     /// Rotates the choice among equally good replicas.
     spin: usize,
+    /// The pool mode when the session began (a reload applies to new
+    /// sessions).
+    pool_mode: PoolMode,
+    /// The session's connection pin is in the metrics.
+    pin_counted: bool,
 }
 
 impl Session {
@@ -58,6 +66,8 @@ impl Session {
             conns: HeldConns::default(),
             cancel,
             spin: rand::random::<u32>() as usize,
+            pool_mode: ctx.config().pool.mode,
+            pin_counted: false,
             ctx,
         }
     }
@@ -89,6 +99,7 @@ impl Session {
         }
         hello.extend_from_slice(&build::backend_key_data(pid, secret));
         hello.extend_from_slice(&build::ready_for_query(TxStatus::Idle));
+        self.between_units().await;
         self.io.write(&hello).await?;
 
         // One waiter for the whole session, not one registered per message.
@@ -124,6 +135,7 @@ impl Session {
                 t if is_unit_message(t) => {
                     let unit = self.collect(frame).await?;
                     self.run_unit(unit).await?;
+                    self.between_units().await;
                 }
                 // Copy messages after a COPY that already failed: PostgreSQL
                 // ignores them too.
@@ -132,6 +144,14 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// Transaction pooling hands connections back between units.
+    #[inline]
+    async fn between_units(&mut self) {
+        if self.pool_mode == PoolMode::Transaction {
+            self.release_between_units().await;
+        }
     }
 
     async fn collect(&mut self, first: Frame) -> Result<Unit, ClientError> {

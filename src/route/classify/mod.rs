@@ -82,6 +82,7 @@ fn classify_unhinted(sql: &str, catalog: &FunctionCatalog) -> Class {
         class.pin = class.pin.or(one.pin);
         class.set_route = one.set_route.or(class.set_route);
         class.drops_prepared |= one.drops_prepared;
+        class.conn_state |= one.conn_state;
         class.session_effect |= one.kind == Kind::Session || one.session_effect;
     }
     class.kind = match (class.statements, only) {
@@ -101,6 +102,8 @@ struct Decision {
     /// Changes session state without being a `Kind::Session` statement
     /// (`SELECT set_config(...)`).
     session_effect: bool,
+    /// See [`Class::conn_state`].
+    conn_state: bool,
 }
 
 impl Decision {
@@ -111,6 +114,7 @@ impl Decision {
             set_route: None,
             drops_prepared: false,
             session_effect: false,
+            conn_state: false,
         }
     }
 
@@ -199,6 +203,10 @@ fn decide(statement: &Statement, scan: &Scan<'_>) -> Decision {
         },
         Statement::Deallocate { name, .. } => Decision {
             drops_prepared: name.quote_style.is_none() && name.value.eq_ignore_ascii_case("all"),
+            ..Decision::of(Kind::Write)
+        },
+        Statement::Prepare { .. } | Statement::Load { .. } => Decision {
+            conn_state: true,
             ..Decision::of(Kind::Write)
         },
         Statement::LISTEN { .. } => Decision::pinned(Kind::Write, PinReason::Listen),

@@ -257,3 +257,19 @@ pub async fn start(c: &Cluster, extra: &str) -> Proxy {
     logs();
     Proxy::start(c, extra).await
 }
+
+/// A plain HTTP/1.0 GET; the whole response (status line, headers, body).
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: pgsplit\r\n\r\n").as_bytes())
+            .await?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await?;
+        Ok(out)
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(5), exchange)
+        .await
+        .unwrap_or_else(|_| Err(std::io::Error::other("no answer within 5s")))
+}
