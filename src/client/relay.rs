@@ -171,12 +171,19 @@ fn ensure_prepared(
 }
 
 /// Undoes optimistic registry entries for Parses that never completed (an
-/// error ended the unit first): neither the connection nor, for the client's
-/// own Parse, the session has that statement.
-pub(crate) fn settle(exp: &mut Expect, st: &mut SessionState, conn: &mut ServerConn) {
+/// error ended the unit first): the connection does not have that statement,
+/// and, for the client's own Parse, the session does not either unless
+/// `final_run` is false (the unit runs again elsewhere, Parses included).
+pub(crate) fn settle(
+    exp: &mut Expect,
+    st: &mut SessionState,
+    conn: &mut ServerConn,
+    final_run: bool,
+) {
     for pe in exp.parse.drain(..) {
         conn.statements().parse_failed(pe.name.as_ref(), pe.hash);
         match pe.name {
+            _ if !final_run => {}
             None => {
                 if !pe.injected && st.unnamed.as_ref().is_some_and(|s| s.hash == pe.hash) {
                     st.unnamed = None;

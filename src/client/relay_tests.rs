@@ -684,3 +684,41 @@ async fn relay_unit_unbounded(
     let mut exp = Expect::default();
     relay::relay(io, conn, &mut st, &mut exp, mode, BytesMut::from(unit)).await
 }
+
+/// A named Parse that never completed is forgotten by the connection; the
+/// session forgets it only when the unit does not run again (a read retried
+/// on the primary sends its Parse again and needs it afterwards: with
+/// transaction pooling the next Bind may land on yet another connection).
+#[test]
+fn an_unfinished_parse_stays_in_the_session_when_the_unit_runs_again() {
+    let classifier = crate::route::classify::Classifier::new(
+        crate::route::catalog::FunctionCatalog::builtin(),
+        64,
+    );
+    for (final_run, kept) in [(false, true), (true, false)] {
+        let mut st = SessionState::new(RouteMode::Auto, &[]);
+        let parse = Frame {
+            tag: tag::PARSE,
+            bytes: msg(tag::PARSE, b"s1\0SELECT 1\0\0\0").into(),
+        };
+        let mut unit = super::unit::Unit::default();
+        unit.push(parse.clone(), &mut st, &classifier)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let (stream, _server) = plain_pipe();
+        let mut conn = server_conn(stream);
+        let mut exp = Expect::default();
+        let mut out = BytesMut::new();
+        relay::stage(&parse, &mut st, &mut conn, &mut out, &mut exp)
+            .unwrap_or_else(|e| panic!("{e}"));
+        relay::settle(&mut exp, &mut st, &mut conn, final_run);
+        assert_eq!(
+            st.statement(b"s1").is_some(),
+            kept,
+            "final_run = {final_run}"
+        );
+        assert!(
+            !conn.statements().has_name(b"s1"),
+            "the connection never got it"
+        );
+    }
+}

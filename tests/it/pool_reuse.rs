@@ -13,6 +13,10 @@ use pgsplit_cluster::{Cluster, Node};
 
 const POOL_OF_ONE: &str = "[pool]\nmax_size = 1\n";
 
+/// Session pooling, for a test that reads what a client's own connection ran
+/// last (transaction pooling resets it between units).
+const SESSION_POOL_OF_ONE: &str = "[pool]\nmode = \"session\"\nmax_size = 1\n";
+
 /// `url` with extra libpq query parameters.
 fn with_params(url: &str, params: &str) -> String {
     format!("{url}?{params}")
@@ -178,7 +182,7 @@ async fn prepared_statements_do_not_pass_to_the_next_client() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_floor_query_rides_with_the_write() {
     let c = cluster();
-    let proxy = Proxy::start(c, POOL_OF_ONE).await;
+    let proxy = Proxy::start(c, SESSION_POOL_OF_ONE).await;
     let url = with_params(&proxy.url(c), "application_name=floor-probe");
     let client = connect(&url).await;
     client

@@ -31,11 +31,15 @@ async fn many_clients_share_a_few_connections_each_with_its_own_settings_and_sta
     )
     .await;
     let url = proxy.url(c);
+    // Connected one after another (each login costs a SCRAM exchange on
+    // pgsplit's one thread), then all at work at once.
+    let mut clients = Vec::with_capacity(CLIENTS);
+    for _ in 0..CLIENTS {
+        clients.push(connect(&url).await);
+    }
     let mut tasks = Vec::new();
-    for i in 0..CLIENTS {
-        let url = url.clone();
+    for (i, mut client) in clients.into_iter().enumerate() {
         tasks.push(tokio::spawn(async move {
-            let mut client = connect(&url).await;
             client
                 .batch_execute(&format!("SET application_name = 'txpool-{i}'"))
                 .await

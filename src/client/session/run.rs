@@ -57,6 +57,17 @@ fn known_primary(health: &HealthSnapshot) -> Option<ServerId> {
     }
 }
 
+/// Whether a unit's run ends in another run on the primary: a recovery
+/// conflict on a replica, or a replica connection lost before any reply
+/// reached the client (see `RelayMode::retry_conflict`).
+fn runs_again(mode: RelayMode, result: &Result<Outcome, RelayError>) -> bool {
+    match result {
+        Ok(outcome) => outcome.retry_conflict,
+        Err(RelayError::Server { sent_to_client, .. }) => mode.retry_conflict && !sent_to_client,
+        Err(RelayError::Client(_)) => false,
+    }
+}
+
 impl Session {
     pub(super) async fn run_unit(&mut self, unit: Unit) -> Result<(), ClientError> {
         if self.set_route_locally(&unit).await? || self.answer_closes_locally(&unit).await? {
@@ -94,8 +105,10 @@ impl Session {
             let started = Instant::now();
             // An open unit continues with statements not seen yet.
             let dirties = !unit.complete || !leaves_no_state(&class);
-            match self.forward(&unit, id, mode, dirties).await {
-                Ok(outcome) if outcome.retry_conflict => {
+            let result = self.forward(&unit, id, mode, dirties).await;
+            let again = runs_again(mode, &result);
+            match result {
+                Ok(outcome) if again => {
                     let held = self.conns.held(id)?;
                     tracing::debug!(server = %held.conn.target().name, "recovery conflict on a replica; retrying on the primary");
                     self.ctx.metrics.retry("recovery_conflict");
@@ -133,16 +146,13 @@ impl Session {
                     return Ok(());
                 }
                 Err(RelayError::Client(e)) => return Err(e),
-                Err(RelayError::Server {
-                    error,
-                    sent_to_client,
-                }) => {
+                Err(RelayError::Server { error, .. }) => {
                     // The broken connection goes; the pool discards it.
                     self.conns.remove(id);
                     if self.st.txn == Some(id) {
                         self.st.txn = None;
                     }
-                    if mode.retry_conflict && !sent_to_client {
+                    if again {
                         tracing::info!(server = %id.0, %error, "read failed on a replica before any reply; retrying on the primary");
                         self.ctx.metrics.retry("replica_failed");
                         retried = true;
@@ -273,7 +283,9 @@ impl Session {
         }));
         let result = relay::relay(io, conn, st, &mut exp, mode, out).await;
         cancel.set(None);
-        relay::settle(&mut exp, st, conn);
+        // A unit that runs again keeps its own Parses in the session: the
+        // next run sends them again.
+        relay::settle(&mut exp, st, conn, !runs_again(mode, &result));
         result
     }
 

@@ -65,6 +65,36 @@ fn redact(url: &str) -> String {
     }
 }
 
+/// `IT_POOL_MODE=transaction` (or `session`) runs every in-process pgsplit
+/// of the suite in that pool mode, as the `--pool-mode` flag would: the same
+/// tests check both modes. (Not `PGSPLIT_*`: the binary refuses unknown
+/// variables of its own prefix.)
+/// A test whose config names a `[pool] mode` keeps it: it checks something
+/// of that mode.
+fn pool_mode_override(text: &str) -> Option<pgsplit::config::PoolMode> {
+    if names_pool_mode(text) {
+        return None;
+    }
+    match std::env::var("IT_POOL_MODE").ok()?.as_str() {
+        "transaction" => Some(pgsplit::config::PoolMode::Transaction),
+        "session" => Some(pgsplit::config::PoolMode::Session),
+        other => panic!("IT_POOL_MODE={other:?}: expected transaction or session"),
+    }
+}
+
+/// Whether TOML `text` sets `mode` in its `[pool]` table.
+fn names_pool_mode(text: &str) -> bool {
+    let mut section = "";
+    for line in text.lines().map(str::trim) {
+        if let Some(name) = line.strip_prefix('[') {
+            section = name.trim_end_matches(']').trim();
+        } else if section == "pool" && line.split('=').next().map(str::trim) == Some("mode") {
+            return true;
+        }
+    }
+    false
+}
+
 /// A pgsplit running in this test process in front of a cluster.
 pub struct Proxy {
     pub ctx: std::sync::Arc<pgsplit::client::services::SessionDeps>,
@@ -102,17 +132,17 @@ impl Proxy {
         reload_file: Option<std::path::PathBuf>,
         wait_replica: bool,
     ) -> Proxy {
-        let config = pgsplit::config::Config::from_toml_str(
-            text,
-            std::iter::empty(),
-            &pgsplit::config::Overrides::default(),
-        )
-        .unwrap_or_else(|e| panic!("test config: {e}"));
+        let overrides = pgsplit::config::Overrides {
+            pool_mode: pool_mode_override(text),
+            ..pgsplit::config::Overrides::default()
+        };
+        let config = pgsplit::config::Config::from_toml_str(text, std::iter::empty(), &overrides)
+            .unwrap_or_else(|e| panic!("test config: {e}"));
         let mut app = pgsplit::app::App::bind(config)
             .await
             .unwrap_or_else(|e| panic!("bind: {e}"));
         if let Some(file) = reload_file {
-            app = app.reload_from(file, pgsplit::config::Overrides::default());
+            app = app.reload_from(file, overrides);
         }
         let ctx = app.session_deps();
         let addr = app.local_addr();
