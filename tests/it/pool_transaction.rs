@@ -213,3 +213,60 @@ async fn a_client_gone_mid_transaction_leaves_no_trace_for_the_next() {
         .unwrap();
     proxy.stop().await;
 }
+
+/// asyncpg with its statement cache on: every connection names its
+/// statements `__asyncpg_stmt_1__`, `__asyncpg_stmt_2__`... for different
+/// texts. (Through PgBouncer 1.18 in transaction mode ~90% of such
+/// transactions fail with "prepared statement does not exist".) The script is
+/// `tests/clients/asyncpg_pool.py`; `.ci/run` installs asyncpg.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asyncpg_with_its_statement_cache_over_a_few_connections() {
+    const CLIENTS: usize = 50;
+    const ROUNDS: usize = 5;
+    let c = cluster();
+    let direct = connect(&c.url(Node::Primary)).await;
+    direct
+        .batch_execute(
+            "DROP TABLE IF EXISTS txpool_asyncpg; CREATE TABLE txpool_asyncpg (client int, round int)",
+        )
+        .await
+        .unwrap();
+    let proxy = Proxy::start(
+        c,
+        "[pool]\nmode = \"transaction\"\nmax_size = 4\ncheckout_timeout = \"30s\"\n",
+    )
+    .await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/asyncpg_pool.py");
+    let run = tokio::process::Command::new("python3")
+        .args([
+            script,
+            &proxy.url(c),
+            &CLIENTS.to_string(),
+            &ROUNDS.to_string(),
+            "txpool_asyncpg",
+        ])
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(180), run)
+        .await
+        .unwrap_or_else(|_| panic!("asyncpg_pool.py did not finish within 180 s"))
+        .unwrap_or_else(|e| panic!("python3: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "asyncpg_pool.py failed (is asyncpg installed? .ci/run installs it): {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.trim(), format!("ok {CLIENTS} {ROUNDS}"));
+    let rows: i64 = direct
+        .query_one("SELECT count(*) FROM txpool_asyncpg", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, i64::try_from(CLIENTS * ROUNDS).unwrap());
+    direct
+        .batch_execute("DROP TABLE txpool_asyncpg")
+        .await
+        .unwrap();
+    proxy.stop().await;
+}
