@@ -54,6 +54,11 @@ const FAMILIES: &[(&str, char, &str)] = &[
         "Time to obtain a server connection from a pool, in seconds.",
     ),
     (
+        "pgsplit_pool_waiting_clients",
+        'g',
+        "Client sessions waiting for a server connection from a pool now.",
+    ),
+    (
         "pgsplit_pool_exhausted_total",
         'c',
         "Checkouts that timed out because the pool was at its limit, by server.",
@@ -163,12 +168,22 @@ fn describe(recorder: &PrometheusRecorder) {
     }
 }
 
+/// See [`Metrics::waiting_for_checkout`].
+pub struct Waiting<'a>(&'a Gauge);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
 pub struct Metrics {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
     units: Vec<Counter>,
     unit_seconds: Histogram,
     checkout_seconds: Histogram,
+    pool_waiting: Gauge,
     pub client_connections: Gauge,
     pub client_connections_total: Counter,
     /// Replay-position queries sent to replicas on demand.
@@ -211,6 +226,8 @@ impl Metrics {
             recorder.register_histogram(&Key::from_name("pgsplit_unit_duration_seconds"), &META);
         let checkout_seconds =
             recorder.register_histogram(&Key::from_name("pgsplit_pool_checkout_seconds"), &META);
+        let pool_waiting =
+            recorder.register_gauge(&Key::from_name("pgsplit_pool_waiting_clients"), &META);
         let client_connections =
             recorder.register_gauge(&Key::from_name("pgsplit_client_connections"), &META);
         let client_connections_total =
@@ -235,6 +252,7 @@ impl Metrics {
             units,
             unit_seconds,
             checkout_seconds,
+            pool_waiting,
             client_connections,
             client_connections_total,
             replay_queries,
@@ -307,6 +325,13 @@ impl Metrics {
             self.counter("pgsplit_pool_exhausted_total", &[("server", server.into())])
                 .increment(1);
         }
+    }
+
+    /// Counts a session as waiting for a server connection until the
+    /// returned guard drops (checkout done, failed, or the client gone).
+    pub fn waiting_for_checkout(&self) -> Waiting<'_> {
+        self.pool_waiting.increment(1.0);
+        Waiting(&self.pool_waiting)
     }
 
     pub fn connection_pin(&self, reason: &'static str) {

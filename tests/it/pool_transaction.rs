@@ -152,10 +152,29 @@ async fn a_checkout_timeout_fails_one_statement_and_the_next_one_works() {
     tx.batch_execute("/* pgsplit:primary */ SELECT 1")
         .await
         .unwrap();
-    let err = waiter
-        .batch_execute("/* pgsplit:primary */ SELECT 2")
-        .await
-        .unwrap_err();
+    let waiter = std::sync::Arc::new(waiter);
+    let waiting = {
+        let waiter = waiter.clone();
+        tokio::spawn(async move { waiter.batch_execute("/* pgsplit:primary */ SELECT 2").await })
+    };
+    // While it waits, the gauge says so.
+    let gauge = |n: u32| format!("\npgsplit_pool_waiting_clients {n}\n");
+    let mut seen_waiting = false;
+    for _ in 0..20 {
+        let metrics = http_get(proxy.admin, "/metrics").await.unwrap();
+        if metrics.contains(&gauge(1)) {
+            seen_waiting = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        seen_waiting,
+        "pgsplit_pool_waiting_clients never showed the waiting client"
+    );
+    let err = waiting.await.unwrap().unwrap_err();
+    let metrics = http_get(proxy.admin, "/metrics").await.unwrap();
+    assert!(metrics.contains(&gauge(0)), "{metrics}");
     let db = err.as_db_error().unwrap_or_else(|| panic!("{err}"));
     assert_eq!(db.code().code(), "53300", "{db}");
     tx.commit().await.unwrap();

@@ -121,7 +121,9 @@ impl Session {
     async fn checkout(&mut self, id: ServerId) -> Result<(), ClientError> {
         let target = self.ctx.server(id).ok_or(ClientError::ServerRemoved)?;
         let started = Instant::now();
+        let waiting = self.ctx.metrics.waiting_for_checkout();
         let conn = self.ctx.pools.checkout(&target, &self.login).await;
+        drop(waiting);
         let exhausted = matches!(conn, Err(crate::backend::CheckoutError::Exhausted { .. }));
         self.ctx
             .metrics
