@@ -8,7 +8,7 @@ use std::hash::{Hash, Hasher};
 use bytes::Bytes;
 
 use crate::protocol::TxStatus;
-use crate::route::class::{Class, Kind, PinReason, RouteMode};
+use crate::route::class::{Class, ConnState, Kind, PinReason, RouteMode};
 use crate::server::{Lsn, ServerId};
 
 /// Session log entries beyond which the session is pinned to the primary rather
@@ -64,69 +64,14 @@ pub(crate) fn hash_bytes(b: &[u8]) -> u64 {
     h.finish()
 }
 
-/// Why a session under transaction pooling keeps its server connections
-/// between transactions: it left state on them that cannot move to another
-/// connection. Once set it lasts for the session (a first cut: releasing the
-/// state, e.g. `DISCARD TEMP` or `UNLISTEN *`, does not unpin yet).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ConnPin {
-    TempObject,
-    Listen,
-    AdvisoryLock,
-    HoldCursor,
-    /// A session change pgsplit does not replay (`set_config(..., false)`,
-    /// a SET inside a multi-statement string, a log past its bound).
-    SessionChange,
-    /// An SQL `PREPARE` or `LOAD`.
-    Prepared,
-    /// A statement pgsplit could not parse: it may have done any of these.
-    Unparsed,
-}
-
-impl ConnPin {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            ConnPin::TempObject => "temp_object",
-            ConnPin::Listen => "listen",
-            ConnPin::AdvisoryLock => "advisory_lock",
-            ConnPin::HoldCursor => "hold_cursor",
-            ConnPin::SessionChange => "session_change",
-            ConnPin::Prepared => "prepare_or_load",
-            ConnPin::Unparsed => "unparsed",
-        }
-    }
-
-    /// What a statement of class `class` leaves on its connection, if that
-    /// cannot move.
-    fn of(class: &Class) -> Option<ConnPin> {
-        match class.pin {
-            Some(PinReason::TempObject) => Some(ConnPin::TempObject),
-            Some(PinReason::Listen) => Some(ConnPin::Listen),
-            Some(PinReason::AdvisoryLock) => Some(ConnPin::AdvisoryLock),
-            Some(PinReason::HoldCursor) => Some(ConnPin::HoldCursor),
-            Some(PinReason::SessionChange) => Some(ConnPin::SessionChange),
-            Some(PinReason::Serializable | PinReason::Hint) | None => {
-                if class.session_effect && class.kind != Kind::Session {
-                    Some(ConnPin::SessionChange)
-                } else if class.conn_state {
-                    Some(ConnPin::Prepared)
-                } else if !class.parsed {
-                    Some(ConnPin::Unparsed)
-                } else {
-                    None
-                }
-            }
-        }
-    }
-}
-
 #[derive(Debug)]
 pub(crate) struct SessionState {
     /// The server running the open transaction.
     pub txn: Option<ServerId>,
     pub pinned: Option<PinReason>,
-    /// Transaction pooling: why the session keeps its connections.
-    pub conn_pin: Option<ConnPin>,
+    /// State left on the session's server connections that cannot move:
+    /// under transaction pooling the session keeps them while any is held.
+    pub conn_state: ConnState,
     pub mode: RouteMode,
     /// Committed session changes, in order.
     pub replay: Vec<ReplayEntry>,
@@ -191,7 +136,7 @@ impl SessionState {
         SessionState {
             txn: None,
             pinned: None,
-            conn_pin: None,
+            conn_state: ConnState::NONE,
             mode,
             default_mode: mode,
             pending_mode: None,
@@ -223,11 +168,25 @@ impl SessionState {
         } else {
             self.txn = Some(done.server);
         }
-        // Even a failed unit may have left it (a session advisory lock
-        // taken before a later error is not released by the rollback).
-        if self.conn_pin.is_none() {
-            self.conn_pin = ConnPin::of(class);
+        // Released only by a unit that succeeded; left even by one that
+        // failed (a session advisory lock taken before a later error is not
+        // released by the rollback). A string that does both stays pinned.
+        if done.ok {
+            self.conn_state = self.conn_state.without(class.clears);
+            if class.clears.contains(ConnState::LISTEN) {
+                self.listen = None;
+            }
         }
+        let mut leaves = class.leaves;
+        if class.session_effect && class.kind != Kind::Session {
+            // A SET sharing its string with other statements, set_config():
+            // not in the replay log.
+            leaves = leaves.with(ConnState::SESSION_CHANGE);
+        }
+        if !class.parsed {
+            leaves = leaves.with(ConnState::UNPARSED);
+        }
+        self.conn_state = self.conn_state.with(leaves);
         let mut drops_prepared = false;
         if done.ok {
             if class.pin == Some(PinReason::Listen) {
@@ -284,7 +243,7 @@ impl SessionState {
             self.pending_mode = None;
         }
         if self.replay.len() > MAX_REPLAY {
-            self.conn_pin.get_or_insert(ConnPin::SessionChange);
+            self.conn_state = self.conn_state.with(ConnState::SESSION_CHANGE);
         }
         if self.replay.len() > MAX_REPLAY && self.pinned.is_none() {
             self.pinned = Some(PinReason::SessionChange);

@@ -157,32 +157,93 @@ fn pins_listen_route_and_prepared_statements() {
 fn what_keeps_a_transaction_pooled_session_on_its_connections() {
     let catalog = crate::route::catalog::FunctionCatalog::builtin();
     let cases = [
-        ("SELECT 1", None),
-        ("UPDATE t SET v = 1", None),
-        ("SET search_path = app", None),
-        ("CREATE TEMP TABLE t (x int)", Some(ConnPin::TempObject)),
-        ("LISTEN jobs", Some(ConnPin::Listen)),
-        ("SELECT pg_advisory_lock(1)", Some(ConnPin::AdvisoryLock)),
+        ("SELECT 1", ConnState::NONE),
+        ("UPDATE t SET v = 1", ConnState::NONE),
+        ("SET search_path = app", ConnState::NONE),
+        ("CREATE TEMP TABLE t (x int)", ConnState::TEMP),
+        ("LISTEN jobs", ConnState::LISTEN),
+        ("SELECT pg_advisory_lock(1)", ConnState::ADVISORY_LOCK),
         (
             "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
-            Some(ConnPin::HoldCursor),
+            ConnState::HOLD_CURSOR,
         ),
         (
             "SELECT set_config('search_path', 'app', false)",
-            Some(ConnPin::SessionChange),
+            ConnState::SESSION_CHANGE,
         ),
-        ("PREPARE q AS SELECT 1", Some(ConnPin::Prepared)),
-        ("LOAD 'auto_explain'", Some(ConnPin::Prepared)),
-        ("SELEC 1 FROM", Some(ConnPin::Unparsed)),
+        ("SET a.b = 1; SELECT 1", ConnState::SESSION_CHANGE),
+        ("PREPARE q AS SELECT 1", ConnState::PREPARED),
+        ("LOAD 'auto_explain'", ConnState::LOAD),
+        ("SELEC 1 FROM", ConnState::UNPARSED),
+        // Every kind a string leaves, not only the first.
+        (
+            "CREATE TEMP TABLE t (x int); LISTEN jobs",
+            ConnState::TEMP.with(ConnState::LISTEN),
+        ),
     ];
     for (sql, want) in cases {
         let class = crate::route::classify::classify(sql, &catalog);
         let mut st = SessionState::new(RouteMode::Auto, &[]);
         st.learn(&class, done(TxStatus::Idle, true, &[]));
-        assert_eq!(st.conn_pin, want, "{sql}");
+        assert_eq!(st.conn_state, want, "{sql}");
         // A failed unit pins too: what it did before failing stays.
         let mut st = SessionState::new(RouteMode::Auto, &[]);
         st.learn(&class, done(TxStatus::Idle, false, &[]));
-        assert_eq!(st.conn_pin, want, "{sql} (failed)");
+        assert_eq!(st.conn_state, want, "{sql} (failed)");
     }
+}
+
+#[test]
+fn a_pooled_session_is_released_when_it_releases_the_state() {
+    let catalog = crate::route::catalog::FunctionCatalog::builtin();
+    let learn = |st: &mut SessionState, sql: &str, ok: bool| {
+        let class = crate::route::classify::classify(sql, &catalog);
+        st.learn(&class, done(TxStatus::Idle, ok, &[]));
+    };
+    // (what pins, what releases it)
+    for (pin, release) in [
+        ("CREATE TEMP TABLE t (x int)", "DISCARD TEMP"),
+        ("CREATE TEMP TABLE t (x int)", "DISCARD ALL"),
+        ("LISTEN jobs", "UNLISTEN *"),
+        (
+            "SELECT pg_advisory_lock(1)",
+            "SELECT pg_advisory_unlock_all()",
+        ),
+        ("DECLARE c CURSOR WITH HOLD FOR SELECT 1", "CLOSE ALL"),
+        ("PREPARE q AS SELECT 1", "DEALLOCATE ALL"),
+        ("SELECT set_config('a.b', '1', false)", "RESET ALL"),
+        ("SELEC 1 FROM", "DISCARD ALL"),
+    ] {
+        let mut st = SessionState::new(RouteMode::Auto, &[]);
+        learn(&mut st, pin, true);
+        assert!(!st.conn_state.is_empty(), "{pin}");
+        learn(&mut st, release, false);
+        assert!(
+            !st.conn_state.is_empty(),
+            "{pin}: a failed {release} releases nothing"
+        );
+        learn(&mut st, release, true);
+        assert_eq!(st.conn_state, ConnState::NONE, "{pin} then {release}");
+    }
+    // Not released: a LOAD by anything, another channel, one lock.
+    for (pin, release) in [
+        ("LOAD 'auto_explain'", "DISCARD ALL"),
+        ("LISTEN jobs", "UNLISTEN other"),
+        ("SELECT pg_advisory_lock(1)", "SELECT pg_advisory_unlock(1)"),
+        ("CREATE TEMP TABLE t (x int)", "DROP TABLE t"),
+    ] {
+        let mut st = SessionState::new(RouteMode::Auto, &[]);
+        learn(&mut st, pin, true);
+        learn(&mut st, release, true);
+        assert!(
+            !st.conn_state.is_empty(),
+            "{pin} then {release}: still held"
+        );
+    }
+    // UNLISTEN * also ends the session's LISTEN connection.
+    let mut st = SessionState::new(RouteMode::Auto, &[]);
+    learn(&mut st, "LISTEN jobs", true);
+    assert_eq!(st.listen, Some(P));
+    learn(&mut st, "UNLISTEN *", true);
+    assert_eq!(st.listen, None);
 }

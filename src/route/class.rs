@@ -43,6 +43,80 @@ pub enum PinReason {
     SessionChange,
 }
 
+/// Kinds of state a session can leave on its server connection that cannot
+/// move to another connection (PostgreSQL keeps them per backend), as a set.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct ConnState(u8);
+
+impl ConnState {
+    pub const NONE: ConnState = ConnState(0);
+    /// Temporary tables, views, sequences.
+    pub const TEMP: ConnState = ConnState(1);
+    pub const LISTEN: ConnState = ConnState(1 << 1);
+    /// Session-level advisory locks.
+    pub const ADVISORY_LOCK: ConnState = ConnState(1 << 2);
+    /// `WITH HOLD` cursors.
+    pub const HOLD_CURSOR: ConnState = ConnState(1 << 3);
+    /// Settings pgsplit does not replay (`set_config(..., false)`, a SET
+    /// inside a multi-statement string).
+    pub const SESSION_CHANGE: ConnState = ConnState(1 << 4);
+    /// SQL-level `PREPARE`d statements.
+    pub const PREPARED: ConnState = ConnState(1 << 5);
+    /// A `LOAD`ed library: nothing unloads it.
+    pub const LOAD: ConnState = ConnState(1 << 6);
+    /// A statement pgsplit could not parse: it may have left any of these.
+    pub const UNPARSED: ConnState = ConnState(1 << 7);
+    /// What `DISCARD ALL` releases: everything but a loaded library.
+    pub const DISCARD_ALL: ConnState = ConnState(!(1 << 6));
+
+    const NAMES: [&'static str; 8] = [
+        "temp_object",
+        "listen",
+        "advisory_lock",
+        "hold_cursor",
+        "session_change",
+        "prepared_statement",
+        "load",
+        "unparsed",
+    ];
+
+    #[must_use]
+    pub const fn with(self, other: ConnState) -> ConnState {
+        ConnState(self.0 | other.0)
+    }
+
+    #[must_use]
+    pub const fn without(self, other: ConnState) -> ConnState {
+        ConnState(self.0 & !other.0)
+    }
+
+    pub const fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    pub const fn contains(self, other: ConnState) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// The metric label of the first kind held, if any.
+    pub fn reason(self) -> Option<&'static str> {
+        let i = self.0.trailing_zeros() as usize;
+        Self::NAMES.get(i).copied()
+    }
+
+    /// The state behind a routing pin reason.
+    pub const fn of_pin(pin: Option<PinReason>) -> ConnState {
+        match pin {
+            Some(PinReason::TempObject) => ConnState::TEMP,
+            Some(PinReason::Listen) => ConnState::LISTEN,
+            Some(PinReason::AdvisoryLock) => ConnState::ADVISORY_LOCK,
+            Some(PinReason::HoldCursor) => ConnState::HOLD_CURSOR,
+            Some(PinReason::SessionChange) => ConnState::SESSION_CHANGE,
+            Some(PinReason::Serializable | PinReason::Hint) | None => ConnState::NONE,
+        }
+    }
+}
+
 /// A routing hint: `/* pgsplit:primary */`, `SET pgsplit.route = ...`, startup option.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RouteMode {
@@ -66,10 +140,13 @@ pub struct Class {
     /// `DISCARD ALL` or `DEALLOCATE ALL`: drops every prepared statement on the
     /// connection that runs it.
     pub drops_prepared: bool,
-    /// Leaves state on the server connection that runs it which pgsplit does
-    /// not replay elsewhere and that pins no route (an SQL `PREPARE`, `LOAD`):
-    /// in transaction pooling, the client keeps that connection.
-    pub conn_state: bool,
+    /// State it leaves on the server connection that runs it, which cannot
+    /// move to another connection: under transaction pooling the client
+    /// keeps that connection while any is held.
+    pub leaves: ConnState,
+    /// Such state it releases (`DISCARD ALL`/`TEMP`, `UNLISTEN *`,
+    /// `pg_advisory_unlock_all()`, `CLOSE ALL`, `DEALLOCATE ALL`, `RESET ALL`).
+    pub clears: ConnState,
     /// False when sqlparser could not read the text: the statement goes to the
     /// primary ("parse_fallback" in metrics).
     pub parsed: bool,
@@ -89,7 +166,8 @@ impl Class {
             set_route: None,
             hint: None,
             drops_prepared: false,
-            conn_state: false,
+            leaves: ConnState::UNPARSED,
+            clears: ConnState::NONE,
             parsed: false,
             statements: 1,
             session_effect: false,
@@ -104,7 +182,8 @@ impl Class {
             set_route: None,
             hint: None,
             drops_prepared: false,
-            conn_state: false,
+            leaves: ConnState::NONE,
+            clears: ConnState::NONE,
             parsed: true,
             statements: 1,
             session_effect: matches!(kind, Kind::Session),
@@ -142,7 +221,8 @@ pub fn merge(a: Class, b: Class) -> Class {
         set_route: b.set_route.or(a.set_route),
         hint: a.hint.or(b.hint),
         drops_prepared: a.drops_prepared || b.drops_prepared,
-        conn_state: a.conn_state || b.conn_state,
+        leaves: a.leaves.with(b.leaves),
+        clears: a.clears.with(b.clears),
         parsed: a.parsed && b.parsed,
         statements: a.statements.saturating_add(b.statements),
         session_effect: a.session_effect || b.session_effect,

@@ -289,3 +289,42 @@ async fn asyncpg_with_its_statement_cache_over_a_few_connections() {
         .unwrap();
     proxy.stop().await;
 }
+
+/// A pinned client holds its connection until it releases what pinned it:
+/// with a pool of one, another client times out while the temp table lives
+/// and gets the connection once `DISCARD TEMP` ran.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discard_temp_unpins_the_client() {
+    let c = cluster();
+    let proxy = Proxy::start(
+        c,
+        "[pool]\nmode = \"transaction\"\nmax_size = 1\ncheckout_timeout = \"300ms\"\n",
+    )
+    .await;
+    let url = proxy.url(c);
+    let pinned = connect(&url).await;
+    let other = connect(&url).await;
+    pinned
+        .batch_execute("CREATE TEMP TABLE txpool_unpin (x int)")
+        .await
+        .unwrap();
+    let err = other
+        .batch_execute("/* pgsplit:primary */ SELECT 1")
+        .await
+        .unwrap_err();
+    let code = err.as_db_error().map(|e| e.code().code().to_owned());
+    assert_eq!(code.as_deref(), Some("53300"), "{err}");
+    pinned.batch_execute("DISCARD TEMP").await.unwrap();
+    other
+        .batch_execute("/* pgsplit:primary */ SELECT 1")
+        .await
+        .unwrap();
+    // The table went with DISCARD TEMP, as on a connection of its own.
+    let gone = pinned
+        .batch_execute("SELECT * FROM txpool_unpin")
+        .await
+        .unwrap_err();
+    let code = gone.as_db_error().map(|e| e.code().code().to_owned());
+    assert_eq!(code.as_deref(), Some("42P01"), "{gone}");
+    proxy.stop().await;
+}

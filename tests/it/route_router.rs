@@ -4,7 +4,7 @@
 //!
 //! Each table collects every failing row and reports them all, by description.
 
-use pgsplit::route::class::{Class, Kind, PinReason, RouteMode, merge};
+use pgsplit::route::class::{Class, ConnState, Kind, PinReason, RouteMode, merge};
 use pgsplit::route::router::{Reason, ReplicaStatus, SessionView, Target, route};
 use pgsplit::server::{Lsn, ServerId};
 
@@ -829,6 +829,7 @@ fn merge_rows() -> Vec<MergeRow> {
             b: read(),
             want: Class {
                 parsed: false,
+                leaves: ConnState::UNPARSED,
                 ..two_of(Kind::Write)
             },
         },
@@ -838,6 +839,7 @@ fn merge_rows() -> Vec<MergeRow> {
             b: Class::unparsed(),
             want: Class {
                 parsed: false,
+                leaves: ConnState::UNPARSED,
                 ..two_of(Kind::Write)
             },
         },
@@ -896,6 +898,23 @@ fn merge_rows() -> Vec<MergeRow> {
             want: Class {
                 set_route: Some(RouteMode::Replica),
                 session_effect: true,
+                ..two_of(Kind::Write)
+            },
+        },
+        MergeRow {
+            desc: "connection state left and released is kept from both",
+            a: Class {
+                leaves: ConnState::TEMP,
+                clears: ConnState::LISTEN,
+                ..write()
+            },
+            b: Class {
+                leaves: ConnState::PREPARED,
+                ..write()
+            },
+            want: Class {
+                leaves: ConnState::TEMP.with(ConnState::PREPARED),
+                clears: ConnState::LISTEN,
                 ..two_of(Kind::Write)
             },
         },

@@ -243,20 +243,19 @@ impl Session {
     /// Transaction pooling, between units: every held connection goes back
     /// to its pool except the one running the open transaction and the one
     /// the session LISTENs on. A session that left state on its connections
-    /// that cannot move (see [`crate::client::state::ConnPin`]) keeps them
+    /// that cannot move (see [`crate::route::class::ConnState`]) keeps them
     /// all, as in session pooling.
     pub(super) async fn release_between_units(&mut self) {
-        if let Some(pin) = self.st.conn_pin {
+        if let Some(reason) = self.st.conn_state.reason() {
             if !self.pin_counted {
                 self.pin_counted = true;
-                tracing::debug!(
-                    reason = pin.as_str(),
-                    "session keeps its server connections"
-                );
-                self.ctx.metrics.connection_pin(pin.as_str());
+                tracing::debug!(reason, "session keeps its server connections");
+                self.ctx.metrics.connection_pin(reason);
             }
             return;
         }
+        // Released: a later pin counts again.
+        self.pin_counted = false;
         let keep = |id| self.st.txn == Some(id) || self.st.listen == Some(id);
         let ids: Vec<ServerId> = self.conns.ids().filter(|id| !keep(*id)).collect();
         if ids.is_empty() {

@@ -12,15 +12,15 @@
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    CopyTarget, DiscardObject, Expr, ObjectName, ObjectNamePart, Query, Reset, Select, Statement,
-    TableFactor, TransactionAccessMode, TransactionIsolationLevel, TransactionMode, UtilityOption,
-    Visit, Visitor,
+    CloseCursor, CopyTarget, DiscardObject, Expr, ObjectName, ObjectNamePart, Query, Reset, Select,
+    Statement, TableFactor, TransactionAccessMode, TransactionIsolationLevel, TransactionMode,
+    UtilityOption, Visit, Visitor,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
 use super::catalog::FunctionCatalog;
-use super::class::{Class, Kind, PinReason, RouteMode};
+use super::class::{Class, ConnState, Kind, PinReason, RouteMode};
 use super::lexer;
 
 mod cache;
@@ -82,7 +82,11 @@ fn classify_unhinted(sql: &str, catalog: &FunctionCatalog) -> Class {
         class.pin = class.pin.or(one.pin);
         class.set_route = one.set_route.or(class.set_route);
         class.drops_prepared |= one.drops_prepared;
-        class.conn_state |= one.conn_state;
+        class.leaves = class
+            .leaves
+            .with(one.leaves)
+            .with(ConnState::of_pin(one.pin));
+        class.clears = class.clears.with(one.clears);
         class.session_effect |= one.kind == Kind::Session || one.session_effect;
     }
     class.kind = match (class.statements, only) {
@@ -102,8 +106,10 @@ struct Decision {
     /// Changes session state without being a `Kind::Session` statement
     /// (`SELECT set_config(...)`).
     session_effect: bool,
-    /// See [`Class::conn_state`].
-    conn_state: bool,
+    /// See [`Class::leaves`] (beyond what `pin` says).
+    leaves: ConnState,
+    /// See [`Class::clears`].
+    clears: ConnState,
 }
 
 impl Decision {
@@ -114,7 +120,8 @@ impl Decision {
             set_route: None,
             drops_prepared: false,
             session_effect: false,
-            conn_state: false,
+            leaves: ConnState::NONE,
+            clears: ConnState::NONE,
         }
     }
 
@@ -134,6 +141,15 @@ fn classify_statement(statement: &Statement, catalog: &FunctionCatalog) -> Decis
         decision.pin = scan.pin();
     }
     decision.session_effect |= scan.set_config;
+    if scan.advisory_unlock_all {
+        decision.clears = decision.clears.with(ConnState::ADVISORY_LOCK);
+    }
+    if scan.temp_table {
+        decision.leaves = decision.leaves.with(ConnState::TEMP);
+    }
+    if scan.advisory_lock {
+        decision.leaves = decision.leaves.with(ConnState::ADVISORY_LOCK);
+    }
     decision
 }
 
@@ -185,7 +201,11 @@ fn decide(statement: &Statement, scan: &Scan<'_>) -> Decision {
         | Statement::ReleaseSavepoint { .. } => Decision::of(Kind::TxnControl),
         Statement::Set(set) => decide_set(set),
         Statement::Reset(reset) => match &reset.reset {
-            Reset::ALL | Reset::SessionAuthorization => Decision::of(Kind::Session),
+            Reset::ALL => Decision {
+                clears: ConnState::SESSION_CHANGE,
+                ..Decision::of(Kind::Session)
+            },
+            Reset::SessionAuthorization => Decision::of(Kind::Session),
             Reset::ConfigurationParameter(name) => Decision {
                 set_route: (dotted(name).as_deref() == Some("pgsplit.route"))
                     .then_some(RouteMode::Auto),
@@ -195,18 +215,43 @@ fn decide(statement: &Statement, scan: &Scan<'_>) -> Decision {
         Statement::Discard { object_type } => match object_type {
             DiscardObject::ALL => Decision {
                 drops_prepared: true,
+                clears: ConnState::DISCARD_ALL,
                 ..Decision::of(Kind::Session)
             },
-            DiscardObject::PLANS | DiscardObject::SEQUENCES | DiscardObject::TEMP => {
-                Decision::of(Kind::Session)
-            }
+            DiscardObject::TEMP => Decision {
+                clears: ConnState::TEMP,
+                ..Decision::of(Kind::Session)
+            },
+            DiscardObject::PLANS | DiscardObject::SEQUENCES => Decision::of(Kind::Session),
         },
-        Statement::Deallocate { name, .. } => Decision {
-            drops_prepared: name.quote_style.is_none() && name.value.eq_ignore_ascii_case("all"),
+        Statement::Deallocate { name, .. } => {
+            let all = name.quote_style.is_none() && name.value.eq_ignore_ascii_case("all");
+            Decision {
+                drops_prepared: all,
+                clears: if all {
+                    ConnState::PREPARED
+                } else {
+                    ConnState::NONE
+                },
+                ..Decision::of(Kind::Write)
+            }
+        }
+        Statement::Prepare { .. } => Decision {
+            leaves: ConnState::PREPARED,
             ..Decision::of(Kind::Write)
         },
-        Statement::Prepare { .. } | Statement::Load { .. } => Decision {
-            conn_state: true,
+        Statement::Load { .. } => Decision {
+            leaves: ConnState::LOAD,
+            ..Decision::of(Kind::Write)
+        },
+        Statement::UNLISTEN { channel } if channel.value == "*" => Decision {
+            clears: ConnState::LISTEN,
+            ..Decision::of(Kind::Write)
+        },
+        Statement::Close {
+            cursor: CloseCursor::All,
+        } => Decision {
+            clears: ConnState::HOLD_CURSOR,
             ..Decision::of(Kind::Write)
         },
         Statement::LISTEN { .. } => Decision::pinned(Kind::Write, PinReason::Listen),
@@ -282,6 +327,8 @@ struct Scan<'c> {
     depth: usize,
     writes: bool,
     advisory_lock: bool,
+    /// `pg_advisory_unlock_all()`.
+    advisory_unlock_all: bool,
     temp_table: bool,
     /// `set_config(name, value, is_local)`: a SET by function call (session-level
     /// unless `is_local`; treated as session-level whatever the literal says, so
@@ -296,6 +343,7 @@ impl<'c> Scan<'c> {
             depth: 0,
             writes: false,
             advisory_lock: false,
+            advisory_unlock_all: false,
             temp_table: false,
             set_config: false,
         };
@@ -338,6 +386,9 @@ impl<'c> Scan<'c> {
             .any(|f| f.eq_ignore_ascii_case(function))
         {
             self.advisory_lock = true;
+        }
+        if function.eq_ignore_ascii_case("pg_advisory_unlock_all") {
+            self.advisory_unlock_all = true;
         }
         if function.eq_ignore_ascii_case("set_config") {
             self.set_config = true;
