@@ -219,3 +219,44 @@ async fn the_floor_query_rides_with_the_write() {
     assert_eq!(last_query("ROLLBACK").await.unwrap(), "ROLLBACK");
     proxy.stop().await;
 }
+
+/// Transaction pooling: a write that leaves nothing behind on its connection
+/// (no temp table, lock, cursor, setting) hands the connection on without
+/// `DISCARD ALL`, which would cost a round trip per write. Seen from the
+/// server: the connection keeps the client's application_name (carried, reset
+/// by the next client) and last ran the write's floor query, not DISCARD ALL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_write_hands_its_connection_on_without_discard_all() {
+    let c = cluster();
+    let proxy = Proxy::start(c, "[pool]\nmode = \"transaction\"\nmax_size = 1\n").await;
+    let url = with_params(&proxy.url(c), "application_name=txn-write");
+    let client = connect(&url).await;
+    client
+        .batch_execute("CREATE TABLE IF NOT EXISTS txn_write (id int)")
+        .await
+        .unwrap();
+    client
+        .simple_query("INSERT INTO txn_write VALUES (1)")
+        .await
+        .unwrap();
+    let probe = "SELECT pg_catalog.pg_current_wal_insert_lsn()::text";
+    let last =
+        tokio::task::spawn_blocking(move || last_query_of(c, Node::Primary, "txn-write", probe))
+            .await
+            .unwrap();
+    assert_eq!(last, probe);
+    // And a session change still resets it before it moves on.
+    client.simple_query("SET work_mem = '9MB'").await.unwrap();
+    let next = connect(&proxy.url(c)).await;
+    let work_mem: String = next
+        .query_one(
+            "/* pgsplit:primary */ SELECT current_setting('work_mem')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_ne!(work_mem, "9MB");
+    client.batch_execute("DROP TABLE txn_write").await.unwrap();
+    proxy.stop().await;
+}

@@ -8,6 +8,7 @@ use super::Session;
 use crate::backend::{Pooled, ServerId};
 use crate::client::ClientError;
 use crate::client::state::reset_statement;
+use crate::config::PoolMode;
 use crate::route::class::{Class, Kind, PinReason};
 
 pub(super) struct Held {
@@ -70,13 +71,30 @@ impl HeldConns {
 }
 
 /// Whether a unit of this class leaves nothing on a server connection once its
-/// transaction ends: provably read-only statements (the replica test: no
+/// transaction ends.
+///
+/// Session pooling: provably read-only statements (the replica test: no
 /// volatile function, no session effect, no cursor) and transaction control.
-pub(super) fn leaves_no_state(class: &Class) -> bool {
-    matches!(
-        class.kind,
-        Kind::Read | Kind::Begin { .. } | Kind::TxnControl
-    ) && !class.session_effect
+/// Transaction pooling counts plain writes too: what a statement can leave
+/// that cannot move to another connection is tracked as the session's
+/// `conn_state`, and the session keeps its connections while it holds any
+/// (and they are reset when it leaves). A write that leaves none of it
+/// leaves only its sequences' `currval`/`lastval`, as under PgBouncer.
+pub(super) fn leaves_no_state(class: &Class, mode: PoolMode) -> bool {
+    let kind = match mode {
+        PoolMode::Session => matches!(
+            class.kind,
+            Kind::Read | Kind::Begin { .. } | Kind::TxnControl
+        ),
+        PoolMode::Transaction => {
+            matches!(
+                class.kind,
+                Kind::Read | Kind::Begin { .. } | Kind::TxnControl | Kind::Write
+            ) && class.parsed
+                && class.leaves.is_empty()
+        }
+    };
+    kind && !class.session_effect
         && !class.drops_prepared
         && class.pin.is_none_or(|p| p == PinReason::Hint)
 }
@@ -235,7 +253,11 @@ impl Session {
     /// first `sync` sets or resets.
     pub(super) async fn release(&mut self) {
         let startup = self.startup_names();
-        for held in self.conns.drain() {
+        // State that kept a transaction-pooled session on its connections
+        // goes with DISCARD ALL (or the connection).
+        let pinned = !self.st.conn_state.is_empty();
+        for mut held in self.conns.drain() {
+            held.dirty |= pinned;
             hand_back(held, &startup).await;
         }
     }

@@ -104,7 +104,7 @@ impl Session {
             let mode = plan::relay_plan(&view(&unit, class, &texts), at);
             let started = Instant::now();
             // An open unit continues with statements not seen yet.
-            let dirties = !unit.complete || !leaves_no_state(&class);
+            let dirties = !unit.complete || !leaves_no_state(&class, self.pool_mode);
             let result = self.forward(&unit, id, mode, dirties).await;
             let again = runs_again(mode, &result);
             match result {
