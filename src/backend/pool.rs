@@ -40,12 +40,16 @@ struct Failure {
 }
 
 impl bb8::ManageConnection for ServerManager {
-    type Connection = ServerConn;
+    /// Boxed: a connection moves into and out of the pool on every checkout
+    /// (per unit under transaction pooling), and a pointer moves cheaper
+    /// than the struct.
+    type Connection = Box<ServerConn>;
     type Error = BackendError;
 
-    async fn connect(&self) -> Result<ServerConn, BackendError> {
-        let result =
-            ServerConn::connect(self.target.clone(), &self.login, self.connect_timeout).await;
+    async fn connect(&self) -> Result<Box<ServerConn>, BackendError> {
+        let result = ServerConn::connect(self.target.clone(), &self.login, self.connect_timeout)
+            .await
+            .map(Box::new);
         if let Err(e) = &result {
             *self.failures.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(Failure {
                 code: e.sqlstate().to_owned(),
@@ -60,7 +64,7 @@ impl bb8::ManageConnection for ServerManager {
     /// Cheap checks only, no round trip: the flags, and whether the server closed
     /// the socket or sent something unprompted (e.g. "terminating connection due
     /// to administrator command") while the connection sat idle.
-    async fn is_valid(&self, conn: &mut ServerConn) -> Result<(), BackendError> {
+    async fn is_valid(&self, conn: &mut Box<ServerConn>) -> Result<(), BackendError> {
         if conn.is_idle_and_open() {
             Ok(())
         } else {
@@ -69,7 +73,7 @@ impl bb8::ManageConnection for ServerManager {
         }
     }
 
-    fn has_broken(&self, conn: &mut ServerConn) -> bool {
+    fn has_broken(&self, conn: &mut Box<ServerConn>) -> bool {
         conn.is_broken()
     }
 }
@@ -171,9 +175,17 @@ impl Pools {
     }
 
     fn pool(&self, target: &Arc<ServerTarget>, login: &Login) -> Entry {
+        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        // Found without building (and hashing) an owned key: a checkout per
+        // unit under transaction pooling, among a handful of pools.
+        let found = pools.iter().find(|((id, user, database), _)| {
+            *id == target.id && *user == login.user && *database == login.database
+        });
+        if let Some((_, entry)) = found {
+            return entry.clone();
+        }
         let key = (target.id, login.user.clone(), login.database.clone());
         let config = self.config();
-        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
         pools
             .entry(key)
             .or_insert_with(|| {

@@ -92,7 +92,7 @@ pub struct ServerConn {
     /// set at startup and that were left in place because that client ran only
     /// read-only work (no `DISCARD ALL`): the next client resets the ones it
     /// does not set itself. See `Session::release`.
-    carried: Vec<String>,
+    carried: Arc<[String]>,
 }
 
 impl std::fmt::Debug for ServerConn {
@@ -121,7 +121,7 @@ impl ServerConn {
             status: TxStatus::Idle,
             broken: false,
             statements: Default::default(),
-            carried: Vec::new(),
+            carried: Arc::from([]),
         }
     }
 
@@ -185,8 +185,8 @@ impl ServerConn {
 
     /// The reported startup parameters the last client left in place (see
     /// `Session::release`), taken to be reset or overwritten.
-    pub fn take_carried(&mut self) -> Vec<String> {
-        std::mem::take(&mut self.carried)
+    pub fn take_carried(&mut self) -> Arc<[String]> {
+        std::mem::replace(&mut self.carried, Arc::from([]))
     }
 
     /// Whether a previous client left reported parameters to reset.
@@ -196,8 +196,8 @@ impl ServerConn {
 
     /// Leaves `names` (startup parameters this client set) for the next
     /// client to reset or overwrite.
-    pub fn carry(&mut self, names: &[String]) {
-        self.carried = names.to_vec();
+    pub fn carry(&mut self, names: &Arc<[String]>) {
+        self.carried = names.clone();
     }
 
     /// The connection's state is unknown from now on: the pool drops it
@@ -449,7 +449,7 @@ impl ServerConn {
         match self.run_internal(b"DISCARD ALL").await {
             Ok(Ok(())) => {
                 self.statements.clear();
-                self.carried.clear();
+                self.carried = Arc::from([]);
                 Ok(())
             }
             Ok(Err(e)) | Err(e) => {

@@ -2,6 +2,8 @@
 //! server id: attaching (checkout, then replaying the session's changes),
 //! and returning them to their pools when the client leaves.
 
+use std::sync::Arc;
+
 use tokio::time::Instant;
 
 use super::Session;
@@ -169,17 +171,17 @@ impl Session {
         let mut batches: Vec<Vec<u8>> = vec![Vec::new()];
         // Startup parameters the connection's previous client left in place
         // go back to the connection's defaults, unless this client sets them.
-        for name in held.conn.take_carried() {
+        for name in held.conn.take_carried().iter() {
             let ours = self.st.startup.iter().any(|e| {
                 e.startup
                     .as_ref()
-                    .is_some_and(|(k, _)| k.eq_ignore_ascii_case(&name))
+                    .is_some_and(|(k, _)| k.eq_ignore_ascii_case(name))
             });
             if !ours && let Some(batch) = batches.last_mut() {
                 if !batch.is_empty() {
                     batch.extend_from_slice(b"; ");
                 }
-                batch.extend_from_slice(reset_statement(&name).as_bytes());
+                batch.extend_from_slice(reset_statement(name).as_bytes());
             }
         }
         let mut drops = false;
@@ -252,7 +254,7 @@ impl Session {
     /// the reported startup parameters this client set, which the next client's
     /// first `sync` sets or resets.
     pub(super) async fn release(&mut self) {
-        let startup = self.startup_names();
+        let startup = self.startup_names.clone();
         // State that kept a transaction-pooled session on its connections
         // goes with DISCARD ALL (or the connection).
         let pinned = !self.st.conn_state.is_empty();
@@ -278,27 +280,17 @@ impl Session {
         }
         // Released: a later pin counts again.
         self.pin_counted = false;
-        let keep = |id| self.st.txn == Some(id) || self.st.listen == Some(id);
-        let ids: Vec<ServerId> = self.conns.ids().filter(|id| !keep(*id)).collect();
-        if ids.is_empty() {
-            return;
+        let (txn, listen) = (self.st.txn, self.st.listen);
+        loop {
+            let next = self
+                .conns
+                .ids()
+                .find(|id| Some(*id) != txn && Some(*id) != listen);
+            let Some(held) = next.and_then(|id| self.conns.remove(id)) else {
+                break;
+            };
+            hand_back(held, &self.startup_names).await;
         }
-        let startup = self.startup_names();
-        for id in ids {
-            if let Some(held) = self.conns.remove(id) {
-                hand_back(held, &startup).await;
-            }
-        }
-    }
-
-    /// The startup parameters this client set, which a connection it used
-    /// only for reading carries to the next client (see [`Session::release`]).
-    fn startup_names(&self) -> Vec<String> {
-        self.st
-            .startup
-            .iter()
-            .filter_map(|e| e.startup.as_ref().map(|(k, _)| k.clone()))
-            .collect()
     }
 }
 
@@ -306,7 +298,7 @@ impl Session {
 /// there (the next client's first `sync` sets or resets the startup
 /// parameters named in `startup`), else after `DISCARD ALL` (or dropped when
 /// that fails).
-async fn hand_back(mut held: Held, startup: &[String]) {
+async fn hand_back(mut held: Held, startup: &Arc<[String]>) {
     if !held.dirty && held.conn.is_clean() {
         held.conn.carry(startup);
         return;

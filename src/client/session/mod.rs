@@ -51,11 +51,20 @@ pub(crate) struct Session {
     pool_mode: PoolMode,
     /// The session's connection pin is in the metrics.
     pin_counted: bool,
+    /// The startup parameters this client set, which a connection it hands
+    /// back clean carries to the next client (see `held::hand_back`). Fixed
+    /// for the session, shared with the connections that carry them.
+    startup_names: Arc<[String]>,
 }
 
 impl Session {
     pub(crate) fn new(ctx: Arc<SessionDeps>, hello: Hello, cancel: Arc<CancelSlot>) -> Self {
         let st = SessionState::new(hello.mode, &hello.settings);
+        let startup_names = st
+            .startup
+            .iter()
+            .filter_map(|e| e.startup.as_ref().map(|(k, _)| k.clone()))
+            .collect();
         Session {
             login: Login {
                 user: hello.user,
@@ -68,6 +77,7 @@ impl Session {
             spin: rand::random::<u32>() as usize,
             pool_mode: ctx.config().pool.mode,
             pin_counted: false,
+            startup_names,
             ctx,
         }
     }
