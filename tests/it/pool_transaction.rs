@@ -291,10 +291,10 @@ async fn asyncpg_with_its_statement_cache_over_a_few_connections() {
 }
 
 /// A pinned client holds its connection until it releases what pinned it:
-/// with a pool of one, another client times out while the temp table lives
-/// and gets the connection once `DISCARD TEMP` ran.
+/// with a pool of one, another client times out while the state lives and
+/// gets the connection once the state is released.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn discard_temp_unpins_the_client() {
+async fn releasing_what_pinned_a_client_unpins_it() {
     let c = cluster();
     let proxy = Proxy::start(
         c,
@@ -302,29 +302,89 @@ async fn discard_temp_unpins_the_client() {
     )
     .await;
     let url = proxy.url(c);
-    let pinned = connect(&url).await;
-    let other = connect(&url).await;
-    pinned
-        .batch_execute("CREATE TEMP TABLE txpool_unpin (x int)")
+    let cases = [
+        ("CREATE TEMP TABLE txpool_unpin (x int)", "DISCARD TEMP"),
+        ("LISTEN txpool_unpin", "UNLISTEN *"),
+        (
+            "SELECT pg_advisory_lock(4242)",
+            "SELECT pg_advisory_unlock_all()",
+        ),
+        (
+            "BEGIN; DECLARE txpool_c CURSOR WITH HOLD FOR SELECT 1; COMMIT",
+            "CLOSE ALL",
+        ),
+    ];
+    for (pin, release) in cases {
+        let pinned = connect(&url).await;
+        let other = connect(&url).await;
+        pinned.batch_execute(pin).await.unwrap();
+        let err = other
+            .batch_execute("/* pgsplit:primary */ SELECT 1")
+            .await
+            .unwrap_err();
+        let code = err.as_db_error().map(|e| e.code().code().to_owned());
+        assert_eq!(code.as_deref(), Some("53300"), "{pin}: {err}");
+        pinned.batch_execute(release).await.unwrap();
+        other
+            .batch_execute("/* pgsplit:primary */ SELECT 1")
+            .await
+            .unwrap_or_else(|e| panic!("{pin} then {release}: still pinned: {e}"));
+    }
+    proxy.stop().await;
+}
+
+/// Under transaction pooling a server connection serves one client after
+/// another: a cancel reaches the statement its client is running, and a
+/// cancel from a client with nothing running reaches no one, even when the
+/// connection it last used now runs another client's statement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_stops_only_its_own_clients_statement() {
+    let c = cluster();
+    let proxy = Proxy::start(c, "[pool]\nmode = \"transaction\"\nmax_size = 1\n").await;
+    let url = proxy.url(c);
+    let idle = connect(&url).await;
+    let busy = std::sync::Arc::new(connect(&url).await);
+    // The idle client used the one primary connection last.
+    idle.batch_execute("/* pgsplit:primary */ SELECT 1")
         .await
         .unwrap();
-    let err = other
-        .batch_execute("/* pgsplit:primary */ SELECT 1")
+    let running = {
+        let busy = busy.clone();
+        tokio::spawn(async move {
+            busy.batch_execute("/* pgsplit:primary */ SELECT pg_sleep(1)")
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    idle.cancel_token()
+        .cancel_query(tokio_postgres::NoTls)
         .await
+        .unwrap();
+    running
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("another client's cancel stopped this statement: {e}"));
+    // Its own cancel stops it.
+    let token = busy.cancel_token();
+    let sleeping = {
+        let busy = busy.clone();
+        tokio::spawn(async move {
+            busy.batch_execute("/* pgsplit:primary */ SELECT pg_sleep(30)")
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(10), sleeping)
+        .await
+        .unwrap_or_else(|_| panic!("the cancel did not stop the statement"))
+        .unwrap()
         .unwrap_err();
     let code = err.as_db_error().map(|e| e.code().code().to_owned());
-    assert_eq!(code.as_deref(), Some("53300"), "{err}");
-    pinned.batch_execute("DISCARD TEMP").await.unwrap();
-    other
-        .batch_execute("/* pgsplit:primary */ SELECT 1")
+    assert_eq!(code.as_deref(), Some("57014"), "{err}");
+    // And the session goes on.
+    busy.batch_execute("/* pgsplit:primary */ SELECT 1")
         .await
         .unwrap();
-    // The table went with DISCARD TEMP, as on a connection of its own.
-    let gone = pinned
-        .batch_execute("SELECT * FROM txpool_unpin")
-        .await
-        .unwrap_err();
-    let code = gone.as_db_error().map(|e| e.code().code().to_owned());
-    assert_eq!(code.as_deref(), Some("42P01"), "{gone}");
     proxy.stop().await;
 }
