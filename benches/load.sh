@@ -16,6 +16,8 @@
 #   --report-only DIR  render report.md again from DIR/results.tsv + meta.env
 #   --ryw-instructions  also count TPC-B instructions per transaction with
 #                    read_your_writes = pod and = off (RYW_TPCB=1, a few minutes)
+#   --pool-mode M    pgsplit's [pool] mode: session (default) or transaction (then
+#                    with max_size 20, PgBouncer's default_pool_size here)
 #   --no-instructions  skip benches/instructions.sh (user-space instructions per
 #                    query of pgsplit and PgBouncer under callgrind, ~5 min; it
 #                    needs valgrind, installed with apt-get when running as root)
@@ -40,6 +42,7 @@ QUICK=0
 REPORT_ONLY=""
 INSTRUCTIONS=1
 RYW_TPCB=0
+POOL_MODE=session
 
 usage() { sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'; }
 
@@ -48,6 +51,7 @@ while [ $# -gt 0 ]; do
     --quick) QUICK=1; ROUNDS=1; DURATION=3; INSTRUCTIONS=0 ;;
     --no-instructions) INSTRUCTIONS=0 ;;
     --ryw-instructions) RYW_TPCB=1 ;;
+    --pool-mode) POOL_MODE="${2:?--pool-mode needs a value}"; shift ;;
     --rounds) ROUNDS="${2:?--rounds needs a value}"; shift ;;
     --duration) DURATION="${2:?--duration needs a value}"; shift ;;
     --scale) SCALE="${2:?--scale needs a value}"; shift ;;
@@ -58,6 +62,7 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
+case "$POOL_MODE" in session|transaction) ;; *) echo "load.sh: --pool-mode is session or transaction" >&2; exit 64 ;; esac
 for v in "$ROUNDS" "$DURATION" "$SCALE"; do
   case "$v" in ''|*[!0-9]*|0) echo "load.sh: --rounds/--duration/--scale take positive integers" >&2; exit 64 ;; esac
 done
@@ -439,8 +444,10 @@ sql "$BOUNCER_PORT" "SELECT 1" >/dev/null || die "cannot query through PgBouncer
 
 PGSPLIT_PORT="$(free_port)"
 ADMIN_PORT="$(free_port)"
-log "starting pgsplit on 127.0.0.1:$PGSPLIT_PORT (admin $ADMIN_PORT)"
-RUST_LOG=warn PGSPLIT_PRIMARY="$PRIMARY_URL" PGSPLIT_REPLICAS="$REPLICA_URL" \
+log "starting pgsplit on 127.0.0.1:$PGSPLIT_PORT (admin $ADMIN_PORT), $POOL_MODE pooling"
+POOL_ENV=(PGSPLIT_POOL_MODE="$POOL_MODE")
+if [ "$POOL_MODE" = transaction ]; then POOL_ENV+=(PGSPLIT_POOL_MAX_SIZE=20); fi
+env "${POOL_ENV[@]}" RUST_LOG=warn PGSPLIT_PRIMARY="$PRIMARY_URL" PGSPLIT_REPLICAS="$REPLICA_URL" \
   "$PGSPLIT_BIN" --listen "127.0.0.1:$PGSPLIT_PORT" --admin-listen "127.0.0.1:$ADMIN_PORT" \
   >"$OUT/pgsplit.stdout" 2>"$OUT/pgsplit.log" 9>&- &
 PGSPLIT_PID=$!
@@ -651,7 +658,7 @@ BOUNCER_RSS_END="$(rss_kb "$BOUNCER_PID")"
 RUN_DATE="$(date -u '+%Y-%m-%d %H:%M UTC')"
 MACHINE="$(nproc) CPUs ($(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)), $(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo) RAM"
 LOADAVG="$(cut -d' ' -f1-3 /proc/loadavg)"
-VERSIONS="$(pgbench --version); $("$PGBOUNCER_BIN" --version | head -1); pgsplit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$ROOT" diff --quiet HEAD -- src 2>/dev/null || echo ' + uncommitted src changes')"
+VERSIONS="$(pgbench --version); $("$PGBOUNCER_BIN" --version | head -1); pgsplit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$ROOT" diff --quiet HEAD -- src 2>/dev/null || echo ' + uncommitted src changes'), $POOL_MODE pooling"
 declare -p ROUNDS DURATION SCALE QUICK RUN_DATE MACHINE LOADAVG ELAPSED VERSIONS \
   PGSPLIT_RSS_IDLE BOUNCER_RSS_IDLE PGSPLIT_RSS_IDLE_CLIENTS BOUNCER_RSS_IDLE_CLIENTS \
   IDLE_CLIENTS IDLE_GAUGE PGSPLIT_RSS_END BOUNCER_RSS_END \
