@@ -16,6 +16,8 @@ pub(crate) mod unit;
 
 #[cfg(test)]
 mod relay_tests;
+#[cfg(test)]
+mod shared_tests;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,11 +1,16 @@
 //! Forwarding a unit to a server connection and its replies back to the client.
 //!
-//! Staging rewrites nothing the client sent; it only *adds* messages: a Parse
-//! for a named statement the connection has not seen (prepared lazily where it
-//! runs), and a Close before re-using a name the connection holds with another
-//! text. Their replies (ParseComplete, CloseComplete) are swallowed on the way
-//! back, matched by order: each Parse yields exactly one ParseComplete unless an
-//! error ends the unit early.
+//! Staging *adds* messages: a Parse for a named statement the connection has
+//! not seen (prepared lazily where it runs), and a Close before re-using a
+//! name the connection holds with another text. Their replies (ParseComplete,
+//! CloseComplete) are swallowed on the way back, matched by order: each Parse
+//! yields exactly one ParseComplete unless an error ends the unit early.
+//!
+//! Under session pooling it rewrites nothing the client sent. Under
+//! transaction pooling, statement names are rewritten: a client's named
+//! statement runs as the connection's shared statement for its text (see
+//! [`crate::backend::statements`]), so that two clients may give one name to
+//! different texts, and statements prepared for one client serve the next.
 
 use std::collections::VecDeque;
 
@@ -15,23 +20,43 @@ pub(crate) use super::replies::Outcome;
 use super::replies::{Action, Replies};
 use super::state::SessionState;
 use super::{ClientError, ClientIo};
+use crate::backend::statements::{SHARED_NAME_LEN, SHARED_PREFIX, shared_name};
 use crate::backend::{BackendError, ServerConn};
 use crate::protocol::{Frame, ProtocolError, build, fields, tag};
 pub(crate) use crate::route::plan::RelayMode;
 
+/// Where a Parse puts its statement on the server connection.
+#[derive(Debug)]
+enum OnConn {
+    Unnamed,
+    /// Under the client's name (session pooling).
+    Named(Bytes),
+    /// As the shared statement with this key (transaction pooling).
+    Shared(u64),
+}
+
 #[derive(Debug)]
 struct ParseExpect {
-    /// `None` for the unnamed statement.
-    name: Option<Bytes>,
+    on_conn: OnConn,
+    /// The client's name for it (`None`: the unnamed statement), for a Parse
+    /// the client sent.
+    client: Option<Bytes>,
     hash: u64,
     injected: bool,
+}
+
+#[derive(Debug)]
+struct CloseExpect {
+    injected: bool,
+    /// The shared statement an injected Close evicts.
+    evicts: Option<u64>,
 }
 
 /// Replies owed for messages pgsplit added or must account for.
 #[derive(Debug, Default)]
 pub(crate) struct Expect {
     parse: VecDeque<ParseExpect>,
-    close: VecDeque<bool>,
+    close: VecDeque<CloseExpect>,
 }
 
 impl Expect {
@@ -42,7 +67,11 @@ impl Expect {
 
     /// A CloseComplete arrived: whether it answers a Close pgsplit added.
     pub(crate) fn close_complete(&mut self) -> bool {
-        self.close.pop_front().unwrap_or(false)
+        self.close.pop_front().is_some_and(|c| c.injected)
+    }
+
+    fn closing(&mut self, injected: bool, evicts: Option<u64>) {
+        self.close.push_back(CloseExpect { injected, evicts });
     }
 
     /// Owes replies to Parses and Closes, each added by pgsplit or not.
@@ -52,23 +81,42 @@ impl Expect {
             parse: parses
                 .iter()
                 .map(|&injected| ParseExpect {
-                    name: None,
+                    on_conn: OnConn::Unnamed,
+                    client: None,
                     hash: 0,
                     injected,
                 })
                 .collect(),
-            close: closes.iter().copied().collect(),
+            close: closes
+                .iter()
+                .map(|&injected| CloseExpect {
+                    injected,
+                    evicts: None,
+                })
+                .collect(),
         }
     }
 }
 
-/// Closes, ahead of a unit, the statements the client closed earlier while
-/// `conn` was not in use.
-pub(crate) fn stage_pending_closes(conn: &mut ServerConn, out: &mut BytesMut, exp: &mut Expect) {
+/// What a client's Close of a named statement becomes under transaction
+/// pooling: a Close of a name no statement has (not an error in
+/// PostgreSQL), so that the server's CloseComplete answers it in order.
+/// Shared statements stay for other clients; the session forgot the name.
+const NO_STATEMENT: &[u8] = b"pgsplit_none";
+
+/// Begins a unit on `conn`: closes the statements the client closed earlier
+/// while `conn` was not in use.
+pub(crate) fn begin_unit(conn: &mut ServerConn, out: &mut BytesMut, exp: &mut Expect) {
+    conn.statements().begin_unit();
     for name in conn.statements().take_pending_closes() {
         out.extend_from_slice(&build::close_statement(&name));
-        exp.close.push_back(true);
+        exp.closing(true, None);
     }
+}
+
+/// The part of a Parse body after the statement name.
+fn after_name<'a>(body: &'a [u8], name: &[u8]) -> &'a [u8] {
+    body.get(name.len() + 1..).unwrap_or_default()
 }
 
 /// Appends `frame` to `out` for `conn`, adding what the connection lacks.
@@ -89,39 +137,82 @@ pub(crate) fn stage(
             let hash = st
                 .statement(name)
                 .filter(|s| s.parse == frame.bytes)
-                .map_or_else(|| super::state::hash_bytes(body), |s| s.hash);
-            let name = (!name.is_empty()).then(|| frame.bytes.slice_ref(name));
-            if let Some(name) = &name
+                .map_or_else(|| statement_hash(body, name), |s| s.hash);
+            let client = (!name.is_empty()).then(|| frame.bytes.slice_ref(name));
+            if let (Some(capacity), Some(_)) = (st.statement_cache, &client) {
+                let key = st.shared_key(hash);
+                let rest = after_name(body, name);
+                if conn.statements().use_shared(key) {
+                    // Ready here already. The client still needs the
+                    // ParseComplete, or the error a Parse would give now:
+                    // parsed as the unnamed statement, which costs no Close.
+                    conn.statements().parsing(None, hash);
+                    exp.parse.push_back(ParseExpect {
+                        on_conn: OnConn::Unnamed,
+                        client,
+                        hash,
+                        injected: false,
+                    });
+                    build::renamed(out, tag::PARSE, &[], b"", rest);
+                } else {
+                    evict(conn, capacity, out, exp);
+                    conn.statements().parsing_shared(key);
+                    exp.parse.push_back(ParseExpect {
+                        on_conn: OnConn::Shared(key),
+                        client,
+                        hash,
+                        injected: false,
+                    });
+                    build::renamed(out, tag::PARSE, &[], &shared_name(key), rest);
+                }
+                return Ok(());
+            }
+            if let Some(name) = &client
                 && conn.statements().closing(name)
             {
                 // The name is taken (by another text, or the same one
                 // parsed again): the server needs it free first.
                 out.extend_from_slice(&build::close_statement(name));
-                exp.close.push_back(true);
+                exp.closing(true, None);
             }
-            conn.statements().parsing(name.clone(), hash);
+            conn.statements().parsing(client.clone(), hash);
             exp.parse.push_back(ParseExpect {
-                name,
+                on_conn: client.clone().map_or(OnConn::Unnamed, OnConn::Named),
+                client,
                 hash,
                 injected: false,
             });
         }
         tag::BIND => {
-            let (_, stmt) = fields::bind(body)?;
-            ensure_prepared(stmt, st, conn, out, exp);
+            let (portal, stmt) = fields::bind(body)?;
+            if let Some(on_server) = ensure_prepared(stmt, st, conn, out, exp) {
+                let tail = body
+                    .get(portal.len() + stmt.len() + 2..)
+                    .unwrap_or_default();
+                let head = body.get(..portal.len() + 1).unwrap_or_default();
+                build::renamed(out, tag::BIND, head, &on_server, tail);
+                return Ok(());
+            }
         }
         tag::DESCRIBE => {
             let (kind, name) = fields::target(body, "Describe")?;
-            if kind == b'S' {
-                ensure_prepared(name, st, conn, out, exp);
+            if kind == b'S'
+                && let Some(on_server) = ensure_prepared(name, st, conn, out, exp)
+            {
+                build::renamed(out, tag::DESCRIBE, b"S", &on_server, &[]);
+                return Ok(());
             }
         }
         tag::CLOSE => {
             let (kind, name) = fields::target(body, "Close")?;
+            exp.closing(false, None);
             if kind == b'S' {
+                if st.statement_cache.is_some() && !name.is_empty() {
+                    build::renamed(out, tag::CLOSE, b"S", NO_STATEMENT, &[]);
+                    return Ok(());
+                }
                 conn.statements().closing(name);
             }
-            exp.close.push_back(false);
         }
         tag::QUERY => {
             conn.statements().closing(b"");
@@ -132,15 +223,35 @@ pub(crate) fn stage(
     Ok(())
 }
 
+/// The hash that identifies a Parse's statement: its text and parameter
+/// types, not its name.
+pub(crate) fn statement_hash(body: &[u8], name: &[u8]) -> u64 {
+    super::state::hash_bytes(after_name(body, name))
+}
+
+/// Under transaction pooling, a shared statement is about to be added to
+/// `conn`: makes room first (closing the least recently used one).
+fn evict(conn: &mut ServerConn, capacity: usize, out: &mut BytesMut, exp: &mut Expect) {
+    if let Some(old) = conn.statements().evict_shared(capacity) {
+        out.extend_from_slice(&build::close_statement(&shared_name(old)));
+        exp.closing(true, Some(old));
+    }
+}
+
+/// A statement name as the server knows it, when it differs from the
+/// client's (transaction pooling).
+type ServerName = [u8; SHARED_NAME_LEN];
+
 /// Prepares `name` on `conn` from the session's registry when the connection
-/// lacks it (or holds an older statement under that name).
+/// lacks it (or holds an older statement under that name). Under
+/// transaction pooling, returns the name the statement has on the server.
 fn ensure_prepared(
     name: &[u8],
     st: &SessionState,
     conn: &mut ServerConn,
     out: &mut BytesMut,
     exp: &mut Expect,
-) {
+) -> Option<ServerName> {
     let Some(stmt) = st.statement(name) else {
         // The server holds an unnamed statement this client does not have
         // (it ran a simple Query or a Close since, or it was the previous
@@ -148,32 +259,65 @@ fn ensure_prepared(
         // gets the error a connection of its own would give.
         if name.is_empty() && conn.statements().closing(b"") {
             out.extend_from_slice(&build::close_statement(b""));
-            exp.close.push_back(true);
+            exp.closing(true, None);
         }
-        return;
+        // A name the client never prepared: the server says so, unless it
+        // is one of the shared statements, which no client may reach by name.
+        if st.statement_cache.is_some() && name.starts_with(SHARED_PREFIX) {
+            let mut none = [b'_'; SHARED_NAME_LEN];
+            none[..NO_STATEMENT.len()].copy_from_slice(NO_STATEMENT);
+            return Some(none);
+        }
+        return None;
     };
+    if let (Some(capacity), false) = (st.statement_cache, name.is_empty()) {
+        let key = st.shared_key(stmt.hash);
+        if !conn.statements().use_shared(key) {
+            evict(conn, capacity, out, exp);
+            conn.statements().parsing_shared(key);
+            exp.parse.push_back(ParseExpect {
+                on_conn: OnConn::Shared(key),
+                client: None,
+                hash: stmt.hash,
+                injected: true,
+            });
+            let parse_body = stmt.parse.get(5..).unwrap_or_default();
+            let client_name = parse_body.get(..stmt.name_len).unwrap_or_default();
+            build::renamed(
+                out,
+                tag::PARSE,
+                &[],
+                &shared_name(key),
+                after_name(parse_body, client_name),
+            );
+        }
+        return Some(shared_name(key));
+    }
     if conn.statements().has(name, stmt.hash) {
-        return;
+        return None;
     }
     let key = (!name.is_empty()).then(|| Bytes::copy_from_slice(name));
     if key.is_some() && conn.statements().closing(name) {
         // Another text holds the name here.
         out.extend_from_slice(&build::close_statement(name));
-        exp.close.push_back(true);
+        exp.closing(true, None);
     }
     conn.statements().parsing(key.clone(), stmt.hash);
     exp.parse.push_back(ParseExpect {
-        name: key,
+        on_conn: key.clone().map_or(OnConn::Unnamed, OnConn::Named),
+        client: key,
         hash: stmt.hash,
         injected: true,
     });
     out.extend_from_slice(&stmt.parse);
+    None
 }
 
 /// Undoes optimistic registry entries for Parses that never completed (an
 /// error ended the unit first): the connection does not have that statement,
 /// and, for the client's own Parse, the session does not either unless
 /// `final_run` is false (the unit runs again elsewhere, Parses included).
+/// Closes of shared statements that never ran leave them in place.
 pub(crate) fn settle(
     exp: &mut Expect,
     st: &mut SessionState,
@@ -181,22 +325,34 @@ pub(crate) fn settle(
     final_run: bool,
 ) {
     for pe in exp.parse.drain(..) {
-        conn.statements().parse_failed(pe.name.as_ref(), pe.hash);
-        match pe.name {
-            _ if !final_run => {}
+        match &pe.on_conn {
+            OnConn::Unnamed => conn.statements().parse_failed(None, pe.hash),
+            OnConn::Named(name) => conn.statements().parse_failed(Some(name), pe.hash),
+            OnConn::Shared(key) => conn.statements().shared_gone(*key),
+        }
+        if !final_run || pe.injected {
+            continue;
+        }
+        match pe.client {
             None => {
-                if !pe.injected && st.unnamed.as_ref().is_some_and(|s| s.hash == pe.hash) {
+                if st.unnamed.as_ref().is_some_and(|s| s.hash == pe.hash) {
                     st.unnamed = None;
                 }
             }
             Some(name) => {
-                if !pe.injected && st.statements.get(&name).is_some_and(|s| s.hash == pe.hash) {
+                if st.statements.get(&name).is_some_and(|s| s.hash == pe.hash) {
                     st.statements.remove(&name);
                 }
             }
         }
     }
-    exp.close.clear();
+    // After the Parses: a shared statement closed to make room and parsed
+    // again later in the unit is still there when neither ran.
+    for ce in exp.close.drain(..) {
+        if let Some(key) = ce.evicts {
+            conn.statements().shared_kept(key);
+        }
+    }
 }
 
 pub(crate) enum RelayError {

@@ -52,10 +52,22 @@ pub(crate) struct Portal {
 pub(crate) struct Statement {
     pub parse: Bytes,
     pub text: Bytes,
+    /// The length of the client's name for it (at the start of the body).
+    pub name_len: usize,
+    /// Of its text and parameter types (not its name): see
+    /// `relay::statement_hash`.
     pub hash: u64,
     pub class: Class,
     /// The classifier generation `class` was computed under.
     pub generation: u64,
+}
+
+/// Two hashes combined into one, order mattering.
+fn chain_hash(a: u64, b: u64) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    a.hash(&mut h);
+    b.hash(&mut h);
+    h.finish()
 }
 
 pub(crate) fn hash_bytes(b: &[u8]) -> u64 {
@@ -95,6 +107,15 @@ pub(crate) struct SessionState {
     pub listen: Option<ServerId>,
     /// The open transaction ran something that may have written.
     pub txn_wrote: bool,
+    /// Transaction pooling: how many shared statements each server
+    /// connection keeps (`None`: session pooling, statements keep the
+    /// client's names).
+    pub statement_cache: Option<usize>,
+    /// A hash of the committed session settings (the replay log), part of
+    /// a shared statement's key: clients whose settings differ (a
+    /// `search_path` above all) never share a statement, as its meaning may
+    /// differ.
+    settings_hash: u64,
 }
 
 /// A unit the server finished, as the session's memory needs it.
@@ -149,7 +170,30 @@ impl SessionState {
             floor: None,
             listen: None,
             txn_wrote: false,
+            statement_cache: None,
+            settings_hash: 0,
         }
+        .hashed()
+    }
+
+    fn hashed(mut self) -> Self {
+        self.hash_settings();
+        self
+    }
+
+    /// Recomputes `settings_hash` (the log is short, and changes rarely).
+    fn hash_settings(&mut self) {
+        self.settings_hash = self
+            .replay
+            .iter()
+            .fold(0, |h, e| chain_hash(h, hash_bytes(&e.sql)));
+    }
+
+    /// The key of the shared statement for a text hashing to `hash` under
+    /// this session's settings.
+    #[inline]
+    pub(crate) fn shared_key(&self, hash: u64) -> u64 {
+        chain_hash(self.settings_hash, hash)
     }
 
     /// Updates the session from a finished unit of class `class`: the open
@@ -228,12 +272,16 @@ impl SessionState {
     /// Moves pending changes into the log at transaction end.
     pub(crate) fn end_transaction(&mut self, committed: bool) {
         if committed {
+            let committed = !self.pending.is_empty();
             for entry in std::mem::take(&mut self.pending) {
                 let resets = entry.resets_all;
                 self.replay.push(entry);
                 if resets {
                     self.replay.extend(self.startup.iter().cloned());
                 }
+            }
+            if committed {
+                self.hash_settings();
             }
             if let Some(m) = self.pending_mode.take() {
                 self.mode = m;

@@ -5,7 +5,8 @@
 
 use bytes::Bytes;
 
-use super::state::{Portal, ReplayEntry, SessionState, Statement, hash_bytes, is_reset_all};
+use super::relay::statement_hash;
+use super::state::{Portal, ReplayEntry, SessionState, Statement, is_reset_all};
 use crate::protocol::{Frame, ProtocolError, fields, tag};
 use crate::route::class::{Class, Kind, merge};
 use crate::route::classify::Classifier;
@@ -102,11 +103,12 @@ impl Unit {
                     Some(s) if s.generation == generation && s.parse == frame.bytes => {
                         (s.hash, s.class)
                     }
-                    _ => (hash_bytes(body), classify_bytes(classifier, text)),
+                    _ => (statement_hash(body, name), classify_bytes(classifier, text)),
                 };
                 let stmt = Statement {
                     parse: frame.bytes.clone(),
                     text: frame.bytes.slice_ref(text),
+                    name_len: name.len(),
                     hash,
                     class,
                     generation,

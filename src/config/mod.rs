@@ -163,6 +163,9 @@ pub struct PoolConfig {
     pub mode: PoolMode,
     /// Server connections per (server, user, database).
     pub max_size: u32,
+    /// Transaction pooling: prepared statements kept per server connection
+    /// (least recently used closed first).
+    pub prepared_statements: u32,
     #[serde(deserialize_with = "de_duration")]
     pub checkout_timeout: Duration,
     #[serde(deserialize_with = "de_duration")]
@@ -176,6 +179,7 @@ impl Default for PoolConfig {
         PoolConfig {
             mode: PoolMode::default(),
             max_size: 100,
+            prepared_statements: 200,
             checkout_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(600),
@@ -263,6 +267,12 @@ impl Config {
     fn validate(&self) -> Result<(), ConfigError> {
         if self.pool.max_size == 0 {
             return Err(ConfigError::key("pool.max_size", "must be at least 1"));
+        }
+        if self.pool.prepared_statements == 0 {
+            return Err(ConfigError::key(
+                "pool.prepared_statements",
+                "must be at least 1",
+            ));
         }
         if self.routing.health_interval.is_zero() {
             return Err(ConfigError::key(

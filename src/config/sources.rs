@@ -68,6 +68,7 @@ const ENV_KEYS: &[(&str, &str)] = &[
     ("net", "tcp_user_timeout"),
     ("pool", "mode"),
     ("pool", "max_size"),
+    ("pool", "prepared_statements"),
     ("pool", "checkout_timeout"),
     ("pool", "connect_timeout"),
     ("pool", "idle_timeout"),

@@ -1,5 +1,5 @@
-//! Messages pgsplit composes itself (authentication, errors, its own queries).
-//! Forwarded traffic never passes through here.
+//! Messages pgsplit composes itself (authentication, errors, its own queries),
+//! and client messages re-written under another statement name ([`renamed`]).
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -226,6 +226,20 @@ pub fn close_statement(name: &[u8]) -> Bytes {
         b.put_u8(b'S');
         cstr(b, name);
     })
+}
+
+/// Appends to `out` a message `tag` whose body is `head`, `name` as a C
+/// string, then `tail`: a client's Parse, Bind, Describe or Close with the
+/// statement name replaced. The parts come from a message that was framed
+/// within limits, and the new name is short, so the length fits.
+pub fn renamed(out: &mut BytesMut, tag: u8, head: &[u8], name: &[u8], tail: &[u8]) {
+    let len = 4 + head.len() + name.len() + 1 + tail.len();
+    out.reserve(1 + len);
+    out.put_u8(tag);
+    out.put_u32(u32::try_from(len).unwrap_or(u32::MAX));
+    out.put_slice(head);
+    cstr(out, name);
+    out.put_slice(tail);
 }
 
 pub fn terminate() -> Bytes {

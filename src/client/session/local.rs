@@ -92,6 +92,39 @@ impl Session {
         self.io.write(&msg).await
     }
 
+    /// Transaction pooling: `DEALLOCATE name` sent alone as a simple query,
+    /// for a statement the client prepared with a Parse (psycopg drops its
+    /// prepared statements so). On the server the statement is shared under
+    /// another name (see `relay`); the client forgets it, as
+    /// a Close would do. Inside a failed transaction the server answers.
+    pub(super) async fn deallocate_locally(&mut self, unit: &Unit) -> Result<bool, ClientError> {
+        let ([frame], Some(_)) = (unit.frames.as_slice(), self.st.statement_cache) else {
+            return Ok(false);
+        };
+        if frame.tag != tag::QUERY {
+            return Ok(false);
+        }
+        let text = crate::protocol::fields::query_text(frame.body())?;
+        let Some(name) = deallocate_name(text) else {
+            return Ok(false);
+        };
+        let status = match self.st.txn {
+            None => TxStatus::Idle,
+            Some(id) => match self.conns.get_mut(id).map(|h| h.conn.status()) {
+                Some(TxStatus::InTransaction) => TxStatus::InTransaction,
+                _ => return Ok(false),
+            },
+        };
+        if self.st.statements.remove(name.as_slice()).is_none() {
+            return Ok(false);
+        }
+        let mut msg = BytesMut::new();
+        msg.extend_from_slice(&build::command_complete("DEALLOCATE"));
+        msg.extend_from_slice(&build::ready_for_query(status));
+        self.io.write(&msg).await?;
+        Ok(true)
+    }
+
     /// A unit of only Close/Sync/Flush outside a transaction (drivers send one
     /// whenever they drop a prepared statement) needs no server: the replies
     /// are composed here, and the statement is closed on each connection that
@@ -154,5 +187,88 @@ impl Session {
         ));
         msg.extend_from_slice(&build::ready_for_query(status));
         self.io.write(&msg).await
+    }
+}
+
+/// The statement name of `DEALLOCATE [PREPARE] name` (one statement, an
+/// optional `;`), folded as PostgreSQL folds it; `None` for anything else,
+/// `DEALLOCATE ALL` included.
+fn deallocate_name(text: &[u8]) -> Option<Vec<u8>> {
+    let mut rest = text.trim_ascii();
+    rest = rest.strip_suffix(b";").unwrap_or(rest).trim_ascii_end();
+    let word = |rest: &mut &[u8]| -> Option<Vec<u8>> {
+        let r = rest.trim_ascii_start();
+        if let Some(quoted) = r.strip_prefix(b"\"") {
+            // A quoted name: `""` stands for one quote.
+            let mut name = Vec::new();
+            let mut i = 0;
+            loop {
+                match (quoted.get(i), quoted.get(i + 1)) {
+                    (Some(b'"'), Some(b'"')) => {
+                        name.push(b'"');
+                        i += 2;
+                    }
+                    (Some(b'"'), _) => break,
+                    (Some(&c), _) => {
+                        name.push(c);
+                        i += 1;
+                    }
+                    (None, _) => return None,
+                }
+            }
+            *rest = quoted.get(i + 1..).unwrap_or_default();
+            return (!name.is_empty()).then_some(name);
+        }
+        let end = r
+            .iter()
+            .position(|c| !(c.is_ascii_alphanumeric() || *c == b'_' || *c == b'$' || *c >= 0x80))
+            .unwrap_or(r.len());
+        let (w, after) = r.split_at(end);
+        *rest = after;
+        (!w.is_empty()).then(|| w.to_ascii_lowercase())
+    };
+    if word(&mut rest)?.as_slice() != b"deallocate" {
+        return None;
+    }
+    let before = rest;
+    let mut name = word(&mut rest)?;
+    let quoted = before.trim_ascii_start().starts_with(b"\"");
+    if !quoted && name == b"prepare" && !rest.trim_ascii().is_empty() {
+        name = word(&mut rest)?;
+    } else if !quoted && name == b"all" {
+        return None;
+    }
+    if !rest.trim_ascii().is_empty() {
+        return None;
+    }
+    Some(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::deallocate_name;
+
+    #[test]
+    fn deallocate_names() {
+        let cases: &[(&str, Option<&str>)] = &[
+            ("DEALLOCATE _pg3_0", Some("_pg3_0")),
+            ("deallocate prepare S1;", Some("s1")),
+            ("  DEALLOCATE \"My \"\"x\"\"\" ; ", Some("My \"x\"")),
+            ("DEALLOCATE PREPARE \"ALL\"", Some("ALL")),
+            ("DEALLOCATE prepare", Some("prepare")),
+            ("DEALLOCATE \"prepare\" x", None),
+            ("DEALLOCATE ALL", None),
+            ("DEALLOCATE PREPARE ALL", Some("all")),
+            ("DEALLOCATE", None),
+            ("DEALLOCATE a; SELECT 1", None),
+            ("DEALLOCATE a b", None),
+            ("DEALLOCATE \"unterminated", None),
+            ("SELECT 1", None),
+            ("DEALLOCATEx a", None),
+        ];
+        for (text, want) in cases {
+            let got = deallocate_name(text.as_bytes());
+            assert_eq!(got.as_deref(), want.map(str::as_bytes), "{text}");
+        }
     }
 }

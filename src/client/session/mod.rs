@@ -59,7 +59,13 @@ pub(crate) struct Session {
 
 impl Session {
     pub(crate) fn new(ctx: Arc<SessionDeps>, hello: Hello, cancel: Arc<CancelSlot>) -> Self {
-        let st = SessionState::new(hello.mode, &hello.settings);
+        let mut st = SessionState::new(hello.mode, &hello.settings);
+        let config = ctx.config();
+        let pool_mode = config.pool.mode;
+        if pool_mode == PoolMode::Transaction {
+            let n = config.pool.prepared_statements;
+            st.statement_cache = Some(usize::try_from(n).unwrap_or(usize::MAX));
+        }
         let startup_names = st
             .startup
             .iter()
@@ -75,7 +81,7 @@ impl Session {
             conns: HeldConns::default(),
             cancel,
             spin: rand::random::<u32>() as usize,
-            pool_mode: ctx.config().pool.mode,
+            pool_mode,
             pin_counted: false,
             startup_names,
             ctx,

@@ -70,7 +70,10 @@ fn runs_again(mode: RelayMode, result: &Result<Outcome, RelayError>) -> bool {
 
 impl Session {
     pub(super) async fn run_unit(&mut self, unit: Unit) -> Result<(), ClientError> {
-        if self.set_route_locally(&unit).await? || self.answer_closes_locally(&unit).await? {
+        if self.set_route_locally(&unit).await?
+            || self.answer_closes_locally(&unit).await?
+            || self.deallocate_locally(&unit).await?
+        {
             return Ok(());
         }
         let class = unit.class();
@@ -269,7 +272,7 @@ impl Session {
         let conn = &mut held.conn;
         let mut exp = Expect::default();
         let mut out = BytesMut::with_capacity(unit.bytes + 64);
-        relay::stage_pending_closes(conn, &mut out, &mut exp);
+        relay::begin_unit(conn, &mut out, &mut exp);
         for frame in &unit.frames {
             relay::stage(frame, st, conn, &mut out, &mut exp)
                 .map_err(|e| RelayError::Client(e.into()))?;
