@@ -7,6 +7,7 @@ pub(crate) mod monitor;
 pub(crate) mod pool;
 pub(crate) mod replay;
 pub(crate) mod servers;
+pub(crate) mod settings;
 pub(crate) mod statements;
 
 pub use conn::{CancelKey, Login, ServerConn, ServerId, ServerTarget};

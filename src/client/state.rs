@@ -4,11 +4,14 @@
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::backend::settings::{Settings, push_setting_name};
 use crate::protocol::TxStatus;
 use crate::route::class::{Class, ConnState, Kind, PinReason, RouteMode};
+use crate::route::classify::{SettingEffect, setting_effect};
 use crate::server::{Lsn, ServerId};
 
 /// Session log entries beyond which the session is pinned to the primary rather
@@ -116,6 +119,14 @@ pub(crate) struct SessionState {
     /// `search_path` above all) never share a statement, as its meaning may
     /// differ.
     settings_hash: u64,
+    /// The settings the committed log leads to: what a server connection
+    /// must have to serve this session (see `backend::settings`). Shared
+    /// with the connections that have them.
+    pub desired: Arc<Settings>,
+    /// Some committed change is more than a setting (`SET ROLE`, a string of
+    /// several statements): only replaying the log in order reproduces the
+    /// session, and `desired` is not used.
+    pub opaque: bool,
 }
 
 /// A unit the server finished, as the session's memory needs it.
@@ -172,21 +183,46 @@ impl SessionState {
             txn_wrote: false,
             statement_cache: None,
             settings_hash: 0,
+            desired: Arc::default(),
+            opaque: false,
         }
-        .hashed()
+        .absorbing(0)
     }
 
-    fn hashed(mut self) -> Self {
-        self.hash_settings();
+    fn absorbing(mut self, from: usize) -> Self {
+        self.absorb(from);
         self
     }
 
-    /// Recomputes `settings_hash` (the log is short, and changes rarely).
-    fn hash_settings(&mut self) {
-        self.settings_hash = self
-            .replay
-            .iter()
-            .fold(0, |h, e| chain_hash(h, hash_bytes(&e.sql)));
+    /// Takes the log's entries from `from` on into `settings_hash` and
+    /// `desired`.
+    fn absorb(&mut self, from: usize) {
+        let Some(new) = self.replay.get(from..) else {
+            return;
+        };
+        let mut desired = (*self.desired).clone();
+        for entry in new {
+            self.settings_hash = chain_hash(self.settings_hash, hash_bytes(&entry.sql));
+            if self.opaque {
+                continue;
+            }
+            if let Some((name, value)) = &entry.startup {
+                desired.set(&name.to_ascii_lowercase(), entry.sql.clone(), Some(value));
+                continue;
+            }
+            match setting_effect(&String::from_utf8_lossy(&entry.sql)) {
+                SettingEffect::Set(name) => desired.set(&name, entry.sql.clone(), None),
+                SettingEffect::Reset(name) => desired.reset(&name),
+                SettingEffect::ResetAll => desired.clear(),
+                SettingEffect::Nothing => {}
+                SettingEffect::Other => self.opaque = true,
+            }
+        }
+        self.desired = if self.opaque {
+            Arc::default()
+        } else {
+            Arc::new(desired)
+        };
     }
 
     /// The key of the shared statement for a text hashing to `hash` under
@@ -272,7 +308,7 @@ impl SessionState {
     /// Moves pending changes into the log at transaction end.
     pub(crate) fn end_transaction(&mut self, committed: bool) {
         if committed {
-            let committed = !self.pending.is_empty();
+            let from = self.replay.len();
             for entry in std::mem::take(&mut self.pending) {
                 let resets = entry.resets_all;
                 self.replay.push(entry);
@@ -280,8 +316,8 @@ impl SessionState {
                     self.replay.extend(self.startup.iter().cloned());
                 }
             }
-            if committed {
-                self.hash_settings();
+            if self.replay.len() > from {
+                self.absorb(from);
             }
             if let Some(m) = self.pending_mode.take() {
                 self.mode = m;
@@ -313,26 +349,6 @@ pub(crate) fn set_statement(name: &str, value: &str) -> String {
     s
 }
 
-/// `RESET name`, with the name quoted as in [`set_statement`].
-pub(crate) fn reset_statement(name: &str) -> String {
-    let mut s = String::with_capacity(name.len() + 10);
-    s.push_str("RESET ");
-    push_setting_name(&mut s, name);
-    s
-}
-
-/// A setting name as quoted identifiers (`"my"."opt"`), whatever it contains.
-fn push_setting_name(s: &mut String, name: &str) {
-    for (i, part) in name.split('.').enumerate() {
-        if i > 0 {
-            s.push('.');
-        }
-        s.push('"');
-        s.push_str(&part.replace('"', "\"\""));
-        s.push('"');
-    }
-}
-
 #[cfg(test)]
 #[path = "state_tests.rs"]
 mod learn_tests;
@@ -340,6 +356,7 @@ mod learn_tests;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::settings::reset_statement;
 
     #[test]
     fn reset_all_is_recognised() {

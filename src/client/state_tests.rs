@@ -248,3 +248,63 @@ fn a_pooled_session_is_released_when_it_releases_the_state() {
     learn(&mut st, "UNLISTEN *", true);
     assert_eq!(st.listen, None);
 }
+
+/// The settings a session needs follow its committed log: startup
+/// parameters, SETs, RESETs, RESET ALL (back to the startup parameters); a
+/// change that is more than a setting makes the log the only description.
+#[test]
+fn desired_settings_follow_the_committed_log() {
+    let settings = [("TimeZone".to_owned(), "UTC".to_owned())];
+    let mut st = SessionState::new(RouteMode::Auto, &settings);
+    let session = Class::of(Kind::Session);
+    let mut want = Settings::default();
+    want.set("timezone", st.startup[0].sql.clone(), Some("UTC"));
+    assert_eq!(*st.desired, want);
+    let key_before = st.shared_key(7);
+
+    let changes = [set("SET search_path TO a"), set("SET work_mem = '8MB'")];
+    // Inside a transaction: nothing until it commits.
+    st.learn(&session, done(TxStatus::InTransaction, true, &changes));
+    assert_eq!(*st.desired, want);
+    st.learn(
+        &Class::of(Kind::TxnControl),
+        done(TxStatus::Idle, true, &[]),
+    );
+    want.set(
+        "search_path",
+        Bytes::from_static(b"SET search_path TO a"),
+        None,
+    );
+    want.set(
+        "work_mem",
+        Bytes::from_static(b"SET work_mem = '8MB'"),
+        None,
+    );
+    assert_eq!(*st.desired, want);
+    assert_ne!(st.shared_key(7), key_before, "settings are part of the key");
+
+    st.learn(
+        &session,
+        done(TxStatus::Idle, true, &[set("RESET work_mem")]),
+    );
+    want.reset("work_mem");
+    assert_eq!(*st.desired, want);
+
+    let reset_all = ReplayEntry {
+        resets_all: true,
+        ..set("RESET ALL")
+    };
+    st.learn(&session, done(TxStatus::Idle, true, &[reset_all]));
+    want.reset("search_path");
+    assert_eq!(*st.desired, want, "back to the startup parameters");
+    assert!(!st.opaque);
+
+    st.learn(
+        &session,
+        done(TxStatus::Idle, true, &[set("SET ROLE other")]),
+    );
+    assert!(st.opaque && st.desired.is_empty());
+    // For good: later settings do not make the log a state again.
+    st.learn(&session, done(TxStatus::Idle, true, &[set("RESET ALL")]));
+    assert!(st.opaque);
+}

@@ -32,6 +32,7 @@ mod failover;
 mod health_state;
 mod operations;
 mod pool_reuse;
+mod pool_settings;
 mod pool_statements;
 mod pool_transaction;
 mod proxy_basic;

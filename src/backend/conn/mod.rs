@@ -88,11 +88,9 @@ pub struct ServerConn {
     broken: bool,
     /// The prepared statements this connection holds.
     statements: super::statements::Statements,
-    /// Reported parameters (`application_name`, `TimeZone`...) the last client
-    /// set at startup and that were left in place because that client ran only
-    /// read-only work (no `DISCARD ALL`): the next client resets the ones it
-    /// does not set itself. See `Session::release`.
-    carried: Arc<[String]>,
+    /// The settings pgsplit gave this connection since its last reset: the
+    /// next client changes only what differs (see `backend::settings`).
+    settings: Arc<super::settings::Settings>,
 }
 
 impl std::fmt::Debug for ServerConn {
@@ -121,7 +119,7 @@ impl ServerConn {
             status: TxStatus::Idle,
             broken: false,
             statements: Default::default(),
-            carried: Arc::from([]),
+            settings: Arc::default(),
         }
     }
 
@@ -183,21 +181,24 @@ impl ServerConn {
         &mut self.statements
     }
 
-    /// The reported startup parameters the last client left in place (see
-    /// `Session::release`), taken to be reset or overwritten.
-    pub fn take_carried(&mut self) -> Arc<[String]> {
-        std::mem::replace(&mut self.carried, Arc::from([]))
+    /// The settings pgsplit gave this connection since its last reset.
+    #[inline]
+    pub fn settings(&self) -> &Arc<super::settings::Settings> {
+        &self.settings
     }
 
-    /// Whether a previous client left reported parameters to reset.
-    pub fn carries_nothing(&self) -> bool {
-        self.carried.is_empty()
+    /// Whether the connection has exactly the settings `want`.
+    #[inline]
+    pub fn has_settings(&self, want: &Arc<super::settings::Settings>) -> bool {
+        Arc::ptr_eq(&self.settings, want) || *self.settings == **want
     }
 
-    /// Leaves `names` (startup parameters this client set) for the next
-    /// client to reset or overwrite.
-    pub fn carry(&mut self, names: &Arc<[String]>) {
-        self.carried = names.clone();
+    /// The connection now has the settings `now`.
+    #[inline]
+    pub fn set_settings(&mut self, now: &Arc<super::settings::Settings>) {
+        if !Arc::ptr_eq(&self.settings, now) {
+            self.settings = now.clone();
+        }
     }
 
     /// The connection's state is unknown from now on: the pool drops it
@@ -449,7 +450,7 @@ impl ServerConn {
         match self.run_internal(b"DISCARD ALL").await {
             Ok(Ok(())) => {
                 self.statements.clear();
-                self.carried = Arc::from([]);
+                self.settings = Arc::default();
                 Ok(())
             }
             Ok(Err(e)) | Err(e) => {

@@ -2,16 +2,16 @@
 //! server id: attaching (checkout, then replaying the session's changes),
 //! and returning them to their pools when the client leaves.
 
-use std::sync::Arc;
-
 use tokio::time::Instant;
 
 use super::Session;
 use crate::backend::{Pooled, ServerId};
 use crate::client::ClientError;
-use crate::client::state::reset_statement;
+use crate::client::state::SessionState;
+use crate::client::unit::Unit;
 use crate::config::PoolMode;
 use crate::route::class::{Class, Kind, PinReason};
+use crate::route::classify::{SettingEffect, setting_effect};
 
 pub(super) struct Held {
     /// The server `conn` is to, kept beside it: the lookup key, read on every
@@ -101,6 +101,26 @@ pub(super) fn leaves_no_state(class: &Class, mode: PoolMode) -> bool {
         && class.pin.is_none_or(|p| p == PinReason::Hint)
 }
 
+/// Whether a unit changes nothing on a connection but settings (`SET`,
+/// `RESET`, `RESET ALL`): once committed, the connection's settings say what
+/// it left (see `backend::settings`), and the next client changes what
+/// differs, so the connection needs no `DISCARD ALL`.
+pub(super) fn only_settings(unit: &Unit, class: &Class, st: &SessionState) -> bool {
+    class.kind == Kind::Session
+        && class.parsed
+        && class.leaves.is_empty()
+        && !class.drops_prepared
+        && class.pin.is_none_or(|p| p == PinReason::Hint)
+        && !st.opaque
+        && !unit.session_changes.is_empty()
+        && unit.session_changes.iter().all(|e| {
+            !matches!(
+                setting_effect(&String::from_utf8_lossy(&e.sql)),
+                SettingEffect::Other
+            )
+        })
+}
+
 impl Session {
     /// A connection to server `id` carrying every session change so far.
     pub(super) async fn attach(&mut self, id: ServerId) -> Result<(), ClientError> {
@@ -113,7 +133,7 @@ impl Session {
             Some(held) => {
                 if keep || held.conn.is_idle_and_open() {
                     // The common case, one lookup: held and up to date.
-                    if held.applied >= replay_len && held.conn.carries_nothing() {
+                    if held.applied >= replay_len && held.conn.has_settings(&self.st.desired) {
                         return Ok(());
                     }
                     false
@@ -157,55 +177,64 @@ impl Session {
         Ok(())
     }
 
-    /// Replays the session changes the connection to `id` has not applied
-    /// yet, in one round trip.
+    /// Gives the connection to `id` the session's settings, in one round
+    /// trip at most: only what differs from the settings it has, or (for a
+    /// session whose log is more than settings) the log entries it has not
+    /// applied yet.
     async fn sync(&mut self, id: ServerId) -> Result<(), ClientError> {
         let held = self.conns.held(id)?;
-        let log = &self.st.replay;
-        if held.applied >= log.len() && held.conn.carries_nothing() {
+        let st = &self.st;
+        let log_len = st.replay.len();
+        if held.applied >= log_len && held.conn.has_settings(&st.desired) {
             return Ok(());
         }
+        if st.opaque {
+            return self.replay_log(id).await;
+        }
+        let mut sql = Vec::new();
+        let conn = &held.conn;
+        conn.settings().diff(
+            &st.desired,
+            |name| {
+                conn.params()
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case(name.as_bytes()))
+                    .map(|(_, v)| v.as_slice())
+            },
+            &mut sql,
+        );
+        if !sql.is_empty() {
+            run_setup(&mut held.conn, &sql).await?;
+        }
+        held.conn.set_settings(&st.desired);
+        held.applied = log_len;
+        Ok(())
+    }
+
+    /// [`Session::sync`] for a session whose log is more than settings:
+    /// replays what the connection has not applied, after resetting what a
+    /// previous client left. The connection is reset before another client
+    /// gets it.
+    async fn replay_log(&mut self, id: ServerId) -> Result<(), ClientError> {
+        let held = self.conns.held(id)?;
+        let log = &self.st.replay;
+        held.dirty = true;
         // Entries go in as few round trips as possible: one query string, cut
         // before and after a `RESET ALL`/`DISCARD ALL` (DISCARD ALL refuses to
         // run inside the implicit transaction of a multi-statement string).
         let mut batches: Vec<Vec<u8>> = vec![Vec::new()];
-        // Startup parameters the connection's previous client left in place
-        // go back to the connection's defaults, unless this client sets them.
-        for name in held.conn.take_carried().iter() {
-            let ours = self.st.startup.iter().any(|e| {
-                e.startup
-                    .as_ref()
-                    .is_some_and(|(k, _)| k.eq_ignore_ascii_case(name))
-            });
-            if !ours && let Some(batch) = batches.last_mut() {
-                if !batch.is_empty() {
-                    batch.extend_from_slice(b"; ");
-                }
-                batch.extend_from_slice(reset_statement(name).as_bytes());
-            }
+        if held.applied == 0 && !held.conn.settings().is_empty() {
+            // What the connection's previous client set goes back to the
+            // connection's defaults first.
+            let mut sql = Vec::new();
+            held.conn
+                .settings()
+                .diff(&Default::default(), |_| None, &mut sql);
+            batches.push(sql);
+            batches.push(Vec::new());
         }
         let mut drops = false;
-        let mut ran_any = false;
         for entry in &log[held.applied..] {
-            // A startup setting the connection already reports needs no SET,
-            // but only while nothing else has run before it: after a RESET ALL
-            // the reported value is stale.
-            // For a startup setting the server reports: whether it reports
-            // this very value.
-            let reported = entry.startup.as_ref().and_then(|(k, v)| {
-                held.conn
-                    .params()
-                    .iter()
-                    .find(|(pk, _)| pk.eq_ignore_ascii_case(k.as_bytes()))
-                    .map(|(_, pv)| pv.as_slice() == v.as_bytes())
-            });
-            if !ran_any && reported == Some(true) {
-                continue;
-            }
-            ran_any = true;
-            // A startup setting the server reports stays visible in `params`;
-            // anything else is state only `DISCARD ALL` can clear.
-            held.dirty |= reported.is_none();
             if entry.resets_all {
                 batches.push(entry.sql.to_vec());
                 batches.push(Vec::new());
@@ -219,18 +248,12 @@ impl Session {
         }
         let applied = log.len();
         for sql in batches.iter().filter(|b| !b.is_empty()) {
-            match held.conn.run_internal(sql).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    held.conn.mark_broken();
-                    return Err(e.into());
-                }
-                Err(e) => return Err(e.into()),
-            }
+            run_setup(&mut held.conn, sql).await?;
         }
         if drops {
             held.conn.statements().clear();
         }
+        held.conn.set_settings(&self.st.desired);
         held.applied = applied;
         Ok(())
     }
@@ -254,13 +277,12 @@ impl Session {
     /// the reported startup parameters this client set, which the next client's
     /// first `sync` sets or resets.
     pub(super) async fn release(&mut self) {
-        let startup = self.startup_names.clone();
         // State that kept a transaction-pooled session on its connections
         // goes with DISCARD ALL (or the connection).
         let pinned = !self.st.conn_state.is_empty();
         for mut held in self.conns.drain() {
             held.dirty |= pinned;
-            hand_back(held, &startup).await;
+            hand_back(held).await;
         }
     }
 
@@ -289,18 +311,29 @@ impl Session {
             let Some(held) = next.and_then(|id| self.conns.remove(id)) else {
                 break;
             };
-            hand_back(held, &self.startup_names).await;
+            hand_back(held).await;
         }
     }
 }
 
-/// Returns a connection to its pool: as it is when this client only read
-/// there (the next client's first `sync` sets or resets the startup
-/// parameters named in `startup`), else after `DISCARD ALL` (or dropped when
-/// that fails).
-async fn hand_back(mut held: Held, startup: &Arc<[String]>) {
+/// Runs a statement string of pgsplit's own (the session's settings) on
+/// `conn`; a connection that refuses it is not used again.
+async fn run_setup(conn: &mut Pooled, sql: &[u8]) -> Result<(), ClientError> {
+    match conn.run_internal(sql).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => {
+            conn.mark_broken();
+            Err(e.into())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Returns a connection to its pool: as it is when this client left nothing
+/// on it but settings (the next client's `sync` changes what differs), else
+/// after `DISCARD ALL` (or dropped when that fails).
+async fn hand_back(mut held: Held) {
     if !held.dirty && held.conn.is_clean() {
-        held.conn.carry(startup);
         return;
     }
     if let Err(e) = held.conn.reset().await {

@@ -51,10 +51,6 @@ pub(crate) struct Session {
     pool_mode: PoolMode,
     /// The session's connection pin is in the metrics.
     pin_counted: bool,
-    /// The startup parameters this client set, which a connection it hands
-    /// back clean carries to the next client (see `held::hand_back`). Fixed
-    /// for the session, shared with the connections that carry them.
-    startup_names: Arc<[String]>,
 }
 
 impl Session {
@@ -66,11 +62,6 @@ impl Session {
             let n = config.pool.prepared_statements;
             st.statement_cache = Some(usize::try_from(n).unwrap_or(usize::MAX));
         }
-        let startup_names = st
-            .startup
-            .iter()
-            .filter_map(|e| e.startup.as_ref().map(|(k, _)| k.clone()))
-            .collect();
         Session {
             login: Login {
                 user: hello.user,
@@ -83,7 +74,6 @@ impl Session {
             spin: rand::random::<u32>() as usize,
             pool_mode,
             pin_counted: false,
-            startup_names,
             ctx,
         }
     }

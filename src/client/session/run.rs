@@ -7,7 +7,7 @@ use bytes::BytesMut;
 use tokio::time::Instant;
 
 use super::Session;
-use super::held::leaves_no_state;
+use super::held::{leaves_no_state, only_settings};
 use crate::backend::health::{HealthSnapshot, PrimaryState};
 use crate::backend::{BackendError, ServerId};
 use crate::client::ClientError;
@@ -107,7 +107,9 @@ impl Session {
             let mode = plan::relay_plan(&view(&unit, class, &texts), at);
             let started = Instant::now();
             // An open unit continues with statements not seen yet.
-            let dirties = !unit.complete || !leaves_no_state(&class, self.pool_mode);
+            let dirties = !unit.complete
+                || !(leaves_no_state(&class, self.pool_mode)
+                    || only_settings(&unit, &class, &self.st));
             let result = self.forward(&unit, id, mode, dirties).await;
             let again = runs_again(mode, &result);
             match result {
@@ -318,6 +320,7 @@ impl Session {
         // This connection ran the changes just logged.
         if learned.txn_ended && was_applied {
             held.applied = st.replay.len();
+            held.conn.set_settings(&st.desired);
         }
         if learned.drops_prepared {
             held.conn.statements().clear();

@@ -27,6 +27,7 @@ mod cache;
 mod set;
 
 pub use cache::Classifier;
+pub use set::{SettingEffect, setting_effect};
 use set::{decide_set, dotted, setting_text};
 
 /// The session-level advisory lock functions: the lock belongs to the connection that

@@ -9,6 +9,69 @@ use sqlparser::ast::{
 use super::Decision;
 use crate::route::class::{Kind, PinReason, RouteMode};
 
+/// What a session change does to the connection's settings, for pooling:
+/// connections are told the difference between the settings they have and
+/// the ones a client needs (see `backend::settings`), which takes a name
+/// per change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SettingEffect {
+    /// Gives the setting (lower case) a value.
+    Set(String),
+    /// Puts the setting back to the connection's default.
+    Reset(String),
+    /// `RESET ALL`, `DISCARD ALL`: every setting back to its default.
+    ResetAll,
+    /// Changes no setting (`DISCARD PLANS`, `DISCARD TEMP`...).
+    Nothing,
+    /// Anything else (`SET ROLE`, several statements, text that does not
+    /// parse): only replaying the statement in order reproduces it.
+    Other,
+}
+
+/// The [`SettingEffect`] of one logged session change.
+pub fn setting_effect(sql: &str) -> SettingEffect {
+    use sqlparser::ast::{DiscardObject, Reset, Statement};
+    let Ok(statements) =
+        sqlparser::parser::Parser::parse_sql(&sqlparser::dialect::PostgreSqlDialect {}, sql)
+    else {
+        return SettingEffect::Other;
+    };
+    let [statement] = statements.as_slice() else {
+        return SettingEffect::Other;
+    };
+    let named = |name: Option<String>| match name {
+        Some(n) if n != "pgsplit.route" && !n.starts_with("transaction_") => SettingEffect::Set(n),
+        _ => SettingEffect::Other,
+    };
+    match statement {
+        Statement::Set(Set::SingleAssignment {
+            scope: None | Some(ContextModifier::Session),
+            hivevar: false,
+            variable,
+            ..
+        }) => named(dotted(variable)),
+        Statement::Set(Set::SetTimeZone { local: false, .. }) => named(Some("timezone".into())),
+        Statement::Set(Set::SetNames { .. } | Set::SetNamesDefault {}) => {
+            named(Some("client_encoding".into()))
+        }
+        Statement::Reset(reset) => match &reset.reset {
+            Reset::ALL => SettingEffect::ResetAll,
+            Reset::ConfigurationParameter(name) => match dotted(name) {
+                Some(n) if n != "pgsplit.route" => SettingEffect::Reset(n),
+                _ => SettingEffect::Other,
+            },
+            Reset::SessionAuthorization => SettingEffect::Other,
+        },
+        Statement::Discard { object_type } => match object_type {
+            DiscardObject::ALL => SettingEffect::ResetAll,
+            DiscardObject::PLANS | DiscardObject::SEQUENCES | DiscardObject::TEMP => {
+                SettingEffect::Nothing
+            }
+        },
+        _ => SettingEffect::Other,
+    }
+}
+
 pub(super) fn decide_set(set: &Set) -> Decision {
     match set {
         Set::SingleAssignment {
@@ -128,4 +191,41 @@ pub(super) fn dotted(name: &ObjectName) -> Option<String> {
         out.push_str(&ident.value.to_ascii_lowercase());
     }
     Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{SettingEffect as E, setting_effect};
+
+    #[test]
+    fn setting_effects() {
+        let set = |n: &str| E::Set(n.to_owned());
+        let cases = [
+            ("SET search_path TO a, b", set("search_path")),
+            ("set SESSION \"TimeZone\" = 'UTC'", set("timezone")),
+            ("SET my.opt = 'x'", set("my.opt")),
+            ("SET TIME ZONE 'UTC'", set("timezone")),
+            ("SET NAMES 'UTF8'", set("client_encoding")),
+            ("SET statement_timeout TO DEFAULT", set("statement_timeout")),
+            ("RESET search_path", E::Reset("search_path".to_owned())),
+            ("RESET ALL", E::ResetAll),
+            ("DISCARD ALL", E::ResetAll),
+            ("DISCARD TEMP", E::Nothing),
+            ("SET ROLE other", E::Other),
+            ("SET SESSION AUTHORIZATION other", E::Other),
+            ("RESET SESSION AUTHORIZATION", E::Other),
+            ("SET LOCAL search_path TO a", E::Other),
+            (
+                "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY",
+                E::Other,
+            ),
+            ("SET pgsplit.route = primary", E::Other),
+            ("SET transaction_isolation = 'serializable'", E::Other),
+            ("SET a.b = 1; SET c.d = 2", E::Other),
+            ("SET search_path TO", E::Other),
+        ];
+        for (sql, want) in cases {
+            assert_eq!(setting_effect(sql), want, "{sql}");
+        }
+    }
 }
