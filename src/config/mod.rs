@@ -146,7 +146,6 @@ impl Default for RoutingConfig {
 #[serde(rename_all = "lowercase")]
 pub enum PoolMode {
     /// For its whole session.
-    #[default]
     Session,
     /// While it has a transaction open, or for one unit outside a
     /// transaction; then the connection serves other clients. A client
@@ -154,6 +153,7 @@ pub enum PoolMode {
     /// LISTEN, a session advisory lock, a WITH HOLD cursor, an SQL PREPARE,
     /// LOAD, a statement pgsplit could not parse) keeps its connections as in
     /// session mode.
+    #[default]
     Transaction,
 }
 
@@ -161,7 +161,9 @@ pub enum PoolMode {
 #[serde(deny_unknown_fields, default)]
 pub struct PoolConfig {
     pub mode: PoolMode,
-    /// Server connections per (server, user, database).
+    /// Server connections per (server, user, database). The default fits
+    /// transaction pooling for up to 5 pods on servers with
+    /// `max_connections = 100` (README, "Pool modes").
     pub max_size: u32,
     /// Transaction pooling: prepared statements kept per server connection
     /// (least recently used closed first).
@@ -178,7 +180,7 @@ impl Default for PoolConfig {
     fn default() -> Self {
         PoolConfig {
             mode: PoolMode::default(),
-            max_size: 100,
+            max_size: 15,
             prepared_statements: 200,
             checkout_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
