@@ -8,6 +8,7 @@ pub(crate) mod pool;
 pub(crate) mod replay;
 pub(crate) mod servers;
 pub(crate) mod settings;
+pub(crate) mod sockets;
 pub(crate) mod statements;
 
 pub use conn::{CancelKey, Login, ServerConn, ServerId, ServerTarget};

@@ -13,7 +13,7 @@ use super::conn::{Login, ServerConn, ServerTarget};
 use super::health::Health;
 use super::health::{HealthState, LagLimits, PrimaryState, Probe};
 use super::replay::ReplayPositions;
-use super::{Pools, Servers};
+use super::{Pools, ServerId, Servers};
 use crate::config::Config;
 use crate::lifecycle::{Lifecycle, Phase};
 use crate::route::catalog::{FunctionCatalog, LOAD_SQL};
@@ -160,6 +160,7 @@ pub(crate) async fn run_monitor(ctx: Monitored) {
                 ctx.replay.observe(*id, *lsn);
             }
         }
+        end_unanswering_replicas(&ctx, &results);
         for change in state.observe(Instant::now(), &results) {
             if change.contains("fenced") || change.contains("no server") {
                 tracing::error!("{change}");
@@ -178,6 +179,30 @@ pub(crate) async fn run_monitor(ctx: Monitored) {
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
             () = &mut stopped => return,
+        }
+    }
+}
+
+/// A replica that answered the last probe and not this one may be frozen
+/// (a stopped process, a node gone without closing anything): reads in flight
+/// on it would wait as long as the freeze. Its pooled connections are ended,
+/// so that those reads run again elsewhere (see `backend::sockets`). The
+/// primary's are left alone: a write in flight may have committed, and only
+/// the server can say.
+fn end_unanswering_replicas(ctx: &Monitored, results: &[(ServerId, Option<Probe>)]) {
+    let before = ctx.health.get();
+    for (id, probe) in results {
+        let was_replica = before
+            .server(*id)
+            .is_some_and(|s| s.role == super::health::Role::Replica);
+        if probe.is_none() && was_replica && before.primary != PrimaryState::Known(*id) {
+            let ended = ctx.pools.end_connections(*id);
+            let name = before.server(*id).map_or("?", |s| s.name.as_str());
+            tracing::warn!(
+                server = name,
+                connections = ended,
+                "replica stopped answering; its connections are ended and reads in flight run again elsewhere"
+            );
         }
     }
 }

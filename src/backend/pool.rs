@@ -10,6 +10,7 @@ use thiserror::Error;
 
 use super::BackendError;
 use super::conn::{Login, ServerConn, ServerId, ServerTarget};
+use super::sockets::Sockets;
 use crate::config::PoolConfig;
 use crate::sqlstate;
 
@@ -18,6 +19,7 @@ pub struct ServerManager {
     login: Login,
     connect_timeout: Duration,
     failures: Arc<Failures>,
+    sockets: Arc<Sockets>,
 }
 
 /// bb8 opens connections in background tasks and only logs their errors, so a
@@ -49,7 +51,10 @@ impl bb8::ManageConnection for ServerManager {
     async fn connect(&self) -> Result<Box<ServerConn>, BackendError> {
         let result = ServerConn::connect(self.target.clone(), &self.login, self.connect_timeout)
             .await
-            .map(Box::new);
+            .map(|mut conn| {
+                conn.register(&self.sockets);
+                Box::new(conn)
+            });
         if let Err(e) = &result {
             *self.failures.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(Failure {
                 code: e.sqlstate().to_owned(),
@@ -143,6 +148,8 @@ type Entry = (bb8::Pool<ServerManager>, Arc<Failures>);
 pub struct Pools {
     config: Mutex<PoolConfig>,
     pools: Mutex<HashMap<Key, Entry>>,
+    /// Every pooled connection's socket, by server.
+    sockets: Arc<Sockets>,
 }
 
 impl Pools {
@@ -150,6 +157,7 @@ impl Pools {
         Pools {
             config: Mutex::new(config),
             pools: Mutex::new(HashMap::new()),
+            sockets: Arc::default(),
         }
     }
 
@@ -166,6 +174,12 @@ impl Pools {
     pub fn reconfigure(&self, config: PoolConfig) {
         *self.config.lock().unwrap_or_else(|p| p.into_inner()) = config;
         self.pools.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    /// Ends every pooled connection to server `id` (lent out or idle), for a
+    /// server that stopped answering: see `backend::sockets`. How many.
+    pub fn end_connections(&self, id: ServerId) -> usize {
+        self.sockets.end_all(id)
     }
 
     /// Forgets the pools of servers no longer configured.
@@ -204,6 +218,7 @@ impl Pools {
                         login: login.clone(),
                         connect_timeout: config.connect_timeout,
                         failures: failures.clone(),
+                        sockets: self.sockets.clone(),
                     });
                 (pool, failures)
             })

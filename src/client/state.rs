@@ -297,6 +297,18 @@ impl SessionState {
         }
     }
 
+    /// Drops the statement `name` if the Parse `parse` made it (a Parse that
+    /// never reached a server).
+    pub(crate) fn forget_parse(&mut self, name: &[u8], parse: &[u8]) {
+        if self.statement(name).is_some_and(|s| s.parse == parse) {
+            if name.is_empty() {
+                self.unnamed = None;
+            } else {
+                self.statements.remove(name);
+            }
+        }
+    }
+
     pub(crate) fn statement(&self, name: &[u8]) -> Option<&Statement> {
         if name.is_empty() {
             self.unnamed.as_ref()

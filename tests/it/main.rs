@@ -29,6 +29,7 @@ mod config_examples;
 mod consistency;
 mod deploy_manifests;
 mod failover;
+mod freeze;
 mod health_state;
 mod operations;
 mod pool_reuse;

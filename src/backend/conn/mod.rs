@@ -91,6 +91,9 @@ pub struct ServerConn {
     /// The settings pgsplit gave this connection since its last reset: the
     /// next client changes only what differs (see `backend::settings`).
     settings: Arc<super::settings::Settings>,
+    /// Its entry among the pooled connections' sockets (see
+    /// `backend::sockets`), for as long as it lives.
+    registration: Option<super::sockets::Registration>,
 }
 
 impl std::fmt::Debug for ServerConn {
@@ -120,6 +123,7 @@ impl ServerConn {
             broken: false,
             statements: Default::default(),
             settings: Arc::default(),
+            registration: None,
         }
     }
 
@@ -179,6 +183,14 @@ impl ServerConn {
     #[inline]
     pub fn statements(&mut self) -> &mut super::statements::Statements {
         &mut self.statements
+    }
+
+    /// Lists the connection in `sockets`, so that it can be ended from
+    /// outside when its server stops answering.
+    pub(crate) fn register(&mut self, sockets: &Arc<super::sockets::Sockets>) {
+        if let Some(tcp) = self.stream.tcp() {
+            self.registration = sockets.register(self.target.id, tcp);
+        }
     }
 
     /// The settings pgsplit gave this connection since its last reset.

@@ -158,6 +158,33 @@ impl Session {
         Ok(true)
     }
 
+    /// A read's server connection was lost after part of its answer reached
+    /// the client, so it cannot run again: the client gets the error and
+    /// the session goes on. A transaction it ran in is gone with the
+    /// connection; the client is told it failed (it will roll back).
+    pub(super) async fn fail_lost_read(
+        &mut self,
+        error: crate::backend::BackendError,
+        in_txn: bool,
+    ) -> Result<(), ClientError> {
+        let e = ClientError::Backend(error);
+        tracing::warn!(code = e.sqlstate(), error = %e, "read lost its server mid-answer");
+        self.ctx.metrics.error(e.sqlstate(), e.kind());
+        let mut msg = BytesMut::new();
+        msg.extend_from_slice(&build::error_response(
+            build::Severity::Error,
+            e.sqlstate(),
+            &e.client_message(),
+        ));
+        let status = if in_txn {
+            TxStatus::Failed
+        } else {
+            TxStatus::Idle
+        };
+        msg.extend_from_slice(&build::ready_for_query(status));
+        self.io.write(&msg).await
+    }
+
     /// Tells the client a unit could not run and keeps the session going. An
     /// unfinished extended unit is drained to its Sync first, as a server would.
     pub(super) async fn fail_unit(
@@ -167,6 +194,13 @@ impl Session {
     ) -> Result<(), ClientError> {
         tracing::warn!(code = e.sqlstate(), error = %e, "statement failed in pgsplit");
         self.ctx.metrics.error(e.sqlstate(), e.kind());
+        // The unit's Parses never ran: the client is told so, and its later
+        // Binds must fail as a server's would, not find them registered.
+        for frame in unit.frames.iter().filter(|f| f.tag == tag::PARSE) {
+            if let Ok((name, _)) = crate::protocol::fields::parse(frame.body()) {
+                self.st.forget_parse(name, &frame.bytes);
+            }
+        }
         if !unit.complete {
             while let Some(f) = self.io.read_frame().await? {
                 if matches!(f.tag, tag::SYNC | tag::QUERY | tag::FUNCTION_CALL) {

@@ -18,7 +18,7 @@ use crate::client::state::{Finished, SessionState};
 use crate::client::unit::Unit;
 use crate::config::Config;
 use crate::protocol::{TxStatus, build, tag};
-use crate::route::class::{Class, PinReason};
+use crate::route::class::{Class, Kind, PinReason};
 use crate::route::plan::{self, Ended, Execution, UnitTexts, UnitView};
 use crate::route::router::{Reason, SessionView, Target};
 
@@ -154,7 +154,8 @@ impl Session {
                 Err(RelayError::Server { error, .. }) => {
                     // The broken connection goes; the pool discards it.
                     self.conns.remove(id);
-                    if self.st.txn == Some(id) {
+                    let in_txn = self.st.txn == Some(id);
+                    if in_txn {
                         self.st.txn = None;
                     }
                     if again {
@@ -162,6 +163,13 @@ impl Session {
                         self.ctx.metrics.retry("replica_failed");
                         retried = true;
                         continue;
+                    }
+                    // A read that lost its server after part of its answer
+                    // went out: the statement fails, the session goes on (a
+                    // read changed nothing, and nothing of the client's is
+                    // left unread).
+                    if unit.complete && class.kind == Kind::Read {
+                        return self.fail_lost_read(error, in_txn).await;
                     }
                     return Err(ClientError::Backend(error));
                 }
