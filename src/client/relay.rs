@@ -57,6 +57,10 @@ struct CloseExpect {
 pub(crate) struct Expect {
     parse: VecDeque<ParseExpect>,
     close: VecDeque<CloseExpect>,
+    /// A query of pgsplit's own goes ahead of the unit (the connection's
+    /// settings, see `Session::sync`): its replies, up to its ReadyForQuery,
+    /// are pgsplit's.
+    pub(crate) setup: bool,
 }
 
 impl Expect {
@@ -94,6 +98,7 @@ impl Expect {
                     evicts: None,
                 })
                 .collect(),
+            setup: false,
         }
     }
 }

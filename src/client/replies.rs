@@ -34,6 +34,10 @@ pub(crate) struct Outcome {
     /// ([`RelayMode::floor_probe`]): the primary's WAL insert position right
     /// after the unit, `None` if it did not answer one.
     pub probe: Option<Lsn>,
+    /// The settings query pgsplit sent ahead of the unit failed: the unit's
+    /// replies were discarded (`retry_conflict` is set too), and the
+    /// connection cannot serve this session.
+    pub setup_failed: bool,
     /// With `hold_ready`: the unit's last replies before its ReadyForQuery,
     /// not sent yet, so that the session sends them with the ReadyForQuery
     /// in one write once the floor is recorded.
@@ -98,6 +102,7 @@ impl Replies {
                 retry_conflict: false,
                 wrote: false,
                 probe: None,
+                setup_failed: false,
                 tail: BytesMut::new(),
             },
             probing: false,
@@ -125,6 +130,26 @@ impl Replies {
         exp: &mut Expect,
         params: &mut HashMap<Vec<u8>, Vec<u8>>,
     ) -> Result<Step, ProtocolError> {
+        if exp.setup {
+            // pgsplit's settings query ahead of the unit.
+            match tag {
+                tag::backend::PARAMETER_STATUS => {
+                    if let Ok((k, v)) = fields::parameter_status(body) {
+                        params.insert(k.to_vec(), v.to_vec());
+                    }
+                }
+                tag::backend::ERROR_RESPONSE => {
+                    // The unit runs anyway, under the wrong settings: none
+                    // of its answer may reach the client.
+                    self.out.setup_failed = true;
+                    self.out.retry_conflict = true;
+                    self.discarding = true;
+                }
+                tag::backend::READY_FOR_QUERY => exp.setup = false,
+                _ => {}
+            }
+            return Ok(self.swallow(false));
+        }
         if self.probing {
             // pgsplit's own query: nothing of it is the client's.
             match tag {

@@ -288,3 +288,61 @@ fn a_malformed_ready_for_query_is_a_protocol_error() {
     );
     assert!(r.is_err());
 }
+
+/// The settings query pgsplit sends ahead of a read (`Expect::setup`): its
+/// replies never reach the client; when it fails, the read's answer is
+/// thrown away too and the read may run elsewhere.
+#[test]
+fn a_settings_query_ahead_of_a_read_is_pgsplits_own() {
+    let retryable = RelayMode {
+        retry_conflict: true,
+        ..RelayMode::default()
+    };
+    let param = raw(tag::backend::PARAMETER_STATUS, b"application_name\0app\0");
+    let read = [
+        raw(tag::backend::ROW_DESCRIPTION, &[0, 0]),
+        data_row("1"),
+        build::command_complete("SELECT 1"),
+        ready(TxStatus::Idle),
+    ];
+    // It succeeds: swallowed up to its ReadyForQuery, then the read as usual.
+    let mut msgs = vec![
+        build::command_complete("SET"),
+        param.clone(),
+        ready(TxStatus::Idle),
+    ];
+    msgs.extend(read.iter().cloned());
+    let mut exp = Expect::default();
+    exp.setup = true;
+    let (steps, r, params) = run(retryable, &mut exp, &msgs);
+    assert_eq!(
+        steps,
+        vec![
+            (S, false),
+            (S, false),
+            (S, false),
+            (F, false),
+            (F, false),
+            (F, false),
+            (F, true)
+        ]
+    );
+    assert!(!r.out.setup_failed && !exp.setup);
+    assert_eq!(
+        params.get(&b"application_name"[..]).map(Vec::as_slice),
+        Some(&b"app"[..]),
+        "the connection's parameters follow the settings"
+    );
+    // It fails: nothing of the read reaches the client.
+    let mut msgs = vec![error("22023"), ready(TxStatus::Idle)];
+    msgs.extend(read.iter().cloned());
+    let mut exp = Expect::default();
+    exp.setup = true;
+    let (steps, r, _) = run(retryable, &mut exp, &msgs);
+    assert!(
+        steps[..steps.len() - 1].iter().all(|s| *s == (S, false)),
+        "{steps:?}"
+    );
+    assert_eq!(steps.last(), Some(&(S, true)));
+    assert!(r.out.setup_failed && r.out.retry_conflict);
+}

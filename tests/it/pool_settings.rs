@@ -59,3 +59,33 @@ async fn clients_taking_turns_on_one_connection_each_see_their_own_settings() {
     assert_eq!(show(&b, "search_path").await, "pg_catalog, public");
     proxy.stop().await;
 }
+
+/// The same on the replica, where reads take the difference in their own
+/// flight (no round trip of its own): each client still sees only its own
+/// settings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_reads_of_clients_taking_turns_see_their_own_settings() {
+    let c = cluster();
+    let proxy = Proxy::start(c, "[pool]\nmode = \"transaction\"\nmax_size = 1\n").await;
+    let url = proxy.url(c);
+    let a = connect(&url).await;
+    let b = connect(&url).await;
+    a.batch_execute("SET work_mem = '9MB'").await.unwrap();
+    b.batch_execute("SET work_mem = '3MB'").await.unwrap();
+    let read = "SELECT current_setting('work_mem'), inet_server_port()";
+    let replica = i32::from(c.port(pgsplit_cluster::Node::Replica));
+    for _ in 0..5 {
+        for (client, want) in [(&a, "9MB"), (&b, "3MB")] {
+            let row = client.query_one(read, &[]).await.unwrap();
+            assert_eq!(row.get::<_, String>(0), want);
+            assert_eq!(row.get::<_, i32>(1), replica, "a read on the replica");
+            let rows = client.simple_query(read).await.unwrap();
+            let got = rows.iter().find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+                _ => None,
+            });
+            assert_eq!(got.as_deref(), Some(want));
+        }
+    }
+    proxy.stop().await;
+}

@@ -24,6 +24,10 @@ pub(super) struct Held {
     /// beyond reported parameters (see [`leaves_no_state`]): it needs
     /// `DISCARD ALL` before another client may use it.
     pub(super) dirty: bool,
+    /// Settings statements to send ahead of the next unit, in its flight
+    /// (see [`Session::attach_for_read`]); the connection's settings already
+    /// count them.
+    pub(super) setup: Option<Vec<u8>>,
 }
 
 /// The held connections, keyed by server. A session uses one or two servers
@@ -124,6 +128,19 @@ pub(super) fn only_settings(unit: &Unit, class: &Class, st: &SessionState) -> bo
 impl Session {
     /// A connection to server `id` carrying every session change so far.
     pub(super) async fn attach(&mut self, id: ServerId) -> Result<(), ClientError> {
+        self.attach_with(id, false).await
+    }
+
+    /// [`Session::attach`] for a read that may run again elsewhere: settings
+    /// the connection lacks are not sent in a round trip of their own but
+    /// ahead of the read, in its flight. Should they fail there, the read's
+    /// answer is thrown away and it runs on the primary (see
+    /// `Outcome::setup_failed`).
+    pub(super) async fn attach_for_read(&mut self, id: ServerId) -> Result<(), ClientError> {
+        self.attach_with(id, true).await
+    }
+
+    async fn attach_with(&mut self, id: ServerId, defer: bool) -> Result<(), ClientError> {
         // A held connection the server closed (or spoke on unprompted, e.g. a
         // shutdown notice) while the session was idle is replaced, unless it
         // runs the open transaction or the session's LISTEN.
@@ -149,7 +166,7 @@ impl Session {
             self.conns.remove(id);
             self.checkout(id).await?;
         }
-        if let Err(e) = self.sync(id).await {
+        if let Err(e) = self.sync(id, defer).await {
             // A connection that could not take the session's state is not used.
             self.conns.remove(id);
             return Err(e);
@@ -173,6 +190,7 @@ impl Session {
             conn: conn?,
             applied: 0,
             dirty: false,
+            setup: None,
         });
         Ok(())
     }
@@ -181,7 +199,7 @@ impl Session {
     /// trip at most: only what differs from the settings it has, or (for a
     /// session whose log is more than settings) the log entries it has not
     /// applied yet.
-    async fn sync(&mut self, id: ServerId) -> Result<(), ClientError> {
+    async fn sync(&mut self, id: ServerId, defer: bool) -> Result<(), ClientError> {
         let held = self.conns.held(id)?;
         let st = &self.st;
         let log_len = st.replay.len();
@@ -204,7 +222,11 @@ impl Session {
             &mut sql,
         );
         if !sql.is_empty() {
-            run_setup(&mut held.conn, &sql).await?;
+            if defer {
+                held.setup = Some(sql);
+            } else {
+                run_setup(&mut held.conn, &sql).await?;
+            }
         }
         held.conn.set_settings(&st.desired);
         held.applied = log_len;
@@ -318,7 +340,7 @@ impl Session {
 
 /// Runs a statement string of pgsplit's own (the session's settings) on
 /// `conn`; a connection that refuses it is not used again.
-async fn run_setup(conn: &mut Pooled, sql: &[u8]) -> Result<(), ClientError> {
+pub(super) async fn run_setup(conn: &mut Pooled, sql: &[u8]) -> Result<(), ClientError> {
     match conn.run_internal(sql).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => {
@@ -333,6 +355,8 @@ async fn run_setup(conn: &mut Pooled, sql: &[u8]) -> Result<(), ClientError> {
 /// on it but settings (the next client's `sync` changes what differs), else
 /// after `DISCARD ALL` (or dropped when that fails).
 async fn hand_back(mut held: Held) {
+    // Settings never sent: the connection's record of them is wrong.
+    held.dirty |= held.setup.is_some();
     if !held.dirty && held.conn.is_clean() {
         return;
     }

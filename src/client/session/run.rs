@@ -115,9 +115,22 @@ impl Session {
             match result {
                 Ok(outcome) if again => {
                     let held = self.conns.held(id)?;
-                    tracing::debug!(server = %held.conn.target().name, "recovery conflict on a replica; retrying on the primary");
-                    self.ctx.metrics.retry("recovery_conflict");
-                    held.conn.note_status(outcome.status);
+                    if outcome.setup_failed {
+                        // As when the settings fail in a round trip of their
+                        // own (see `place`): the session reads from the
+                        // primary from now on.
+                        tracing::info!(server = %held.conn.target().name, "replica refused the session's settings; session pinned to the primary");
+                        held.conn.mark_broken();
+                        self.conns.remove(id);
+                        if self.st.pinned.is_none() {
+                            self.st.pinned = Some(PinReason::SessionChange);
+                        }
+                        self.ctx.metrics.retry("replica_settings");
+                    } else {
+                        tracing::debug!(server = %held.conn.target().name, "recovery conflict on a replica; retrying on the primary");
+                        self.ctx.metrics.retry("recovery_conflict");
+                        held.conn.note_status(outcome.status);
+                    }
                     retried = true;
                 }
                 Ok(outcome) => {
@@ -232,7 +245,14 @@ impl Session {
             return Ok((id, reason));
         }
         if let Target::Replica(id) = target {
-            match self.attach(id).await {
+            // A read that may run again elsewhere takes its settings in its
+            // own flight (see `relay_plan`'s `retry_conflict`).
+            let attached = if unit.complete && class.kind == Kind::Read && !retried {
+                self.attach_for_read(id).await
+            } else {
+                self.attach(id).await
+            };
+            match attached {
                 Ok(()) => return Ok((id, reason)),
                 Err(e) => {
                     // A session change the replica refused to replay would
@@ -279,9 +299,22 @@ impl Session {
         } = self;
         let held = conns.held(id).map_err(RelayError::Client)?;
         held.dirty |= dirties;
+        let setup = held.setup.take();
         let conn = &mut held.conn;
         let mut exp = Expect::default();
         let mut out = BytesMut::with_capacity(unit.bytes + 64);
+        if let Some(sql) = setup {
+            if mode.retry_conflict {
+                out.extend_from_slice(&build::query(&sql));
+                exp.setup = true;
+            } else {
+                // Only a read that may run again elsewhere can take them in
+                // its flight; anything else waits for them.
+                super::held::run_setup(conn, &sql)
+                    .await
+                    .map_err(RelayError::Client)?;
+            }
+        }
         relay::begin_unit(conn, &mut out, &mut exp);
         for frame in &unit.frames {
             relay::stage(frame, st, conn, &mut out, &mut exp)
