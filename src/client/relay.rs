@@ -160,15 +160,13 @@ pub(crate) fn stage(
                     });
                     build::renamed(out, tag::PARSE, &[], b"", rest);
                 } else {
-                    evict(conn, capacity, out, exp);
-                    conn.statements().parsing_shared(key);
-                    exp.parse.push_back(ParseExpect {
+                    let expect = ParseExpect {
                         on_conn: OnConn::Shared(key),
                         client,
                         hash,
                         injected: false,
-                    });
-                    build::renamed(out, tag::PARSE, &[], &shared_name(key), rest);
+                    };
+                    parse_shared(key, rest, capacity, expect, conn, out, exp);
                 }
                 return Ok(());
             }
@@ -234,13 +232,25 @@ pub(crate) fn statement_hash(body: &[u8], name: &[u8]) -> u64 {
     super::state::hash_bytes(after_name(body, name))
 }
 
-/// Under transaction pooling, a shared statement is about to be added to
-/// `conn`: makes room first (closing the least recently used one).
-fn evict(conn: &mut ServerConn, capacity: usize, out: &mut BytesMut, exp: &mut Expect) {
+/// Under transaction pooling: prepares the shared statement `key` on `conn`
+/// from `rest` (a Parse body after its name), making room first by closing
+/// the least recently used one.
+fn parse_shared(
+    key: u64,
+    rest: &[u8],
+    capacity: usize,
+    expect: ParseExpect,
+    conn: &mut ServerConn,
+    out: &mut BytesMut,
+    exp: &mut Expect,
+) {
     if let Some(old) = conn.statements().evict_shared(capacity) {
         out.extend_from_slice(&build::close_statement(&shared_name(old)));
         exp.closing(true, Some(old));
     }
+    conn.statements().parsing_shared(key);
+    exp.parse.push_back(expect);
+    build::renamed(out, tag::PARSE, &[], &shared_name(key), rest);
 }
 
 /// A statement name as the server knows it, when it differs from the
@@ -278,23 +288,15 @@ fn ensure_prepared(
     if let (Some(capacity), false) = (st.statement_cache, name.is_empty()) {
         let key = st.shared_key(stmt.hash);
         if !conn.statements().use_shared(key) {
-            evict(conn, capacity, out, exp);
-            conn.statements().parsing_shared(key);
-            exp.parse.push_back(ParseExpect {
+            let expect = ParseExpect {
                 on_conn: OnConn::Shared(key),
                 client: None,
                 hash: stmt.hash,
                 injected: true,
-            });
-            let parse_body = stmt.parse.get(5..).unwrap_or_default();
-            let client_name = parse_body.get(..stmt.name_len).unwrap_or_default();
-            build::renamed(
-                out,
-                tag::PARSE,
-                &[],
-                &shared_name(key),
-                after_name(parse_body, client_name),
-            );
+            };
+            // The registry's Parse names the statement as the client does.
+            let rest = after_name(stmt.parse.get(5..).unwrap_or_default(), name);
+            parse_shared(key, rest, capacity, expect, conn, out, exp);
         }
         return Some(shared_name(key));
     }

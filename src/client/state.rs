@@ -55,8 +55,6 @@ pub(crate) struct Portal {
 pub(crate) struct Statement {
     pub parse: Bytes,
     pub text: Bytes,
-    /// The length of the client's name for it (at the start of the body).
-    pub name_len: usize,
     /// Of its text and parameter types (not its name): see
     /// `relay::statement_hash`.
     pub hash: u64,

@@ -142,7 +142,6 @@ fn pins_listen_route_and_prepared_statements() {
         Statement {
             parse: Bytes::new(),
             text: Bytes::new(),
-            name_len: 2,
             hash: 1,
             class: Class::of(Kind::Read),
             generation: 0,

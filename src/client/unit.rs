@@ -108,7 +108,6 @@ impl Unit {
                 let stmt = Statement {
                     parse: frame.bytes.clone(),
                     text: frame.bytes.slice_ref(text),
-                    name_len: name.len(),
                     hash,
                     class,
                     generation,
