@@ -38,8 +38,11 @@ pub fn readiness(ctx: &AdminDeps) -> Result<(), String> {
     if ctx.lifecycle.phase() >= Phase::Draining {
         return Err("draining".into());
     }
-    match ctx.health.get().primary {
-        PrimaryState::Known(_) => Ok(()),
+    let health = ctx.health.get();
+    match health.primary {
+        PrimaryState::Known(_) if health.primary_answers => Ok(()),
+        // Writes wait while it does not answer (see `primary_answers`).
+        PrimaryState::Known(_) => Err("the primary missed its last health probe".into()),
         PrimaryState::Unknown => Err("primary not probed yet".into()),
         PrimaryState::None => Err("no reachable primary".into()),
         PrimaryState::Fenced => Err("more than one server claims to be primary (fenced)".into()),

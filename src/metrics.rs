@@ -14,7 +14,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, Prometheu
 use crate::backend::health::{HealthSnapshot, Role};
 use crate::route::router::Reason;
 
-const REASONS: [Reason; 10] = [
+const REASONS: [Reason; 11] = [
     Reason::Write,
     Reason::Read,
     Reason::Transaction,
@@ -24,6 +24,7 @@ const REASONS: [Reason; 10] = [
     Reason::Lag,
     Reason::ReadYourWrites,
     Reason::ReplicaDown,
+    Reason::PrimaryDown,
     Reason::ParseFallback,
 ];
 

@@ -75,6 +75,11 @@ pub enum PrimaryState {
 #[derive(Debug, Clone)]
 pub struct HealthSnapshot {
     pub primary: PrimaryState,
+    /// The primary answered its last probe (true before the first probe).
+    /// A known primary that missed one probe stays `Known` (a slow answer
+    /// does not unseat it), but writes wait for it to answer again and
+    /// reads that a replica can serve do not wait for it at all.
+    pub primary_answers: bool,
     pub primary_lsn: Option<Lsn>,
     pub servers: Vec<ServerHealth>,
     pub replicas: Vec<ReplicaStatus>,
@@ -84,6 +89,7 @@ impl HealthSnapshot {
     pub fn initial(servers: &[(ServerId, String)]) -> Self {
         HealthSnapshot {
             primary: PrimaryState::Unknown,
+            primary_answers: true,
             primary_lsn: None,
             servers: servers
                 .iter()
@@ -106,6 +112,15 @@ impl HealthSnapshot {
 
     pub fn server(&self, id: ServerId) -> Option<&ServerHealth> {
         self.servers.iter().find(|s| s.id == id)
+    }
+
+    /// The primary a write may be sent to now: known, and it answered its
+    /// last probe.
+    pub fn writable_primary(&self) -> Option<ServerId> {
+        match self.primary {
+            PrimaryState::Known(id) if self.primary_answers => Some(id),
+            _ => None,
+        }
     }
 }
 
@@ -303,8 +318,13 @@ impl HealthState {
             }
             servers.push(h);
         }
+        let primary_answers = match primary {
+            PrimaryState::Known(id) => probes.iter().any(|(pid, p)| *pid == id && p.is_some()),
+            _ => false,
+        };
         self.snapshot = HealthSnapshot {
             primary,
+            primary_answers,
             primary_lsn,
             servers,
             replicas,

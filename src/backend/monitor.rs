@@ -115,6 +115,7 @@ pub(crate) async fn run_monitor(ctx: Monitored) {
     let mut state = HealthState::new(limits(&ctx), &names);
     let mut probers: Vec<Prober> = Vec::new();
     let mut known: Option<Arc<Servers>> = None;
+    let mut silent = SilentPrimary::default();
     loop {
         let config = ctx.config.get();
         let interval = config.routing.health_interval;
@@ -175,7 +176,13 @@ pub(crate) async fn run_monitor(ctx: Monitored) {
                 .find(|p| p.target.id == s.id)
                 .and_then(|p| p.last_error.clone());
         }
+        let primary = match snapshot.primary {
+            PrimaryState::Known(id) => Some(id),
+            _ => None,
+        };
         ctx.health.set(snapshot);
+        // After the snapshot: a rescued read is placed again by it.
+        silent.follow(&ctx, primary, &results, config.net.tcp_user_timeout);
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
             () = &mut stopped => return,
@@ -202,6 +209,67 @@ fn end_unanswering_replicas(ctx: &Monitored, results: &[(ServerId, Option<Probe>
                 server = name,
                 connections = ended,
                 "replica stopped answering; its connections are ended and reads in flight run again elsewhere"
+            );
+        }
+    }
+}
+
+/// The last known primary while it does not answer its probes (frozen, or
+/// gone without closing anything).
+///
+/// Writes stop going to it at its first missed probe (they wait for a
+/// primary instead, see `HealthSnapshot::primary_answers`), and so do reads
+/// that a replica can serve. What was in flight on it when it froze:
+/// - reads that may run again elsewhere are ended at once, every round, and
+///   placed again (on a replica);
+/// - anything else (a write may have committed; only the server can say) is
+///   left to finish when the primary comes back, but not for ever: once it
+///   has been silent for `tcp_user_timeout`, its connections are ended, as
+///   TCP itself ends them on a host that is really gone. A client then sees
+///   08006 for a statement whose outcome is unknown.
+#[derive(Default)]
+struct SilentPrimary {
+    /// The last server known as primary.
+    last: Option<ServerId>,
+    /// Since when it has missed every probe, and whether its connections
+    /// were ended for it.
+    since: Option<(Instant, bool)>,
+}
+
+impl SilentPrimary {
+    fn follow(
+        &mut self,
+        ctx: &Monitored,
+        primary: Option<ServerId>,
+        results: &[(ServerId, Option<Probe>)],
+        limit: Duration,
+    ) {
+        if primary.is_some() && primary != self.last {
+            self.last = primary;
+            self.since = None;
+        }
+        let Some(id) = self.last else { return };
+        let missed = results.iter().any(|(s, p)| *s == id && p.is_none());
+        if !missed {
+            self.since = None;
+            return;
+        }
+        let now = Instant::now();
+        let (since, ended) = self.since.get_or_insert((now, false));
+        let reads = ctx.pools.end_rescuable_reads(id);
+        if reads > 0 {
+            tracing::warn!(
+                reads,
+                "primary stopped answering; reads in flight on it run again on a replica"
+            );
+        }
+        if !*ended && now.saturating_duration_since(*since) >= limit {
+            *ended = true;
+            let connections = ctx.pools.end_connections(id);
+            tracing::error!(
+                connections,
+                silent_for = ?now.saturating_duration_since(*since),
+                "primary silent for net.tcp_user_timeout; its connections are ended (statements in flight fail with 08006)"
             );
         }
     }

@@ -182,6 +182,12 @@ impl Pools {
         self.sockets.end_all(id)
     }
 
+    /// Ends the connections to server `id` that run a read which may run
+    /// again elsewhere: for a primary that stopped answering. How many.
+    pub fn end_rescuable_reads(&self, id: ServerId) -> usize {
+        self.sockets.end_rescuable(id)
+    }
+
     /// Forgets the pools of servers no longer configured.
     pub fn retain_servers(&self, keep: &[ServerId]) {
         let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());

@@ -10,28 +10,48 @@
 //! (the retry of `route::plan::RelayMode::retry_conflict`), and idle
 //! connections to the server are not lent again.
 //!
+//! A primary that stops answering is treated with more care: a write in
+//! flight on it may have committed, and only the server can say. Only
+//! connections running a read that may run again elsewhere are ended at once
+//! ([`Sockets::end_rescuable`]); the session marks them so for the length of
+//! the read ([`Registration::rescuable`]), and the mark and the ending agree
+//! through one atomic, so a read that has just finished is never cut.
+//!
 //! Each entry is a duplicate of the connection's descriptor: shutting it down
-//! ends the connection for its owner too. Nothing here is on the per-query
-//! path: a connection registers once, when it is opened, and leaves when it
-//! is dropped.
+//! ends the connection for its owner too. A connection registers once, when
+//! it is opened, and leaves when it is dropped; per read, only the mark (two
+//! atomic operations) is on the path.
 
 use std::collections::HashMap;
 use std::net::Shutdown;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::net::TcpStream;
 
 use super::ServerId;
 
+/// A connection's mark: what it is doing, as far as ending it is concerned.
+const BUSY: u8 = 0;
+/// Runs a read that may run again elsewhere.
+const RESCUABLE: u8 = 1;
+/// Ended while rescuable: the owner finds its connection gone.
+const ENDED: u8 = 2;
+
+struct Entry {
+    server: ServerId,
+    socket: socket2::Socket,
+    mark: Arc<AtomicU8>,
+}
+
 #[derive(Default)]
 pub(crate) struct Sockets {
     next: AtomicU64,
-    open: Mutex<HashMap<u64, (ServerId, socket2::Socket)>>,
+    open: Mutex<HashMap<u64, Entry>>,
 }
 
 impl Sockets {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, (ServerId, socket2::Socket)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Entry>> {
         self.open.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -52,22 +72,44 @@ impl Sockets {
             }
         };
         let serial = self.next.fetch_add(1, Ordering::Relaxed);
-        self.lock().insert(serial, (id, dup));
+        let mark = Arc::new(AtomicU8::new(BUSY));
+        self.lock().insert(
+            serial,
+            Entry {
+                server: id,
+                socket: dup,
+                mark: mark.clone(),
+            },
+        );
         Some(Registration {
             sockets: self.clone(),
             serial,
+            mark,
         })
     }
 
     /// Shuts down every registered connection to server `id`; how many.
     pub(crate) fn end_all(&self, id: ServerId) -> usize {
+        self.end(id, |_| true)
+    }
+
+    /// Shuts down the connections to `id` that run a read which may run
+    /// again elsewhere (see the module notes); how many.
+    pub(crate) fn end_rescuable(&self, id: ServerId) -> usize {
+        self.end(id, |mark| {
+            mark.compare_exchange(RESCUABLE, ENDED, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        })
+    }
+
+    fn end(&self, id: ServerId, mut chosen: impl FnMut(&AtomicU8) -> bool) -> usize {
         let open = self.lock();
         let mut ended = 0;
-        for (server, socket) in open.values() {
-            if *server == id {
+        for entry in open.values() {
+            if entry.server == id && chosen(&entry.mark) {
                 // A socket already closed by its peer reports an error here;
                 // either way it is done.
-                let _ = socket.shutdown(Shutdown::Both);
+                let _ = entry.socket.shutdown(Shutdown::Both);
                 ended += 1;
             }
         }
@@ -77,7 +119,7 @@ impl Sockets {
     /// Registered connections to `id`.
     #[cfg(test)]
     pub(crate) fn count(&self, id: ServerId) -> usize {
-        self.lock().values().filter(|(s, _)| *s == id).count()
+        self.lock().values().filter(|e| e.server == id).count()
     }
 }
 
@@ -85,6 +127,27 @@ impl Sockets {
 pub(crate) struct Registration {
     sockets: Arc<Sockets>,
     serial: u64,
+    mark: Arc<AtomicU8>,
+}
+
+impl Registration {
+    /// Marks the connection as running a read that may be rescued (`true`)
+    /// or as busy with anything else (`false`). Whether the connection is
+    /// still whole: `false` once it was ended while marked.
+    pub(crate) fn rescuable(&self, on: bool) -> bool {
+        let (from, to) = if on {
+            (BUSY, RESCUABLE)
+        } else {
+            (RESCUABLE, BUSY)
+        };
+        match self
+            .mark
+            .compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => true,
+            Err(now) => now != ENDED,
+        }
+    }
 }
 
 impl Drop for Registration {
@@ -138,5 +201,43 @@ mod tests {
         );
         drop(reg);
         assert_eq!(sockets.count(ServerId(3)), 0, "dropped, unregistered");
+    }
+
+    /// Only connections marked rescuable are ended by `end_rescuable`, and
+    /// the owner learns that its connection was ended when it clears the
+    /// mark; a mark cleared first keeps the connection out of reach.
+    #[tokio::test]
+    async fn only_marked_reads_are_rescued() {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let sockets = Arc::new(Sockets::default());
+        let mut conns = Vec::new();
+        for _ in 0..2 {
+            let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+            let client = client.unwrap_or_else(|e| panic!("{e}"));
+            let peer = accepted.unwrap_or_else(|e| panic!("{e}"));
+            let reg = sockets
+                .register(ServerId(1), &client)
+                .unwrap_or_else(|| panic!("registered"));
+            conns.push((client, peer, reg));
+        }
+        let (read, _, read_reg) = &mut conns[0];
+        assert!(read_reg.rescuable(true));
+        assert_eq!(sockets.end_rescuable(ServerId(2)), 0, "another server");
+        assert_eq!(sockets.end_rescuable(ServerId(1)), 1, "only the marked one");
+        assert_eq!(sockets.end_rescuable(ServerId(1)), 0, "ended once");
+        assert!(!read_reg.rescuable(false), "the owner learns it was ended");
+        let mut buf = [0u8; 4];
+        let got =
+            tokio::time::timeout(std::time::Duration::from_secs(5), read.read(&mut buf)).await;
+        assert!(matches!(got, Ok(Ok(0) | Err(_))), "ended: {got:?}");
+        // The other connection: marked, then cleared before the ending.
+        let (_, _, write_reg) = &conns[1];
+        assert!(write_reg.rescuable(true));
+        assert!(write_reg.rescuable(false));
+        assert_eq!(sockets.end_rescuable(ServerId(1)), 0, "nothing marked");
+        assert_eq!(sockets.end_all(ServerId(1)), 2);
     }
 }

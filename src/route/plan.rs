@@ -38,14 +38,16 @@ pub struct UnitView<'a> {
     pub texts: &'a dyn UnitTexts,
 }
 
-/// Where a unit runs. `retried`: it failed on a replica before any reply
-/// reached the client and runs again.
+/// Where a unit runs. `replica_failed`: it failed on a replica before any
+/// reply reached the client and runs again. (A read that failed so on the
+/// primary is placed afresh: by then health says whether the primary
+/// answers.)
 #[inline]
 pub fn place(
     unit: &UnitView<'_>,
     session: &SessionView,
     replicas: &[ReplicaStatus],
-    retried: bool,
+    replica_failed: bool,
 ) -> (Target, Reason) {
     if let Some(t) = session.txn {
         return (t, Reason::Transaction);
@@ -54,7 +56,7 @@ pub fn place(
         // Sent before its Sync: later statements of the unit are unknown.
         return (Target::Primary, Reason::Write);
     }
-    if retried {
+    if replica_failed {
         return (Target::Primary, Reason::ReplicaDown);
     }
     route(&unit.class, session, replicas)
@@ -93,7 +95,9 @@ pub struct RelayMode {
     /// client. Implies `hold_ready`.
     pub floor_probe: bool,
     /// The unit may run again elsewhere if it fails before any reply reached
-    /// the client (a read on a replica, outside a transaction, not yet retried).
+    /// the client (a read outside a transaction, not yet retried). On a
+    /// replica: a recovery conflict, a replica gone or frozen. On the
+    /// primary: a primary gone or frozen, when a replica can serve it.
     pub retry_conflict: bool,
 }
 
@@ -108,6 +112,17 @@ pub struct Execution {
     pub retried: bool,
     /// Read-your-writes is on and there is a replica to need it.
     pub tracks_floor: bool,
+    /// A replica could serve the unit: it is on the primary only for
+    /// freshness (its floor, or the lag limits). A read on the primary for
+    /// any other reason (a hint, a pin, no replica up) stays there.
+    pub replica_could_serve: bool,
+}
+
+/// Whether a unit placed for `reason` on the primary could have run on a
+/// replica that was fresh enough (see [`Execution::replica_could_serve`]).
+#[inline]
+pub fn only_for_freshness(reason: Reason) -> bool {
+    matches!(reason, Reason::ReadYourWrites | Reason::Lag)
 }
 
 /// The relay's instructions for a unit about to run as `at` says.
@@ -129,7 +144,7 @@ pub fn relay_plan(unit: &UnitView<'_>, at: Execution) -> RelayMode {
         extended: unit.extended,
         hold_ready,
         floor_probe: hold_ready && records_floor && unit.texts.floor_probe_may_follow(at.in_txn),
-        retry_conflict: !at.on_primary
+        retry_conflict: (!at.on_primary || at.replica_could_serve)
             && !at.retried
             && unit.complete
             && !at.in_txn

@@ -46,6 +46,7 @@ const IDLE: SessionView = SessionView {
     floor: None,
     held_replica: None,
     spin: 0,
+    primary_up: true,
 };
 
 fn replica(id: ServerId, replay: u64) -> ReplicaStatus {
@@ -226,6 +227,7 @@ fn relay_instructions() {
         in_txn: false,
         retried: false,
         tracks_floor: true,
+        replica_could_serve: false,
     };
     let replica = Execution {
         on_primary: false,
@@ -291,6 +293,28 @@ fn relay_instructions() {
         (
             "a read on the primary is neither held nor retried",
             relay_plan(&unit(Kind::Read), primary),
+            mode(false, false, false),
+        ),
+        (
+            "a read on the primary for freshness may run again on a replica",
+            relay_plan(
+                &unit(Kind::Read),
+                Execution {
+                    replica_could_serve: true,
+                    ..primary
+                },
+            ),
+            mode(false, false, true),
+        ),
+        (
+            "... but not inside a transaction",
+            relay_plan(
+                &unit(Kind::Read),
+                Execution {
+                    replica_could_serve: true,
+                    ..in_txn
+                },
+            ),
             mode(false, false, false),
         ),
         (

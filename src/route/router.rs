@@ -32,6 +32,9 @@ pub enum Reason {
     ReadYourWrites,
     /// No replica is up (or none is configured).
     ReplicaDown,
+    /// The primary does not answer: a read it would have served (for a
+    /// floor or the lag limits) runs on the freshest replica that is up.
+    PrimaryDown,
     /// The parser could not read the statement.
     ParseFallback,
 }
@@ -48,6 +51,7 @@ impl Reason {
             Reason::Lag => "lag",
             Reason::ReadYourWrites => "read_your_writes",
             Reason::ReplicaDown => "replica_down",
+            Reason::PrimaryDown => "primary_down",
             Reason::ParseFallback => "parse_fallback",
         }
     }
@@ -80,6 +84,11 @@ pub struct SessionView {
     pub held_replica: Option<ServerId>,
     /// Rotates the choice among equally good replicas.
     pub spin: usize,
+    /// The primary answered its last health probe (or none has been asked
+    /// yet). Not a fact of the session, but the one fact of the primary that
+    /// a read's placement needs: while it is false, nothing that a replica
+    /// can serve waits on the primary.
+    pub primary_up: bool,
 }
 
 pub fn route(class: &Class, session: &SessionView, replicas: &[ReplicaStatus]) -> (Target, Reason) {
@@ -110,19 +119,19 @@ pub fn route(class: &Class, session: &SessionView, replicas: &[ReplicaStatus]) -
         return (Target::Primary, Reason::Pinned);
     }
     match pick_replica(session, replicas) {
-        Ok(id) => {
-            let reason = if hint == Some(RouteMode::Replica) {
-                Reason::Hint
-            } else {
-                Reason::Read
-            };
-            (Target::Replica(id), reason)
+        Ok((id, Reason::Read)) if hint == Some(RouteMode::Replica) => {
+            (Target::Replica(id), Reason::Hint)
         }
+        Ok((id, reason)) => (Target::Replica(id), reason),
         Err(reason) => (Target::Primary, reason),
     }
 }
 
-fn pick_replica(session: &SessionView, replicas: &[ReplicaStatus]) -> Result<ServerId, Reason> {
+/// The replica for a read and why it was chosen, or why none was.
+fn pick_replica(
+    session: &SessionView,
+    replicas: &[ReplicaStatus],
+) -> Result<(ServerId, Reason), Reason> {
     let fresh = |r: &ReplicaStatus| match (session.floor, r.replay) {
         (None, _) => true,
         (Some(floor), Some(replay)) => replay >= floor,
@@ -132,11 +141,23 @@ fn pick_replica(session: &SessionView, replicas: &[ReplicaStatus]) -> Result<Ser
     if let Some(held) = session.held_replica
         && replicas.iter().filter(eligible).any(|r| r.id == held)
     {
-        return Ok(held);
+        return Ok((held, Reason::Read));
     }
     let candidates: Vec<&ReplicaStatus> = replicas.iter().filter(eligible).collect();
     if !candidates.is_empty() {
-        return Ok(candidates[session.spin % candidates.len()].id);
+        return Ok((candidates[session.spin % candidates.len()].id, Reason::Read));
+    }
+    // A primary that does not answer cannot serve the read either: the
+    // freshest replica that is up serves it, behind the floor or the limits
+    // as it may be (DESIGN.md, "Fallback": a read never waits on a frozen
+    // primary when a replica can answer).
+    if !session.primary_up
+        && let Some(best) = replicas
+            .iter()
+            .filter(|r| r.up)
+            .max_by_key(|r| (r.replay, Some(r.id) == session.held_replica))
+    {
+        return Ok((best.id, Reason::PrimaryDown));
     }
     // Say why nothing qualified, most specific cause first.
     if !replicas.iter().any(|r| r.up) {

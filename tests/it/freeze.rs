@@ -224,3 +224,245 @@ async fn a_read_frozen_mid_answer_fails_and_the_session_goes_on() {
     assert_eq!(n, 10);
     proxy.stop().await;
 }
+
+/// Runs `READ` on `client` until the replica answers it (pgsplit has seen
+/// the replica replay the latest floor), for at most 10 s.
+async fn until_on_replica(client: &tokio_postgres::Client, replica: i32) {
+    for _ in 0..200 {
+        let port: i32 = client.query_one(READ, &[]).await.unwrap().get(0);
+        if port == replica {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("reads did not reach the replica in 10 s");
+}
+
+/// The SQLSTATE of a failed statement, if the server (or pgsplit) sent one.
+fn code_of<T: std::fmt::Debug>(r: &Result<T, tokio_postgres::Error>) -> Option<String> {
+    r.as_ref()
+        .err()
+        .and_then(|e| e.as_db_error())
+        .map(|e| e.code().code().to_owned())
+}
+
+/// The primary freezes: reads of open sessions keep going to the replica
+/// with no wait (read-your-writes on, the default), a write sent once the
+/// monitor has seen the primary miss a probe waits for a primary and fails
+/// with 57P03 after `primary_wait`, and once the primary is back writes work
+/// again without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_frozen_primary_stops_writes_not_reads() {
+    crate::common::logs();
+    let c = own_cluster().await;
+    let replica = i32::from(c.port(Node::Replica));
+    connect(&c.url(Node::Primary))
+        .await
+        .batch_execute("CREATE TABLE freeze_p (id int)")
+        .await
+        .unwrap();
+    let proxy = Proxy::start(&c, "[routing]\nprimary_wait = \"2s\"\n").await;
+    let url = proxy.url(&c);
+    let reader = connect(&url).await;
+    let writer = connect(&url).await;
+    writer
+        .execute("INSERT INTO freeze_p VALUES (1)", &[])
+        .await
+        .unwrap();
+    // The steady state of an application: its reads reach the replica,
+    // which has replayed its writes.
+    until_on_replica(&reader, replica).await;
+    let frozen = Frozen::freeze(server_processes(&c.data_dir(Node::Primary)));
+    let start = Instant::now();
+    let reads = async {
+        let mut slowest = Duration::ZERO;
+        let mut n = 0;
+        while start.elapsed() < Duration::from_secs(4) {
+            let sent = Instant::now();
+            let Ok(row) =
+                tokio::time::timeout(Duration::from_secs(5), reader.query_one(READ, &[])).await
+            else {
+                return (n, Duration::MAX);
+            };
+            let port: i32 = row.unwrap().get(0);
+            slowest = slowest.max(sent.elapsed());
+            assert_eq!(port, replica);
+            n += 1;
+        }
+        (n, slowest)
+    };
+    let write = async {
+        // Sent once the monitor has seen the primary miss a probe (its
+        // timeout is 1 s, its interval 250 ms).
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let sent = Instant::now();
+        let r = tokio::time::timeout(
+            Duration::from_secs(10),
+            writer.execute("INSERT INTO freeze_p VALUES (2)", &[]),
+        )
+        .await;
+        (r, sent.elapsed())
+    };
+    let ((n, slowest), (write, took)) = tokio::join!(reads, write);
+    let readyz = crate::common::http_get(proxy.admin, "/readyz").await;
+    drop(frozen);
+    eprintln!(
+        "primary frozen: {n} reads, slowest {slowest:?}; write answered in {took:?}: {write:?}"
+    );
+    assert!(slowest < Duration::from_secs(1), "a read took {slowest:?}");
+    assert!(n >= 10, "only {n} reads in 4 s");
+    let write = write.unwrap_or_else(|_| panic!("the write hung for {took:?}"));
+    assert_eq!(code_of(&write).as_deref(), Some("57P03"), "{write:?}");
+    assert!(
+        took >= Duration::from_millis(1900),
+        "the write failed before primary_wait: {took:?}"
+    );
+    // Back: writes work again, on the same session, without a restart.
+    let mut ok = false;
+    for _ in 0..100 {
+        if writer
+            .execute("INSERT INTO freeze_p VALUES (3)", &[])
+            .await
+            .is_ok()
+        {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ok, "writes did not come back after the primary resumed");
+    let readyz = readyz.unwrap();
+    assert!(readyz.contains(" 503"), "{readyz}");
+    let ready_again = crate::common::http_get(proxy.admin, "/readyz")
+        .await
+        .unwrap();
+    assert!(ready_again.contains(" 200"), "{ready_again}");
+    proxy.stop().await;
+}
+
+/// A read on the primary only because the replica is behind its floor (the
+/// replica's replay paused, so the floor stays ahead) is in flight when the
+/// primary freezes: it is ended when the monitor sees the primary miss a
+/// probe and runs again on the replica, stale as it is, instead of waiting
+/// out the freeze. No read waits longer than the probe timeout plus one
+/// health interval plus 1 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_read_in_flight_on_a_frozen_primary_runs_again_on_the_replica() {
+    crate::common::logs();
+    let c = own_cluster().await;
+    let primary = i32::from(c.port(Node::Primary));
+    let replica = i32::from(c.port(Node::Replica));
+    let replay = |sql: &'static str| {
+        let c = c.clone();
+        tokio::task::spawn_blocking(move || {
+            c.psql(Node::Replica, pgsplit_cluster::DATABASE, sql)
+                .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        })
+    };
+    connect(&c.url(Node::Primary))
+        .await
+        .batch_execute("CREATE TABLE freeze_r (id int)")
+        .await
+        .unwrap();
+    tokio::task::spawn_blocking({
+        let c = c.clone();
+        move || c.wait_caught_up()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    replay("SELECT pg_wal_replay_pause()").await.unwrap();
+    let proxy = Proxy::start(&c, "").await;
+    proxy.wait_replica_usable().await;
+    let client = connect(&proxy.url(&c)).await;
+    client
+        .batch_execute("INSERT INTO freeze_r VALUES (1)")
+        .await
+        .unwrap();
+    // Behind the floor: the primary serves this session's reads.
+    let port: i32 = client.query_one(READ, &[]).await.unwrap().get(0);
+    assert_eq!(port, primary);
+    // In flight when the monitor notices the freeze: it waits on the
+    // primary for a lock taken there (after the replica paused, so the
+    // replica knows nothing of it).
+    let locker = connect(&c.url(Node::Primary)).await;
+    locker
+        .batch_execute("BEGIN; LOCK TABLE freeze_r IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let long = "SELECT inet_server_port(), count(*) FROM freeze_r";
+    let frozen_at = std::sync::Arc::new(std::sync::Mutex::new(None::<Instant>));
+    let freeze = {
+        let c = c.clone();
+        let frozen_at = frozen_at.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let f = Frozen::freeze(server_processes(&c.data_dir(Node::Primary)));
+            *frozen_at.lock().unwrap() = Some(Instant::now());
+            f
+        }
+    };
+    let (read, frozen) = tokio::join!(
+        tokio::time::timeout(Duration::from_secs(30), client.query_one(long, &[])),
+        freeze
+    );
+    let took = frozen_at.lock().unwrap().map(|t| t.elapsed());
+    drop(frozen);
+    let row = read
+        .unwrap_or_else(|_| panic!("the read hung for 30 s"))
+        .unwrap();
+    let port: i32 = row.get(0);
+    eprintln!("read answered by port {port}, {took:?} after the freeze");
+    assert_eq!(port, replica, "answered again by the replica");
+    let took = took.unwrap_or_default();
+    assert!(
+        took < Duration::from_millis(2250),
+        "rescued only {took:?} after the freeze (probe timeout 1 s + interval 250 ms + 1 s)"
+    );
+    drop(locker);
+    replay("SELECT pg_wal_replay_resume()").await.unwrap();
+    proxy.stop().await;
+}
+
+/// A write in flight on a primary that freezes is left to finish while the
+/// freeze may be short (it may have committed; only the server can say),
+/// but not for ever: once the primary has been silent for
+/// `net.tcp_user_timeout`, its connection is ended and the client sees 08006,
+/// as it would when TCP gives up on a host that is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_in_flight_on_a_frozen_primary_ends_after_the_user_timeout() {
+    crate::common::logs();
+    let c = own_cluster().await;
+    let proxy = Proxy::start(&c, "[net]\ntcp_user_timeout = \"2s\"\n").await;
+    proxy.wait_replica_usable().await;
+    let client = connect(&proxy.url(&c)).await;
+    let frozen = {
+        let c = c.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            (
+                Frozen::freeze(server_processes(&c.data_dir(Node::Primary))),
+                Instant::now(),
+            )
+        }
+    };
+    let (write, (frozen, frozen_at)) = tokio::join!(
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            client.batch_execute("CREATE TABLE freeze_w AS SELECT pg_sleep(20)::text AS s")
+        ),
+        frozen
+    );
+    let took = frozen_at.elapsed();
+    drop(frozen);
+    let write = write.unwrap_or_else(|_| panic!("the write hung for 30 s"));
+    eprintln!("write in flight ended {took:?} after the freeze: {write:?}");
+    assert_eq!(code_of(&write).as_deref(), Some("08006"), "{write:?}");
+    // Missed probe (1 s) + user timeout (2 s) + a round; far from the 20 s
+    // the statement itself would take.
+    assert!(
+        took > Duration::from_secs(2) && took < Duration::from_secs(8),
+        "ended {took:?} after the freeze"
+    );
+    proxy.stop().await;
+}

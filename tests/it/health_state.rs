@@ -72,6 +72,7 @@ fn route_read(h: &HealthState) -> (Target, Reason) {
         floor: None,
         held_replica: None,
         spin: 0,
+        primary_up: true,
     };
     route(&Class::of(Kind::Read), &session, &h.snapshot().replicas)
 }
@@ -486,6 +487,7 @@ async fn nobody_claiming_primary_is_reported_as_none() {
     let changes = h.observe(Instant::now(), &round(replica(100), replica(100)));
     let snap = h.snapshot();
     assert_eq!(snap.primary, PrimaryState::None);
+    assert!(!snap.primary_answers);
     assert_eq!(snap.primary_lsn, None);
     assert!(
         mentions(&changes, "no server claims to be primary"),
@@ -519,8 +521,14 @@ async fn a_promoted_replica_becomes_the_primary() {
     // The old primary stops answering; the replica is still in recovery. One
     // missed probe is forgiven (a slow answer is not a dead primary)...
     advance(secs(1)).await;
+    assert!(h.snapshot().primary_answers);
+    assert_eq!(h.snapshot().writable_primary(), Some(P));
     let changes = h.observe(Instant::now(), &round(None, replica(100)));
     assert_eq!(h.snapshot().primary, PrimaryState::Known(P));
+    // ...though writes wait for it to answer again, and reads it would have
+    // served go to the replica.
+    assert!(!h.snapshot().primary_answers);
+    assert_eq!(h.snapshot().writable_primary(), None);
     // ...a second one in a row is not.
     advance(secs(1)).await;
     let second = h.observe(Instant::now(), &round(None, replica(100)));
@@ -540,6 +548,8 @@ async fn a_promoted_replica_becomes_the_primary() {
     let changes = h.observe(Instant::now(), &round(None, primary(300)));
     let snap = h.snapshot();
     assert_eq!(snap.primary, PrimaryState::Known(R));
+    assert!(snap.primary_answers);
+    assert_eq!(snap.writable_primary(), Some(R));
     assert_eq!(snap.primary_lsn, Some(Lsn(300)));
     assert_eq!(server(&h, R).role, Role::Primary);
     assert!(!server(&h, R).usable, "a primary is not a read replica");

@@ -20,6 +20,7 @@ const PLAIN: SessionView = SessionView {
     floor: None,
     held_replica: None,
     spin: 0,
+    primary_up: true,
 };
 
 /// Up, under the lag limits, replayed up to `replay`.
@@ -99,6 +100,14 @@ fn held(id: ServerId) -> SessionView {
     SessionView {
         held_replica: Some(id),
         ..PLAIN
+    }
+}
+
+/// `s` while the primary misses its health probes.
+fn primary_silent(s: SessionView) -> SessionView {
+    SessionView {
+        primary_up: false,
+        ..s
     }
 }
 
@@ -403,6 +412,66 @@ fn routing_rows() -> Vec<Row> {
             PLAIN,
             two(),
             (Primary, Pinned),
+        ),
+        // A primary that does not answer its probes.
+        row(
+            "primary silent: a read behind the floor runs on the freshest replica",
+            read(),
+            primary_silent(floor(2000)),
+            vec![ok(R1, 1500), ok(R2, 1800)],
+            (Replica(R2), PrimaryDown),
+        ),
+        row(
+            "primary silent: every replica lagging, the freshest serves",
+            read(),
+            primary_silent(PLAIN),
+            vec![lagging(R1, 1000), lagging(R2, 900)],
+            (Replica(R1), PrimaryDown),
+        ),
+        row(
+            "primary silent: equally fresh, the held replica serves",
+            read(),
+            primary_silent(SessionView {
+                held_replica: Some(R2),
+                ..floor(2000)
+            }),
+            vec![lagging(R1, 1000), lagging(R2, 1000)],
+            (Replica(R2), PrimaryDown),
+        ),
+        row(
+            "primary silent: an eligible replica is a plain read",
+            read(),
+            primary_silent(floor(900)),
+            two(),
+            (Replica(R1), Read),
+        ),
+        row(
+            "primary silent: with no replica up the read still goes to the primary",
+            read(),
+            primary_silent(PLAIN),
+            vec![down(R1), down(R2)],
+            (Primary, ReplicaDown),
+        ),
+        row(
+            "primary silent: a write still goes to the primary (and waits there)",
+            write(),
+            primary_silent(PLAIN),
+            two(),
+            (Primary, Write),
+        ),
+        row(
+            "primary silent: a pinned session's read stays on the primary",
+            read(),
+            primary_silent(pinned(PinReason::TempObject)),
+            two(),
+            (Primary, Pinned),
+        ),
+        row(
+            "primary silent: a primary hint is obeyed",
+            hinted(Kind::Read, RouteMode::Primary),
+            primary_silent(PLAIN),
+            two(),
+            (Primary, Hint),
         ),
         // Replica health.
         row(

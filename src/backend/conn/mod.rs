@@ -193,6 +193,18 @@ impl ServerConn {
         }
     }
 
+    /// Marks the connection as running a read that may run again elsewhere
+    /// (`true`), or no longer (`false`): see `backend::sockets`. A connection
+    /// ended by the monitor meanwhile is marked broken.
+    #[inline]
+    pub(crate) fn rescuable(&mut self, on: bool) {
+        if let Some(r) = &self.registration
+            && !r.rescuable(on)
+        {
+            self.broken = true;
+        }
+    }
+
     /// The settings pgsplit gave this connection since its last reset.
     #[inline]
     pub fn settings(&self) -> &Arc<super::settings::Settings> {

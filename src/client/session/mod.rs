@@ -188,24 +188,28 @@ impl Session {
     async fn primary_id(&self) -> Result<ServerId, ClientError> {
         let deadline = Instant::now() + self.ctx.config().routing.primary_wait;
         loop {
-            let state = self.ctx.health.get().primary;
+            let snapshot = self.ctx.health.get();
+            let state = snapshot.primary;
             match state {
-                PrimaryState::Known(id) => return Ok(id),
+                PrimaryState::Known(id) if snapshot.primary_answers => return Ok(id),
                 // Before the first probe, trust the configuration.
                 PrimaryState::Unknown => return Ok(self.ctx.configured_primary()),
-                PrimaryState::None | PrimaryState::Fenced => {
+                // A known primary that missed its last probe may be frozen:
+                // a write sent to it could wait as long as the freeze.
+                PrimaryState::Known(_) | PrimaryState::None | PrimaryState::Fenced => {
                     let now = Instant::now();
                     if now >= deadline {
                         // What is wrong with the configured primary, if
                         // known: for the log, not the client.
-                        let cause = (state == PrimaryState::None)
+                        let cause = (state != PrimaryState::Fenced)
                             .then(|| {
-                                let snapshot = self.ctx.health.get();
-                                snapshot
-                                    .server(self.ctx.configured_primary())
-                                    .and_then(|s| {
-                                        s.last_error.as_ref().map(|e| format!("{}: {e}", s.name))
-                                    })
+                                let primary = match state {
+                                    PrimaryState::Known(id) => id,
+                                    _ => self.ctx.configured_primary(),
+                                };
+                                snapshot.server(primary).and_then(|s| {
+                                    s.last_error.as_ref().map(|e| format!("{}: {e}", s.name))
+                                })
                             })
                             .flatten();
                         let waited = self.ctx.config().routing.primary_wait;

@@ -78,12 +78,17 @@ impl Session {
         }
         let class = unit.class();
         let mut retried = false;
+        // The failed first run was on a replica (else on the primary).
+        let mut replica_failed = false;
         loop {
             // One reading of each shared snapshot per attempt: the unit sees
             // one configuration and one picture of the servers.
             let config = self.ctx.config();
             let health = self.ctx.health.get();
-            let (id, reason) = match self.place(&unit, class, retried, &config, &health).await {
+            let placed = self
+                .place(&unit, class, retried, replica_failed, &config, &health)
+                .await;
+            let (id, reason) = match placed {
                 Ok(p) => p,
                 Err(e @ (ClientError::Gone(_) | ClientError::Protocol(_))) => return Err(e),
                 Err(e) => return self.fail_unit(&unit, &e).await,
@@ -99,6 +104,7 @@ impl Session {
                 tracks_floor: on_primary
                     && config.routing.read_your_writes != crate::config::ReadYourWrites::Off
                     && health.servers.len() > 1,
+                replica_could_serve: plan::only_for_freshness(reason),
             };
             let texts = Texts {
                 unit: &unit,
@@ -132,6 +138,7 @@ impl Session {
                         held.conn.note_status(outcome.status);
                     }
                     retried = true;
+                    replica_failed = !on_primary;
                 }
                 Ok(outcome) => {
                     let ended = Ended {
@@ -172,9 +179,15 @@ impl Session {
                         self.st.txn = None;
                     }
                     if again {
-                        tracing::info!(server = %id.0, %error, "read failed on a replica before any reply; retrying on the primary");
-                        self.ctx.metrics.retry("replica_failed");
+                        if on_primary {
+                            tracing::info!(%error, "read failed on the primary before any reply; placing it again");
+                            self.ctx.metrics.retry("primary_failed");
+                        } else {
+                            tracing::info!(server = %id.0, %error, "read failed on a replica before any reply; retrying on the primary");
+                            self.ctx.metrics.retry("replica_failed");
+                        }
                         retried = true;
+                        replica_failed = !on_primary;
                         continue;
                     }
                     // A read that lost its server after part of its answer
@@ -197,6 +210,7 @@ impl Session {
         unit: &Unit,
         class: Class,
         retried: bool,
+        replica_failed: bool,
         config: &Config,
         health: &HealthSnapshot,
     ) -> Result<(ServerId, Reason), ClientError> {
@@ -225,13 +239,14 @@ impl Session {
             floor: self.floor(config),
             held_replica: self.held_replica(primary),
             spin: self.spin,
+            primary_up: health.primary_answers,
         };
-        let mut placed = plan::place(&unit_view, &session, &health.replicas, retried);
+        let mut placed = plan::place(&unit_view, &session, &health.replicas, replica_failed);
         if let (true, Some(floor)) = (plan::awaits_replay(placed, &session), session.floor) {
             // Positions learned on demand may be ahead of the probe's; else
             // a replica is asked, and waited for briefly.
             let replicas = self.ctx.replay.raise(&health.replicas);
-            placed = plan::place(&unit_view, &session, &replicas, retried);
+            placed = plan::place(&unit_view, &session, &replicas, replica_failed);
             if plan::awaits_replay(placed, &session)
                 && let Some(id) = plan::replica_to_await(&session, &replicas)
                 && self.wait_for_replica(floor, id).await
@@ -268,7 +283,7 @@ impl Session {
                 }
             }
         }
-        let primary = match primary {
+        let primary = match health.writable_primary() {
             Some(id) => id,
             None => self.primary_id().await?,
         };
@@ -327,7 +342,15 @@ impl Session {
             server: conn.target().clone(),
             key: conn.cancel_key(),
         }));
+        // Marked for the monitor: a read it may end when its server stops
+        // answering, to run it again elsewhere.
+        if mode.retry_conflict {
+            conn.rescuable(true);
+        }
         let result = relay::relay(io, conn, st, &mut exp, mode, out).await;
+        if mode.retry_conflict {
+            conn.rescuable(false);
+        }
         cancel.set(None);
         // A unit that runs again keeps its own Parses in the session: the
         // next run sends them again.
