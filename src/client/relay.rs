@@ -411,7 +411,15 @@ pub(crate) async fn relay(
         while !done {
             let message = match conn.buffered_at(pos) {
                 Ok(Some(m)) => m,
-                Ok(None) => break,
+                Ok(None) => {
+                    if let Some((tag, total)) = streamable(conn, pos, &replies, exp) {
+                        stream_message(io, conn, &mut replies, &mut to, exp, pos, tag, total)
+                            .await?;
+                        (pos, start) = (0, 0);
+                        continue;
+                    }
+                    break;
+                }
                 Err(error) => {
                     return Err(RelayError::Server {
                         error,
@@ -536,6 +544,77 @@ fn server_protocol(conn: &mut ServerConn, e: ProtocolError, replies: &Replies) -
     RelayError::Server {
         error: conn.protocol(e),
         sent_to_client: replies.out.sent_to_client,
+    }
+}
+
+/// A row or copy message at least this large is relayed as it arrives rather
+/// than buffered whole: PostgreSQL may send up to 1 GiB in one message, and a
+/// session must not hold that much (nor keep a buffer grown to it).
+const STREAM_FROM: usize = 256 * 1024;
+
+/// The message that begins at `pos` in the read buffer and has not fully
+/// arrived, when it is to be streamed: a DataRow or CopyData of at least
+/// [`STREAM_FROM`] bytes that goes to the client as it is (not pgsplit's own
+/// query's, not an answer being discarded). Its tag and total length.
+fn streamable(
+    conn: &ServerConn,
+    pos: usize,
+    replies: &Replies,
+    exp: &Expect,
+) -> Option<(u8, usize)> {
+    let (tag, total) = conn.partial_at(pos)?;
+    (matches!(tag, tag::backend::DATA_ROW | tag::COPY_DATA)
+        && total >= STREAM_FROM
+        && replies.forwards_as_is(exp))
+    .then_some((tag, total))
+}
+
+/// Relays the messages before `pos` (judged already), then the message at
+/// `pos`, `total` bytes, as its bytes arrive. Leaves the read buffer at the
+/// first byte after it. Memory: the read buffer as it is, not the message.
+#[allow(clippy::too_many_arguments)]
+async fn stream_message(
+    io: &mut ClientIo,
+    conn: &mut ServerConn,
+    replies: &mut Replies,
+    to: &mut Emit,
+    exp: &mut Expect,
+    pos: usize,
+    tag: u8,
+    total: usize,
+) -> Result<(), RelayError> {
+    // Judged as any row is (no body needed): an answer, forwarded.
+    let step = {
+        let (_, params) = conn.buffered_with_params(0..0);
+        replies.on_message(tag, &[], exp, params)
+    };
+    if let Err(e) = step {
+        return Err(server_protocol(conn, e, replies));
+    }
+    to.range(io, conn, replies, 0..pos).await?;
+    if !to.held.is_empty() {
+        let r = io.write(&to.held).await;
+        to.held.clear();
+        client_write(r, conn)?;
+    }
+    replies.out.sent_to_client = true;
+    conn.consume(pos);
+    let mut left = total;
+    loop {
+        let n = conn.buffered_len().min(left);
+        if n > 0 {
+            let r = io.write(conn.buffered(0..n)).await;
+            client_write(r, conn)?;
+            conn.consume(n);
+            left -= n;
+        }
+        if left == 0 {
+            return Ok(());
+        }
+        conn.fill().await.map_err(|error| RelayError::Server {
+            error,
+            sent_to_client: true,
+        })?;
     }
 }
 

@@ -722,3 +722,71 @@ fn an_unfinished_parse_stays_in_the_session_when_the_unit_runs_again() {
         );
     }
 }
+
+/// A row far larger than any buffer goes to the client as it arrives: the
+/// client has the row's first bytes while the server still holds the rest,
+/// and the whole answer arrives intact, for a plain and a retryable read.
+#[tokio::test]
+async fn a_huge_row_is_streamed_not_buffered() {
+    for mode in [
+        RelayMode::default(),
+        RelayMode {
+            retry_conflict: true,
+            ..RelayMode::default()
+        },
+    ] {
+        let (mut io, mut app, mut conn, mut pg) = plain_ends();
+        let (more_tx, more_rx) = tokio::sync::oneshot::channel::<()>();
+        // One 4 MiB column.
+        let value = vec![b'x'; 4 << 20];
+        let mut row_body = vec![0, 1];
+        row_body.extend_from_slice(&i32::try_from(value.len()).unwrap_or(0).to_be_bytes());
+        row_body.extend_from_slice(&value);
+        let row = msg(tag::backend::DATA_ROW, &row_body);
+        let first_part = 300 * 1024;
+        let mut answer = msg(tag::backend::ROW_DESCRIPTION, &[0, 0]);
+        answer.extend_from_slice(&row);
+        answer.extend(msg(tag::backend::COMMAND_COMPLETE, b"SELECT 1\0"));
+        answer.extend(msg(tag::backend::READY_FOR_QUERY, b"I"));
+        let split = msg(tag::backend::ROW_DESCRIPTION, &[0, 0]).len() + first_part;
+        let sent = answer.clone();
+        let server = tokio::spawn(async move {
+            let mut buf = BytesMut::new();
+            let _ = read_msg(&mut pg, &mut buf).await;
+            pg.write_all(&sent[..split])
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            // The rest only once the client has seen the row begin.
+            let _ = more_rx.await;
+            pg.write_all(&sent[split..])
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            pg
+        });
+        let unit = query("SELECT huge");
+        let client = async move {
+            let mut got = Vec::new();
+            let mut chunk = vec![0u8; 64 * 1024];
+            while got.len() < split {
+                let n = app.read(&mut chunk).await.unwrap_or_else(|e| panic!("{e}"));
+                assert!(n > 0, "pgsplit closed the client");
+                got.extend_from_slice(&chunk[..n]);
+            }
+            // The server has sent no more than `split` bytes so far.
+            let _ = more_tx.send(());
+            while got.len() < answer.len() {
+                let n = app.read(&mut chunk).await.unwrap_or_else(|e| panic!("{e}"));
+                assert!(n > 0, "pgsplit closed the client");
+                got.extend_from_slice(&chunk[..n]);
+            }
+            assert!(got == answer, "the answer arrived altered");
+        };
+        let (relayed, ()) = tokio::join!(relay_unit(&mut io, &mut conn, mode, &unit), client);
+        let Ok(outcome) = relayed else {
+            panic!("relay failed");
+        };
+        assert_eq!(outcome.status, TxStatus::Idle);
+        assert!(outcome.sent_to_client);
+        let _ = bounded("server", server).await;
+    }
+}

@@ -119,6 +119,13 @@ impl Replies {
         self.discarding
     }
 
+    /// Whether a row or copy message would go to the client untouched now:
+    /// not part of pgsplit's settings or floor query, not discarded. (Such a
+    /// message may be streamed before it has fully arrived.)
+    pub(crate) fn forwards_as_is(&self, exp: &Expect) -> bool {
+        !exp.setup && !self.probing && !self.discarding
+    }
+
     /// Judges the server message `tag`/`body`, noting what it says in the
     /// outcome, in `exp` (replies owed for messages pgsplit added) and in
     /// `params` (the connection's reported parameters).

@@ -22,6 +22,7 @@
 mod common;
 
 mod bad_input;
+mod bounds;
 mod classify_session;
 mod classify_table;
 mod cluster_smoke;

@@ -339,6 +339,24 @@ impl ServerConn {
         }
     }
 
+    /// The tag and total length of the message beginning at `at` whose
+    /// header has arrived but not all of it (`None` otherwise, or for a
+    /// malformed header, which `buffered_at` reports).
+    #[inline]
+    pub fn partial_at(&self, at: usize) -> Option<(u8, usize)> {
+        let rest = self.rbuf.get(at..)?;
+        match peek_frame(rest, MAX_SERVER_MESSAGE) {
+            Ok(Some(h)) if rest.len() < h.total => Some((h.tag, h.total)),
+            _ => None,
+        }
+    }
+
+    /// How many bytes are buffered, unconsumed.
+    #[inline]
+    pub fn buffered_len(&self) -> usize {
+        self.rbuf.len()
+    }
+
     /// Buffered bytes `range` (whole messages the caller judged).
     #[inline]
     pub fn buffered(&self, range: std::ops::Range<usize>) -> &[u8] {
