@@ -6,6 +6,7 @@ pub mod health;
 pub(crate) mod monitor;
 pub(crate) mod pool;
 pub(crate) mod replay;
+pub(crate) mod server_pool;
 pub(crate) mod servers;
 pub(crate) mod settings;
 pub(crate) mod sockets;

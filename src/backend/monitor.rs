@@ -183,6 +183,7 @@ pub(crate) async fn run_monitor(ctx: Monitored) {
         ctx.health.set(snapshot);
         // After the snapshot: a rescued read is placed again by it.
         silent.follow(&ctx, primary, &results, config.net.tcp_user_timeout);
+        ctx.pools.reap();
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
             () = &mut stopped => return,

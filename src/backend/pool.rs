@@ -1,6 +1,7 @@
-//! Pools of authenticated server connections (bb8), one per (server, user,
-//! database). A connection returns to its pool only clean: the session resets it
-//! first, and anything in an unknown state is marked broken so bb8 drops it.
+//! Pools of authenticated server connections, one per (server, user,
+//! database) (see `server_pool`). A connection returns to its pool only
+//! clean: the session resets it first, and anything in an unknown state is
+//! marked broken so the pool drops it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -9,96 +10,18 @@ use std::time::Duration;
 use thiserror::Error;
 
 use super::BackendError;
-use super::conn::{Login, ServerConn, ServerId, ServerTarget};
+use super::conn::{Login, ServerId, ServerTarget};
+use super::server_pool::{Limits, Opener, Refusal, ServerPool};
 use super::sockets::Sockets;
+
+pub use super::server_pool::Pooled;
 use crate::config::PoolConfig;
 use crate::sqlstate;
 
-pub struct ServerManager {
-    target: Arc<ServerTarget>,
-    login: Login,
-    connect_timeout: Duration,
-    failures: Arc<Failures>,
-    sockets: Arc<Sockets>,
-}
-
-/// bb8 opens connections in background tasks and only logs their errors, so a
-/// checkout would wait out its whole timeout on a server that refuses
-/// connections. Failures are announced here so a waiting checkout can fail at
-/// once with the real reason.
-#[derive(Default)]
-struct Failures {
-    notify: tokio::sync::Notify,
-    last: Mutex<Option<Failure>>,
-}
-
-/// The last failure to open a connection, as `BackendError::Unavailable`
-/// will tell it.
-#[derive(Clone)]
-struct Failure {
-    code: String,
-    message: String,
-    client_text: String,
-}
-
-impl bb8::ManageConnection for ServerManager {
-    /// Boxed: a connection moves into and out of the pool on every checkout
-    /// (per unit under transaction pooling), and a pointer moves cheaper
-    /// than the struct.
-    type Connection = Box<ServerConn>;
-    type Error = BackendError;
-
-    async fn connect(&self) -> Result<Box<ServerConn>, BackendError> {
-        let result = ServerConn::connect(self.target.clone(), &self.login, self.connect_timeout)
-            .await
-            .map(|mut conn| {
-                conn.register(&self.sockets);
-                Box::new(conn)
-            });
-        if let Err(e) = &result {
-            *self.failures.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(Failure {
-                code: e.sqlstate().to_owned(),
-                message: e.to_string(),
-                client_text: e.client_text(),
-            });
-            self.failures.notify.notify_waiters();
-        }
-        result
-    }
-
-    /// Cheap checks only, no round trip: the flags, and whether the server closed
-    /// the socket or sent something unprompted (e.g. "terminating connection due
-    /// to administrator command") while the connection sat idle.
-    async fn is_valid(&self, conn: &mut Box<ServerConn>) -> Result<(), BackendError> {
-        if conn.is_idle_and_open() {
-            Ok(())
-        } else {
-            conn.mark_broken();
-            Err(BackendError::Closed(conn.target().name.clone()))
-        }
-    }
-
-    fn has_broken(&self, conn: &mut Box<ServerConn>) -> bool {
-        conn.is_broken()
-    }
-}
-
-/// Logs connection errors bb8 would otherwise swallow (its `build` and
-/// background replenishing hide the real cause).
-#[derive(Debug, Clone, Copy)]
-struct LogSink;
-
-impl bb8::ErrorSink<BackendError> for LogSink {
-    fn sink(&self, error: BackendError) {
-        tracing::warn!(%error, "server connection failed");
-    }
-
-    fn boxed_clone(&self) -> Box<dyn bb8::ErrorSink<BackendError>> {
-        Box::new(*self)
-    }
-}
-
-pub type Pooled = bb8::PooledConnection<'static, ServerManager>;
+/// The parameters the server reported at the last login to it (sorted by
+/// name), so that a client can be greeted while that server does not answer
+/// (see `Pools::greeting`).
+pub(crate) type Params = Arc<Vec<(Vec<u8>, Vec<u8>)>>;
 
 #[derive(Debug, Error)]
 pub enum CheckoutError {
@@ -142,12 +65,10 @@ impl CheckoutError {
 }
 
 type Key = (ServerId, String, String);
-/// A pool and the failure signal of its manager.
-type Entry = (bb8::Pool<ServerManager>, Arc<Failures>);
 
 pub struct Pools {
     config: Mutex<PoolConfig>,
-    pools: Mutex<HashMap<Key, Entry>>,
+    pools: Mutex<HashMap<Key, Arc<ServerPool>>>,
     /// Every pooled connection's socket, by server.
     sockets: Arc<Sockets>,
 }
@@ -168,9 +89,9 @@ impl Pools {
             .clone()
     }
 
-    /// New pool settings apply to pools created from now on. bb8 cannot resize
-    /// a pool, so the current pools are forgotten: connections lent out finish
-    /// their sessions and close; idle ones close with their pool.
+    /// New pool settings apply to pools created from now on: the current
+    /// pools are forgotten, connections lent out finish their sessions and
+    /// close, idle ones close with their pool.
     pub fn reconfigure(&self, config: PoolConfig) {
         *self.config.lock().unwrap_or_else(|p| p.into_inner()) = config;
         self.pools.lock().unwrap_or_else(|p| p.into_inner()).clear();
@@ -194,39 +115,59 @@ impl Pools {
         pools.retain(|(id, _, _), _| keep.contains(id));
     }
 
-    fn pool(&self, target: &Arc<ServerTarget>, login: &Login) -> Entry {
+    /// What `target` reported when pgsplit last logged in to it as `login`
+    /// (none before the first login, or after a reload of the pools).
+    pub(crate) fn greeting(&self, target: &ServerTarget, login: &Login) -> Option<Params> {
+        let pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        let (_, pool) = pools.iter().find(|((id, user, database), _)| {
+            *id == target.id && *user == login.user && *database == login.database
+        })?;
+        pool.greeting()
+    }
+
+    /// Closes idle connections unused for `idle_timeout` (the health monitor
+    /// calls it every round).
+    pub fn reap(&self) {
+        let pools: Vec<_> = self
+            .pools
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for pool in pools {
+            pool.reap();
+        }
+    }
+
+    fn pool(&self, target: &Arc<ServerTarget>, login: &Login) -> Arc<ServerPool> {
         let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
         // Found without building (and hashing) an owned key: a checkout per
         // unit under transaction pooling, among a handful of pools.
         let found = pools.iter().find(|((id, user, database), _)| {
             *id == target.id && *user == login.user && *database == login.database
         });
-        if let Some((_, entry)) = found {
-            return entry.clone();
+        if let Some((_, pool)) = found {
+            return pool.clone();
         }
         let key = (target.id, login.user.clone(), login.database.clone());
         let config = self.config();
         pools
             .entry(key)
             .or_insert_with(|| {
-                let failures = Arc::new(Failures::default());
-                let pool = bb8::Pool::builder()
-                    .max_size(config.max_size)
-                    .min_idle(None)
-                    .connection_timeout(config.checkout_timeout)
-                    .idle_timeout(Some(config.idle_timeout))
-                    // Fail a checkout with the real error instead of retrying a
-                    // refused connection until the timeout hides why.
-                    .retry_connection(false)
-                    .error_sink(Box::new(LogSink))
-                    .build_unchecked(ServerManager {
+                ServerPool::new(
+                    Opener {
                         target: target.clone(),
                         login: login.clone(),
                         connect_timeout: config.connect_timeout,
-                        failures: failures.clone(),
                         sockets: self.sockets.clone(),
-                    });
-                (pool, failures)
+                    },
+                    Limits {
+                        max_size: config.max_size,
+                        checkout_timeout: config.checkout_timeout,
+                        idle_timeout: config.idle_timeout,
+                    },
+                )
             })
             .clone()
     }
@@ -236,53 +177,28 @@ impl Pools {
         target: &Arc<ServerTarget>,
         login: &Login,
     ) -> Result<Pooled, CheckoutError> {
-        let (pool, failures) = self.pool(target, login);
-        let failed = failures.notify.notified();
-        tokio::pin!(failed);
-        // Register before asking: a failure between here and the wait counts.
-        failed.as_mut().enable();
-        let got = tokio::select! {
-            got = pool.get_owned() => got,
-            () = failed => {
-                let last = failures
-                    .last
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .clone()
-                    .unwrap_or_else(|| Failure {
-                        code: sqlstate::UNABLE_TO_CONNECT.into(),
-                        message: "connection failed".into(),
-                        client_text: "connection failed".into(),
-                    });
-                return Err(CheckoutError::Backend(BackendError::Unavailable {
-                    server: target.name.clone(),
-                    code: last.code,
-                    message: last.message,
-                    client_text: last.client_text,
-                }));
-            }
-        };
-        got.map_err(|e| match e {
-            bb8::RunError::User(e) => CheckoutError::Backend(e),
-            bb8::RunError::TimedOut => {
-                let config = self.config();
+        let pool = self.pool(target, login);
+        pool.checkout().await.map_err(|refusal| match refusal {
+            Refusal::Connect(e) => CheckoutError::Backend(e),
+            Refusal::Exhausted => {
+                let limits = pool.limits();
                 CheckoutError::Exhausted {
                     server: target.name.clone(),
-                    size: config.max_size,
-                    waited: config.checkout_timeout,
+                    size: limits.max_size,
+                    waited: limits.checkout_timeout,
                 }
             }
         })
     }
 
-    /// Connections by (server name, idle, in use) for metrics.
+    /// Connections by (server, idle, in use) for metrics.
     pub fn stats(&self) -> Vec<(ServerId, u32, u32)> {
         let pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
         pools
             .iter()
-            .map(|((id, _, _), (p, _))| {
-                let s = p.state();
-                (*id, s.idle_connections, s.connections - s.idle_connections)
+            .map(|((id, _, _), pool)| {
+                let (idle, in_use, _) = pool.counts();
+                (*id, idle, in_use)
             })
             .collect()
     }

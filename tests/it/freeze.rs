@@ -303,13 +303,37 @@ async fn a_frozen_primary_stops_writes_not_reads() {
         .await;
         (r, sent.elapsed())
     };
-    let ((n, slowest), (write, took)) = tokio::join!(reads, write);
+    let newcomer = async {
+        // A client that connects once the primary has missed a probe: it is
+        // greeted with what the primary said last, and reads from the
+        // replica.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let sent = Instant::now();
+        let read = tokio::time::timeout(Duration::from_secs(5), async {
+            let client = connect(&url).await;
+            client
+                .query_one(READ, &[])
+                .await
+                .map(|r| r.get::<_, i32>(0))
+        })
+        .await;
+        (read, sent.elapsed())
+    };
+    let ((n, slowest), (write, took), (newcomer, newcomer_took)) =
+        tokio::join!(reads, write, newcomer);
     let readyz = crate::common::http_get(proxy.admin, "/readyz").await;
     drop(frozen);
     eprintln!(
-        "primary frozen: {n} reads, slowest {slowest:?}; write answered in {took:?}: {write:?}"
+        "primary frozen: {n} reads, slowest {slowest:?}; new client read in {newcomer_took:?}; \
+         write answered in {took:?}: {write:?}"
     );
     assert!(slowest < Duration::from_secs(1), "a read took {slowest:?}");
+    let newcomer = newcomer.unwrap_or_else(|_| panic!("a new client hung for 5 s"));
+    assert_eq!(newcomer.unwrap(), replica, "the new client's read");
+    assert!(
+        newcomer_took < Duration::from_secs(1),
+        "a new client took {newcomer_took:?} to connect and read"
+    );
     assert!(n >= 10, "only {n} reads in 4 s");
     let write = write.unwrap_or_else(|_| panic!("the write hung for {took:?}"));
     assert_eq!(code_of(&write).as_deref(), Some("57P03"), "{write:?}");

@@ -95,13 +95,22 @@ impl Session {
     }
 
     async fn serve(&mut self, pid: i32, secret: &[u8]) -> Result<(), ClientError> {
-        let primary = self.primary_id().await?;
-        self.attach(primary).await?;
         let mut hello = BytesMut::new();
-        let mut params: Vec<_> = self.conns.held(primary)?.conn.params().iter().collect();
-        params.sort();
-        for (k, v) in params {
-            hello.extend_from_slice(&build::parameter_status(k, v));
+        match self.remembered_greeting() {
+            Some(params) => {
+                for (k, v) in params.iter() {
+                    hello.extend_from_slice(&build::parameter_status(k, v));
+                }
+            }
+            None => {
+                let primary = self.primary_id().await?;
+                self.attach(primary).await?;
+                let mut params: Vec<_> = self.conns.held(primary)?.conn.params().iter().collect();
+                params.sort();
+                for (k, v) in params {
+                    hello.extend_from_slice(&build::parameter_status(k, v));
+                }
+            }
         }
         hello.extend_from_slice(&build::backend_key_data(pid, secret));
         hello.extend_from_slice(&build::ready_for_query(TxStatus::Idle));
@@ -182,6 +191,25 @@ impl Session {
                 return Err(ProtocolError::UnexpectedTag(char::from(frame.tag)).into());
             }
         }
+    }
+
+    /// While the primary does not answer its probes: the parameters it
+    /// reported when pgsplit last logged in to it, so that a new client is
+    /// greeted at once and its reads go to a replica (a frozen primary must
+    /// not hold up reads, new sessions' included). `None` when the primary
+    /// answers (it greets the client itself, as always) or was never met.
+    fn remembered_greeting(&self) -> Option<crate::backend::pool::Params> {
+        let health = self.ctx.health.get();
+        if health.writable_primary().is_some() {
+            return None;
+        }
+        let id = match health.primary {
+            PrimaryState::Known(id) => id,
+            PrimaryState::None => self.ctx.configured_primary(),
+            PrimaryState::Unknown | PrimaryState::Fenced => return None,
+        };
+        let target = self.ctx.server(id)?;
+        self.ctx.pools.greeting(&target, &self.login)
     }
 
     /// The current primary, waiting up to `primary_wait` while there is none.
