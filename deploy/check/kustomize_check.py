@@ -17,7 +17,10 @@ For each kustomization directory this
     in the pod, volume mounts, named probe ports, $(VAR) references defined
     before use), the `restricted` Pod Security Standard for the pod, the
     ServiceMonitor (which kubernetes-validate cannot check: it is a custom
-    resource) and the Service it selects;
+    resource) and the Service it selects, and the PrometheusRule's shape (the
+    fields of its CRD; promtool checks the rules themselves, from
+    deploy/prometheus/pgsplit-rules.yml, which prometheus_rules.py keeps equal)
+    and that its `job="..."` matchers name a job the ServiceMonitor makes;
   * writes each rendered built-in object to OUT_DIR/<kustomization>/<kind>-<name>.yaml
     and custom resources under OUT_DIR/<kustomization>/custom/, and lists the
     source manifests of built-in kinds in OUT_DIR/sources.txt, for
@@ -525,6 +528,95 @@ def check_servicemonitor(sm, services, workloads, where):
                 fail(f"{where}: {sname}: targetPort {target} is not a port of {ident(w)}")
 
 
+PR_GROUP_FIELDS = {"interval", "labels", "limit", "name", "partial_response_strategy", "query_offset", "rules"}
+PR_RULE_FIELDS = {"alert", "annotations", "expr", "for", "keep_firing_for", "labels", "record"}
+JOB_MATCHER = re.compile(r'\bjob\s*=\s*"([^"]*)"')
+
+
+def string_map(value):
+    return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
+
+
+def check_prometheusrule(pr, services, monitors, where):
+    """The fields of the PrometheusRule CRD (monitoring.coreos.com/v1), strict."""
+    name = ident(pr)
+    if pr.get("apiVersion") != "monitoring.coreos.com/v1":
+        fail(f"{where}: {name}: apiVersion must be monitoring.coreos.com/v1")
+    if not (pr.get("metadata") or {}).get("name"):
+        fail(f"{where}: {name}: metadata.name is required")
+    spec = pr.get("spec")
+    if not isinstance(spec, dict):
+        fail(f"{where}: {name}: spec is required")
+        return
+    for key in spec:
+        if key != "groups":
+            fail(f"{where}: {name}: unknown field spec.{key}")
+    groups = spec.get("groups")
+    if not isinstance(groups, list) or not groups:
+        fail(f"{where}: {name}: spec.groups must be a non-empty list")
+        return
+    # Jobs the ServiceMonitors make: the Service's name, or its jobLabel's value.
+    jobs = set()
+    for sm in monitors:
+        sm_spec = sm.get("spec") or {}
+        for svc in services:
+            labels = (svc.get("metadata") or {}).get("labels") or {}
+            if selector_matches(sm_spec.get("selector") or {}, labels):
+                job_label = sm_spec.get("jobLabel")
+                jobs.add(labels.get(job_label) if job_label else svc["metadata"].get("name"))
+    seen = set()
+    for i, g in enumerate(groups):
+        at = f"spec.groups[{i}]"
+        if not isinstance(g, dict):
+            fail(f"{where}: {name}: {at} is not a mapping")
+            continue
+        for key in g:
+            if key not in PR_GROUP_FIELDS:
+                fail(f"{where}: {name}: unknown field {at}.{key}")
+        if not isinstance(g.get("name"), str) or not g.get("name"):
+            fail(f"{where}: {name}: {at}.name is required")
+        elif g["name"] in seen:
+            fail(f"{where}: {name}: group name {g['name']!r} is used twice (a list map keyed by name)")
+        seen.add(g.get("name"))
+        for key in ("interval", "query_offset"):
+            if key in g and not PROM_DURATION.match(str(g[key])):
+                fail(f"{where}: {name}: {at}.{key} {g[key]!r} is not a Prometheus duration")
+        if "limit" in g and not isinstance(g["limit"], int):
+            fail(f"{where}: {name}: {at}.limit must be an integer")
+        if "labels" in g and not string_map(g["labels"]):
+            fail(f"{where}: {name}: {at}.labels must map strings to strings")
+        rules = g.get("rules")
+        if not isinstance(rules, list) or not rules:
+            fail(f"{where}: {name}: {at}.rules must be a non-empty list")
+            continue
+        for j, r in enumerate(rules):
+            rat = f"{at}.rules[{j}]"
+            if not isinstance(r, dict):
+                fail(f"{where}: {name}: {rat} is not a mapping")
+                continue
+            for key in r:
+                if key not in PR_RULE_FIELDS:
+                    fail(f"{where}: {name}: unknown field {rat}.{key}")
+            if ("alert" in r) == ("record" in r):
+                fail(f"{where}: {name}: {rat} must have exactly one of alert and record")
+            if not isinstance(r.get("expr"), (str, int)) or r.get("expr") == "":
+                fail(f"{where}: {name}: {rat}.expr is required (a string)")
+            for key in ("for", "keep_firing_for"):
+                if key in r and not PROM_DURATION.match(str(r[key])):
+                    fail(f"{where}: {name}: {rat}.{key} {r[key]!r} is not a Prometheus duration")
+            for key in ("labels", "annotations"):
+                if key in r and not string_map(r[key]):
+                    fail(f"{where}: {name}: {rat}.{key} must map strings to strings (quote other values)")
+            if "annotations" in r and "record" in r:
+                fail(f"{where}: {name}: {rat}: annotations are only for alerting rules")
+            for job in JOB_MATCHER.findall(str(r.get("expr", ""))):
+                if job not in jobs:
+                    fail(
+                        f"{where}: {name}: {rat} ({r.get('alert') or r.get('record')}) matches job={job!r}, "
+                        f"but the ServiceMonitors here make the jobs {sorted(jobs)}"
+                    )
+
+
 def check_network_policies(policies, workloads, where):
     """The policy that admits Prometheus must open each pod's admin port."""
     for w, ports in workloads:
@@ -562,6 +654,9 @@ def main(argv):
         workloads = [(o, check_workload(o, configmaps, kdir)) for o in objs if pod_spec(o) is not None]
         for sm in (o for o in objs if o.get("kind") == "ServiceMonitor"):
             check_servicemonitor(sm, services, workloads, kdir)
+        monitors = [o for o in objs if o.get("kind") == "ServiceMonitor"]
+        for pr in (o for o in objs if o.get("kind") == "PrometheusRule"):
+            check_prometheusrule(pr, services, monitors, kdir)
         check_network_policies(policies, workloads, kdir)
         if not any(
             c.get("image", "").split("/")[-1].startswith("pgsplit")

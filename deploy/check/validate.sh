@@ -6,12 +6,21 @@
 #
 # 1. tools: kubernetes-validate and yamllint in a venv under ${TMPDIR:-/tmp}
 #    (installed from PyPI the first time; everything else works offline);
-# 2. yamllint (deploy/kubernetes/.yamllint, strict) on every YAML file;
+# 2. yamllint (deploy/kubernetes/.yamllint, strict) on every YAML file, the
+#    Prometheus rules and their tests included;
 # 3. kustomize_check.py resolves each kustomization (resources, generators,
 #    patches and their targets), renders it and checks the Deployment wiring,
-#    the restricted Pod Security Standard, the ServiceMonitor and its Service;
+#    the restricted Pod Security Standard, the ServiceMonitor and its Service,
+#    and the PrometheusRule's fields;
 # 4. kubernetes-validate --strict against the Kubernetes 1.30 schemas, on every
-#    source manifest and every rendered object of a built-in kind;
+#    source manifest and every rendered object of a built-in kind; and on the
+#    custom resources (ServiceMonitor, PrometheusRule), which it accepts with a
+#    warning that it has no schema for them (step 3 checks them instead);
+# 4b. alert rules: prometheus_rules.py (the PrometheusRule has the same rules
+#    as deploy/prometheus/pgsplit-rules.yml, each alert has its severity,
+#    annotations, a runbook section in docs/operations.md and unit tests firing
+#    and not firing), `promtool check rules` and `promtool test rules`
+#    (promtool: Debian package prometheus, which .ci/run installs);
 # 5. dockerfile_check.py on deploy/Dockerfile and .dockerignore, and Cargo.lock
 #    in sync with Cargo.toml (what `cargo build --locked` needs);
 # 6. the pgsplit binary, if one is built (PGSPLIT_BIN, else target/release,
@@ -24,6 +33,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 K8S="$ROOT/deploy/kubernetes"
+PROM_RULES="$ROOT/deploy/prometheus"
 K8S_VERSION=1.30.0
 VENV="${TMPDIR:-/tmp}/pgsplit-deploy-check-venv"
 TOOLS=(kubernetes-validate==1.37.0 yamllint==1.38.0)
@@ -64,8 +74,8 @@ say "     $("$VENV/bin/kubernetes-validate" --version 2>&1 | tail -1), $("$VENV/
 
 # ---------------------------------------------------------------- 2. yamllint
 say "== yamllint"
-if "$VENV/bin/yamllint" --strict -c "$K8S/.yamllint" "$K8S"; then
-    pass "yamllint: $(find "$K8S" -name '*.yaml' | wc -l) files"
+if "$VENV/bin/yamllint" --strict -c "$K8S/.yamllint" "$K8S" "$PROM_RULES"; then
+    pass "yamllint: $(find "$K8S" "$PROM_RULES" -name '*.yaml' -o -name '*.yml' | wc -l) files"
 else
     failed "yamllint"
 fi
@@ -94,6 +104,46 @@ elif (cd "$ROOT" && "$VENV/bin/kubernetes-validate" --strict --quiet -k "$K8S_VE
     pass "kubernetes-validate: ${#manifests[@]} files (sources and rendered) valid for Kubernetes $K8S_VERSION"
 else
     failed "kubernetes-validate"
+fi
+# Custom resources: kubernetes-validate has no schema for them, so it only
+# warns (exit 0); an ERROR or a non-zero exit would still fail here.
+custom=()
+if [[ -d "$WORK/rendered" ]]; then
+    while IFS= read -r f; do custom+=("$f"); done < <(find "$WORK/rendered" -path '*/custom/*.yaml' | sort)
+fi
+while IFS= read -r f; do custom+=("$f"); done < <(find "$K8S" -name '*.yaml' -exec grep -l '^apiVersion: monitoring.coreos.com/' {} + | sort)
+if [[ ${#custom[@]} -eq 0 ]]; then
+    failed "kubernetes-validate: no custom resources found"
+elif (cd "$ROOT" && "$VENV/bin/kubernetes-validate" --strict --quiet -k "$K8S_VERSION" "${custom[@]}" >"$WORK/custom-validate.log" 2>&1) &&
+    ! grep -q '^ERROR' "$WORK/custom-validate.log"; then
+    pass "kubernetes-validate: ${#custom[@]} custom resources accepted ($(grep -c '^WARN' "$WORK/custom-validate.log") warnings: no schema for monitoring.coreos.com kinds; kustomize_check checks them)"
+else
+    cat "$WORK/custom-validate.log" >&2
+    failed "kubernetes-validate (custom resources)"
+fi
+
+# ---------------------------------------------------------------- 4b. alert rules
+say "== alert rules (deploy/prometheus)"
+if "$PY" "$ROOT/deploy/check/prometheus_rules.py" "$ROOT"; then
+    pass "prometheus_rules: PrometheusRule in step with the rules file, runbooks and tests for every alert"
+else
+    failed "prometheus_rules (see ERROR lines above)"
+fi
+if ! command -v promtool >/dev/null; then
+    failed "promtool not found (Debian: apt-get install prometheus)"
+else
+    if promtool check rules "$PROM_RULES/pgsplit-rules.yml" >"$WORK/promtool-check.log" 2>&1; then
+        pass "promtool check rules: $(grep -o '[0-9]* rules found' "$WORK/promtool-check.log")"
+    else
+        cat "$WORK/promtool-check.log" >&2
+        failed "promtool check rules deploy/prometheus/pgsplit-rules.yml"
+    fi
+    if promtool test rules "$PROM_RULES/pgsplit-rules.test.yml" >"$WORK/promtool-test.log" 2>&1; then
+        pass "promtool test rules: $(grep -c 'alertname:' "$PROM_RULES/pgsplit-rules.test.yml") alert test cases"
+    else
+        cat "$WORK/promtool-test.log" >&2
+        failed "promtool test rules deploy/prometheus/pgsplit-rules.test.yml"
+    fi
 fi
 
 # ---------------------------------------------------------------- 5. image
