@@ -228,7 +228,16 @@ impl Session {
 /// optional `;`), folded as PostgreSQL folds it; `None` for anything else,
 /// `DEALLOCATE ALL` included.
 fn deallocate_name(text: &[u8]) -> Option<Vec<u8>> {
-    let mut rest = text.trim_ascii();
+    // Every simple Query of a session with the statement cache passes here:
+    // anything else is turned away before a byte is copied.
+    let start = text.trim_ascii_start();
+    if !start
+        .get(..b"deallocate".len())
+        .is_some_and(|w| w.eq_ignore_ascii_case(b"deallocate"))
+    {
+        return None;
+    }
+    let mut rest = start.trim_ascii_end();
     rest = rest.strip_suffix(b";").unwrap_or(rest).trim_ascii_end();
     let word = |rest: &mut &[u8]| -> Option<Vec<u8>> {
         let r = rest.trim_ascii_start();
