@@ -77,6 +77,7 @@ impl Wiring {
             replay,
             pod_floor: Arc::new(AtomicU64::new(0)),
             lifecycle: lifecycle.clone(),
+            clients: Arc::default(),
         });
         Ok(Wiring {
             credentials: Arc::new(Shared::new(Credentials::from_config(&config.get()))),

@@ -33,6 +33,7 @@ pub mod app;
 pub mod backend;
 pub mod client;
 pub mod config;
+pub mod console;
 pub mod lifecycle;
 pub mod metrics;
 pub mod net;

@@ -24,6 +24,8 @@ pub const INVALID_PASSWORD: SqlState = "28P01";
 /// `serialization_failure`; on a hot standby also "canceling statement due
 /// to conflict with recovery".
 pub const SERIALIZATION_FAILURE: SqlState = "40001";
+/// `syntax_error` (an unknown console command).
+pub const SYNTAX_ERROR: SqlState = "42601";
 /// `undefined_object` (an unknown setting name).
 pub const UNDEFINED_OBJECT: SqlState = "42704";
 /// `too_many_connections`.

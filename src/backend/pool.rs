@@ -191,6 +191,34 @@ impl Pools {
         })
     }
 
+    /// Every pool, for the console's `SHOW POOLS` and `SHOW SERVERS`.
+    pub fn rows(&self) -> Vec<crate::console::views::PoolRow> {
+        let pools: Vec<_> = self
+            .pools
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, p)| (k.clone(), p.clone()))
+            .collect();
+        let now = tokio::time::Instant::now();
+        pools
+            .into_iter()
+            .map(|((server, user, database), pool)| {
+                let (idle, active, waiting, max_wait) = pool.load(now);
+                crate::console::views::PoolRow {
+                    server,
+                    user,
+                    database,
+                    active,
+                    idle,
+                    waiting,
+                    max_wait,
+                    max_size: pool.limits().max_size,
+                }
+            })
+            .collect()
+    }
+
     /// Connections by (server, idle, in use) for metrics.
     pub fn stats(&self) -> Vec<(ServerId, u32, u32)> {
         let pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());

@@ -63,8 +63,8 @@ struct Idle {
 struct State {
     /// Oldest first; reused from the back.
     idle: VecDeque<Idle>,
-    /// Oldest first; served from the front.
-    waiters: VecDeque<oneshot::Sender<Grant>>,
+    /// Oldest first, with when each began to wait; served from the front.
+    waiters: VecDeque<(Instant, oneshot::Sender<Grant>)>,
     /// Connections that exist or are being opened: idle, lent, connecting.
     open: u32,
 }
@@ -176,8 +176,8 @@ impl ServerPool {
                 let (tx, rx) = oneshot::channel();
                 // Waiters that gave up are dropped here as well as when a
                 // grant passes them by.
-                state.waiters.retain(|w| !w.is_closed());
-                state.waiters.push_back(tx);
+                state.waiters.retain(|(_, w)| !w.is_closed());
+                state.waiters.push_back((now, tx));
                 Some(Waiting {
                     rx,
                     pool: self.clone(),
@@ -250,7 +250,7 @@ impl ServerPool {
     /// connection goes idle and a slot is freed.
     fn pass_on(&self, mut grant: Grant) {
         let mut state = self.lock();
-        while let Some(waiter) = state.waiters.pop_front() {
+        while let Some((_, waiter)) = state.waiters.pop_front() {
             match waiter.send(grant) {
                 Ok(()) => return,
                 Err(back) => grant = back,
@@ -282,11 +282,24 @@ impl ServerPool {
 
     /// (idle, lent or being opened, waiting checkouts).
     pub(crate) fn counts(&self) -> (u32, u32, u32) {
+        let (idle, lent, waiting, _) = self.load(Instant::now());
+        (idle, lent, waiting)
+    }
+
+    /// [`ServerPool::counts`] and how long the oldest waiter has waited.
+    pub(crate) fn load(&self, now: Instant) -> (u32, u32, u32, Duration) {
         let state = self.lock();
         let idle = u32::try_from(state.idle.len()).unwrap_or(u32::MAX);
-        let waiting = state.waiters.iter().filter(|w| !w.is_closed()).count();
-        let waiting = u32::try_from(waiting).unwrap_or(u32::MAX);
-        (idle, state.open.saturating_sub(idle), waiting)
+        let mut waiting = 0u32;
+        let mut oldest = None;
+        for (since, w) in &state.waiters {
+            if !w.is_closed() {
+                waiting = waiting.saturating_add(1);
+                oldest = oldest.or(Some(*since));
+            }
+        }
+        let max_wait = oldest.map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+        (idle, state.open.saturating_sub(idle), waiting, max_wait)
     }
 
     /// What the server reported at the last login, if any.

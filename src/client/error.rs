@@ -55,6 +55,9 @@ pub enum ClientError {
     /// A server the session used was removed from the configuration.
     #[error("the server for this statement is no longer configured")]
     ServerRemoved,
+    /// A user not listed in `[admin] users` asked for the console.
+    #[error("user {0:?} may not open the pgsplit console (see [admin] users)")]
+    NotAdmin(String),
 }
 
 fn no_primary_text(fenced: bool, waited: Duration) -> String {
@@ -79,7 +82,9 @@ impl ClientError {
             ClientError::WrongPassword(_) => sqlstate::INVALID_PASSWORD,
             ClientError::Backend(e) => e.sqlstate(),
             ClientError::Checkout(e) => e.sqlstate(),
-            ClientError::TlsRequired | ClientError::NoUser => sqlstate::INVALID_AUTHORIZATION,
+            ClientError::TlsRequired | ClientError::NoUser | ClientError::NotAdmin(_) => {
+                sqlstate::INVALID_AUTHORIZATION
+            }
             ClientError::Replication => sqlstate::FEATURE_NOT_SUPPORTED,
             ClientError::BadOption(_) => sqlstate::INVALID_PARAMETER_VALUE,
             ClientError::BadParameterName(_) => sqlstate::UNDEFINED_OBJECT,
@@ -105,6 +110,7 @@ impl ClientError {
             ClientError::ShuttingDown => "shutting_down",
             ClientError::NoPrimary { .. } => "no_primary",
             ClientError::TransactionLost | ClientError::ServerRemoved => "server_lost",
+            ClientError::NotAdmin(_) => "not_admin",
         }
     }
 

@@ -7,6 +7,7 @@ pub(crate) mod error;
 mod floor_probe;
 pub(crate) mod handshake;
 pub(crate) mod io;
+pub(crate) mod registry;
 pub(crate) mod relay;
 pub(crate) mod replies;
 pub mod services;
@@ -73,11 +74,45 @@ pub async fn serve_client(services: Arc<Services>, tcp: TcpStream, peer: SocketA
     };
     let user = hello.user.clone();
     let database = hello.database.clone();
+    if database == crate::console::DATABASE {
+        let mut io = hello.io;
+        match crate::console::serve(services.session.clone(), &mut io, &user).await {
+            Ok(()) | Err(ClientError::Gone(_)) => {
+                tracing::info!(%peer, %user, "console client left");
+            }
+            Err(e) => {
+                tracing::info!(%peer, %user, code = e.sqlstate(), error = %e, "console session ended with an error");
+                ctx.metrics.error(e.sqlstate(), e.kind());
+                let msg = build::error_response(
+                    build::Severity::Fatal,
+                    e.sqlstate(),
+                    &e.client_message(),
+                );
+                let _ = io.write(&msg).await;
+            }
+        }
+        return;
+    }
     tracing::info!(%peer, %user, %database, "client connected");
     let guard = ctx
         .cancels
         .register(crate::protocol::startup::cancel_key_len(hello.minor));
-    let session = session::Session::new(services.session.clone(), hello, guard.slot.clone());
+    let application_name = hello
+        .settings
+        .iter()
+        .find(|(k, _)| k == "application_name")
+        .map(|(_, v)| v.clone());
+    let registered =
+        services
+            .session
+            .clients
+            .register(&user, &database, application_name.as_deref(), peer);
+    let session = session::Session::new(
+        services.session.clone(),
+        hello,
+        guard.slot.clone(),
+        registered.info.clone(),
+    );
     match session.run(guard.pid, &guard.secret).await {
         Ok(()) | Err(ClientError::Gone(_)) => {
             tracing::info!(%peer, %user, "client disconnected");

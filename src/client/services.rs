@@ -53,6 +53,8 @@ pub struct SessionDeps {
     pub pod_floor: Arc<AtomicU64>,
     /// Sessions end (57P01) when it reaches `Terminating`.
     pub lifecycle: Lifecycle,
+    /// The sessions open now (`SHOW CLIENTS`).
+    pub clients: Arc<crate::client::registry::Clients>,
 }
 
 impl SessionDeps {

@@ -189,6 +189,27 @@ impl Default for PoolConfig {
     }
 }
 
+/// The admin console (database `pgsplit` on the client listener).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Who may open the console; empty: the primary URL's user.
+    pub users: Vec<String>,
+    /// `SHOW CLIENTS` shows client addresses.
+    pub show_addresses: bool,
+}
+
+impl Config {
+    /// Whether `user` may open the admin console.
+    pub fn is_admin(&self, user: &str) -> bool {
+        if self.admin.users.is_empty() {
+            self.primary.user.as_deref() == Some(user)
+        } else {
+            self.admin.users.iter().any(|u| u == user)
+        }
+    }
+}
+
 /// TCP settings for every socket pgsplit opens or accepts: they find a peer
 /// that vanished without closing its socket (a node that lost power, a
 /// dropped network path), which no read or write would notice otherwise.
@@ -263,6 +284,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub tls: TlsConfig,
     pub net: NetConfig,
+    pub admin: AdminConfig,
 }
 
 impl Config {

@@ -30,6 +30,8 @@ struct RawConfig {
     tls: TlsConfig,
     #[serde(default)]
     net: NetConfig,
+    #[serde(default)]
+    admin: AdminConfig,
 }
 
 /// What the command line can override.
@@ -80,6 +82,8 @@ const ENV_KEYS: &[(&str, &str)] = &[
     ("tls", "cert"),
     ("tls", "key"),
     ("tls", "client_ca"),
+    ("admin", "users"),
+    ("admin", "show_addresses"),
 ];
 
 fn env_name(section: &str, key: &str) -> String {
@@ -99,7 +103,7 @@ fn env_name(section: &str, key: &str) -> String {
 fn env_value(key: &str, raw: &str) -> toml::Value {
     if matches!(
         key,
-        "replicas" | "replica_safe_functions" | "primary_functions"
+        "replicas" | "replica_safe_functions" | "primary_functions" | "users"
     ) {
         return toml::Value::Array(
             raw.split(',')
@@ -241,6 +245,7 @@ impl Config {
             limits: raw.limits,
             tls: raw.tls,
             net: raw.net,
+            admin: raw.admin,
         };
         cfg.validate()?;
         Ok(cfg)

@@ -165,6 +165,10 @@ pub fn command_complete(tag: &str) -> Bytes {
     tagged(b'C', |b| cstr(b, tag.as_bytes()))
 }
 
+pub fn empty_query_response() -> Bytes {
+    tagged(b'I', |_| {})
+}
+
 pub fn ready_for_query(status: TxStatus) -> Bytes {
     tagged(b'Z', |b| b.put_u8(status.byte()))
 }

@@ -28,6 +28,7 @@ mod classify_table;
 mod cluster_smoke;
 mod config_examples;
 mod consistency;
+mod console;
 mod deploy_manifests;
 mod failover;
 mod freeze;

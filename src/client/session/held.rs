@@ -46,6 +46,10 @@ impl HeldConns {
         self.0.iter_mut().find(|h| h.id == id)
     }
 
+    pub(super) fn get(&self, id: ServerId) -> Option<&Held> {
+        self.0.iter().find(|h| h.id == id)
+    }
+
     /// The connection to `id`, which the caller attached: its absence is a
     /// lost connection.
     #[inline]

@@ -51,10 +51,17 @@ pub(crate) struct Session {
     pool_mode: PoolMode,
     /// The session's connection pin is in the metrics.
     pin_counted: bool,
+    /// Its entry among the open sessions (`SHOW CLIENTS`).
+    client: Arc<crate::client::registry::ClientInfo>,
 }
 
 impl Session {
-    pub(crate) fn new(ctx: Arc<SessionDeps>, hello: Hello, cancel: Arc<CancelSlot>) -> Self {
+    pub(crate) fn new(
+        ctx: Arc<SessionDeps>,
+        hello: Hello,
+        cancel: Arc<CancelSlot>,
+        client: Arc<crate::client::registry::ClientInfo>,
+    ) -> Self {
         let mut st = SessionState::new(hello.mode, &hello.settings);
         let config = ctx.config();
         let pool_mode = config.pool.mode;
@@ -74,6 +81,7 @@ impl Session {
             spin: rand::random::<u32>() as usize,
             pool_mode,
             pin_counted: false,
+            client,
             ctx,
         }
     }
@@ -149,8 +157,10 @@ impl Session {
                 tag::TERMINATE => return Ok(()),
                 t if is_unit_message(t) => {
                     let unit = self.collect(frame).await?;
+                    self.client.began();
                     self.run_unit(unit).await?;
                     self.between_units().await;
+                    self.report();
                 }
                 // Copy messages after a COPY that already failed: PostgreSQL
                 // ignores them too.
@@ -159,6 +169,18 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// What the session does now, for the console's `SHOW CLIENTS`.
+    fn report(&self) {
+        use crate::client::registry::ClientState;
+        let server = self.st.txn.or_else(|| self.conns.ids().next());
+        let state = match self.st.txn.and_then(|id| self.conns.get(id)) {
+            Some(held) if held.conn.status() == TxStatus::Failed => ClientState::FailedTransaction,
+            Some(_) => ClientState::InTransaction,
+            None => ClientState::Idle,
+        };
+        self.client.ended(state, self.st.pinned, server);
     }
 
     /// Transaction pooling hands connections back between units.

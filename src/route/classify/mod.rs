@@ -98,6 +98,47 @@ fn classify_unhinted(sql: &str, catalog: &FunctionCatalog) -> Class {
     class
 }
 
+/// Why `sql` is not a provable read, in words, for the console's `SHOW
+/// ROUTE`: the statement kind, or what inside a query makes it a write.
+/// `None` for a read. Not on the data path (no cache).
+pub fn why_not_read(sql: &str, catalog: &FunctionCatalog) -> Option<String> {
+    if lexer::operator_count(sql) > MAX_OPERATORS {
+        return Some(format!(
+            "has more than {MAX_OPERATORS} operators (not parsed, to bound the parser's recursion)"
+        ));
+    }
+    let Ok(statements) = Parser::parse_sql(&PostgreSqlDialect {}, sql) else {
+        return Some("the parser could not read it".into());
+    };
+    for statement in &statements {
+        let scan = Scan::run(statement, catalog);
+        if decide(statement, &scan).kind == Kind::Read {
+            continue;
+        }
+        let is_query = matches!(
+            statement,
+            Statement::Query(_) | Statement::Explain { .. } | Statement::Copy { .. }
+        );
+        return Some(match scan.why {
+            Some(why) if is_query => why,
+            _ => format!("is {}", statement_words(statement)),
+        });
+    }
+    None
+}
+
+/// "a(n) INSERT statement": the statement's first keyword.
+fn statement_words(statement: &Statement) -> String {
+    let text = statement.to_string();
+    let word = text.split_ascii_whitespace().next().unwrap_or("SQL");
+    let article = if word.starts_with(['A', 'E', 'I', 'O', 'U']) {
+        "an"
+    } else {
+        "a"
+    };
+    format!("{article} {word} statement")
+}
+
 /// What one statement is and does.
 struct Decision {
     kind: Kind,
@@ -335,6 +376,8 @@ struct Scan<'c> {
     /// unless `is_local`; treated as session-level whatever the literal says, so
     /// that the answer does not depend on a literal).
     set_config: bool,
+    /// The first thing found that makes it a write (for `SHOW ROUTE`).
+    why: Option<String>,
 }
 
 impl<'c> Scan<'c> {
@@ -347,10 +390,20 @@ impl<'c> Scan<'c> {
             advisory_unlock_all: false,
             temp_table: false,
             set_config: false,
+            why: None,
         };
         // The visitor never breaks: `Break = Infallible`-like `()` unused.
         let _ = statement.visit(&mut scan);
         scan
+    }
+
+    /// Found a write; `why` says what, for the first one found. (Classes
+    /// are cached per text, so the words cost once per statement text.)
+    fn write(&mut self, why: impl FnOnce() -> String) {
+        self.writes = true;
+        if self.why.is_none() {
+            self.why = Some(why());
+        }
     }
 
     fn pin(&self) -> Option<PinReason> {
@@ -369,7 +422,7 @@ impl<'c> Scan<'c> {
             match part {
                 ObjectNamePart::Identifier(ident) => parts.push(ident.value.as_str()),
                 ObjectNamePart::Function(_) => {
-                    self.writes = true;
+                    self.write(|| format!("calls {name}, a function pgsplit cannot look up"));
                     return;
                 }
             }
@@ -378,7 +431,7 @@ impl<'c> Scan<'c> {
             [function] => (None, *function),
             [.., schema, function] => (Some(*schema), *function),
             [] => {
-                self.writes = true;
+                self.write(|| "calls a function with no name".into());
                 return;
             }
         };
@@ -395,7 +448,7 @@ impl<'c> Scan<'c> {
             self.set_config = true;
         }
         if !self.catalog.is_read_only(schema, function) {
-            self.writes = true;
+            self.write(|| format!("calls {name}, which is not known to be read-only (volatile, or not in the catalog)"));
         }
     }
 }
@@ -406,7 +459,7 @@ impl Visitor for Scan<'_> {
     fn pre_visit_statement(&mut self, statement: &Statement) -> ControlFlow<()> {
         self.depth += 1;
         if self.depth > 1 && !matches!(statement, Statement::Query(_)) {
-            self.writes = true;
+            self.write(|| format!("contains {}", statement_words(statement)));
         }
         ControlFlow::Continue(())
     }
@@ -418,15 +471,15 @@ impl Visitor for Scan<'_> {
 
     fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<()> {
         // FOR UPDATE / FOR SHARE / ... anywhere, including subqueries and CTEs.
-        if !query.locks.is_empty() {
-            self.writes = true;
+        if let Some(lock) = query.locks.first() {
+            self.write(|| format!("has the locking clause {lock}"));
         }
         ControlFlow::Continue(())
     }
 
     fn pre_visit_select(&mut self, select: &Select) -> ControlFlow<()> {
         if let Some(into) = &select.into {
-            self.writes = true;
+            self.write(|| "is SELECT INTO (creates a table)".into());
             if into.temporary {
                 self.temp_table = true;
             }
