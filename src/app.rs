@@ -78,6 +78,8 @@ impl Wiring {
             pod_floor: Arc::new(AtomicU64::new(0)),
             lifecycle: lifecycle.clone(),
             clients: Arc::default(),
+            pause: Arc::default(),
+            reload: Arc::default(),
         });
         Ok(Wiring {
             credentials: Arc::new(Shared::new(Credentials::from_config(&config.get()))),
@@ -272,6 +274,11 @@ impl App {
                         continue;
                     }
                 },
+                () = wiring.session.reload.notified() => {
+                    tracing::info!("reload asked from the admin console");
+                    reload(&wiring, reload_source.as_ref());
+                    continue;
+                }
                 c = control.next() => match c {
                     Some(Control::Reload) => {
                         reload(&wiring, reload_source.as_ref());

@@ -388,6 +388,28 @@ impl Metrics {
 
     /// Refreshes the per-server gauges from the health snapshot and the pools,
     /// then renders the Prometheus text exposition.
+    /// Every counter (`*_total`) as (name, labels, value), sorted, for the
+    /// console's `SHOW STATS`.
+    pub fn counters(&self) -> Vec<(String, String, f64)> {
+        let text = self.handle.render();
+        let mut out: Vec<(String, String, f64)> = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let (series, value) = l.rsplit_once(' ')?;
+                let (name, labels) = match series.split_once('{') {
+                    Some((n, rest)) => (n, rest.strip_suffix('}').unwrap_or(rest)),
+                    None => (series, ""),
+                };
+                name.ends_with("_total")
+                    .then(|| Some((name.to_owned(), labels.to_owned(), value.parse().ok()?)))
+                    .flatten()
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        out
+    }
+
     pub fn render(&self, health: &HealthSnapshot, pools: &[(String, u32, u32)]) -> String {
         {
             let mut rendered = self.rendered.lock().unwrap_or_else(|p| p.into_inner());

@@ -7,6 +7,7 @@ pub(crate) mod error;
 mod floor_probe;
 pub(crate) mod handshake;
 pub(crate) mod io;
+pub mod pause;
 pub(crate) mod registry;
 pub(crate) mod relay;
 pub(crate) mod replies;

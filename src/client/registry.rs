@@ -99,11 +99,21 @@ impl ClientInfo {
         self.units.load(Ordering::Relaxed)
     }
 
-    /// A unit begins (on `server`, when known).
+    /// A unit begins. Sequentially consistent: see `client::pause`.
     #[inline]
     pub fn began(&self) {
         self.state
-            .store(ClientState::Active.code(), Ordering::Relaxed);
+            .store(ClientState::Active.code(), Ordering::SeqCst);
+    }
+
+    /// A unit that was about to begin waits (for `RESUME`) instead.
+    pub fn waits(&self) {
+        self.state.store(ClientState::Idle.code(), Ordering::SeqCst);
+    }
+
+    /// Running something, or in a transaction: what `PAUSE` waits for.
+    pub fn busy(&self) -> bool {
+        ClientState::from_code(self.state.load(Ordering::SeqCst)) != ClientState::Idle
     }
 
     /// A unit ended: the session is in `state`, pinned by `pin`, on `server`

@@ -55,6 +55,10 @@ pub struct SessionDeps {
     pub lifecycle: Lifecycle,
     /// The sessions open now (`SHOW CLIENTS`).
     pub clients: Arc<crate::client::registry::Clients>,
+    /// The console's `PAUSE`/`RESUME`.
+    pub pause: Arc<crate::client::pause::Pause>,
+    /// The console's `RELOAD`: the app reloads as on SIGHUP.
+    pub reload: Arc<tokio::sync::Notify>,
 }
 
 impl SessionDeps {

@@ -6,7 +6,13 @@ pub enum Command {
     Servers,
     Pools,
     Clients,
+    Stats,
     Config,
+    /// New work waits; returns once running transactions have finished, or
+    /// after the timeout (seconds).
+    Pause(Option<u64>),
+    Resume,
+    Reload,
     /// Where the statement would go, and why.
     Route(String),
     Help,
@@ -19,10 +25,14 @@ pub const COMMANDS: &[&str] = &[
     "SHOW SERVERS",
     "SHOW POOLS",
     "SHOW CLIENTS",
+    "SHOW STATS",
     "SHOW CONFIG",
     "SHOW ROUTE <statement>",
     "EXPLAIN ROUTE <statement>",
     "SHOW HELP",
+    "PAUSE [timeout seconds]",
+    "RESUME",
+    "RELOAD",
 ];
 
 /// Why a text is no command.
@@ -57,6 +67,18 @@ pub fn parse(text: &str) -> Result<Command, Unknown> {
         ("SHOW", "SERVERS") => Command::Servers,
         ("SHOW", "POOLS") => Command::Pools,
         ("SHOW", "CLIENTS") => Command::Clients,
+        ("SHOW", "STATS") => Command::Stats,
+        ("RESUME", "") => Command::Resume,
+        ("RELOAD", "") => Command::Reload,
+        ("PAUSE", "") => Command::Pause(None),
+        ("PAUSE", seconds) => match seconds.parse::<u64>() {
+            Ok(n) if n <= 86_400 => Command::Pause(Some(n)),
+            _ => {
+                return Err(Unknown(format!(
+                    "PAUSE takes a timeout in whole seconds (at most 86400), not {seconds:?}"
+                )));
+            }
+        },
         ("SHOW", "CONFIG") => Command::Config,
         ("SHOW", "HELP") | ("HELP", "") => Command::Help,
         _ => return Err(Unknown(format!("unknown command {:?}", short(t)))),
@@ -90,6 +112,11 @@ mod tests {
         ok("  Show\tPools ; ", Command::Pools);
         ok("SHOW CONFIG", Command::Config);
         ok("show clients", Command::Clients);
+        ok("SHOW STATS", Command::Stats);
+        ok("pause", Command::Pause(None));
+        ok("PAUSE 30;", Command::Pause(Some(30)));
+        ok("resume", Command::Resume);
+        ok("RELOAD", Command::Reload);
         ok("help", Command::Help);
         ok("SHOW HELP;", Command::Help);
         ok(";", Command::Empty);
@@ -115,6 +142,9 @@ mod tests {
             "SHOW ROUTE ;",
             "EXPLAIN SELECT 1",
             "DROP TABLE t",
+            "PAUSE soon",
+            "PAUSE -1",
+            "RESUME now",
         ] {
             assert!(parse(s).is_err(), "{s:?}");
         }

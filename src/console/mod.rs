@@ -59,7 +59,7 @@ pub(crate) async fn serve(
             tag::TERMINATE => return Ok(()),
             tag::QUERY => {
                 let text = fields::query_text(frame.body())?;
-                answer(&ctx, &String::from_utf8_lossy(text), &mut out);
+                answer(&ctx, &String::from_utf8_lossy(text), &mut out).await;
                 out.extend_from_slice(&build::ready_for_query(TxStatus::Idle));
             }
             // The extended protocol: refused once, then its messages are
@@ -125,7 +125,7 @@ fn greeting(ctx: &SessionDeps) -> BytesMut {
 }
 
 /// The reply to one Query (without its ReadyForQuery).
-fn answer(ctx: &SessionDeps, text: &str, out: &mut BytesMut) {
+async fn answer(ctx: &SessionDeps, text: &str, out: &mut BytesMut) {
     let table = match command::parse(text) {
         Ok(Command::Empty) => {
             out.extend_from_slice(&build::empty_query_response());
@@ -147,6 +147,20 @@ fn answer(ctx: &SessionDeps, text: &str, out: &mut BytesMut) {
             ctx.config().admin.show_addresses,
         ),
         Ok(Command::Config) => views::config(&ctx.config()),
+        Ok(Command::Stats) => views::stats(&ctx.metrics.counters()),
+        Ok(Command::Pause(timeout)) => pause(ctx, timeout).await,
+        Ok(Command::Resume) => {
+            ctx.pause.resume();
+            tracing::info!("resumed from the admin console");
+            one_row("resumed", "new work goes on")
+        }
+        Ok(Command::Reload) => {
+            ctx.reload.notify_one();
+            one_row(
+                "reload",
+                "asked: the configuration file is read again, as on SIGHUP (the log says how it went)",
+            )
+        }
         Ok(Command::Route(sql)) => route_table(ctx, &sql),
         Err(command::Unknown(why)) => {
             let message = format!(
@@ -169,6 +183,44 @@ fn answer(ctx: &SessionDeps, text: &str, out: &mut BytesMut) {
             &format!("pgsplit console: {e}"),
         ));
     }
+}
+
+/// How long `PAUSE` waits for running transactions when not told.
+const PAUSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// `PAUSE`: new work waits from now on; answers once no session runs a
+/// unit or has a transaction open, or when the timeout is over (pgsplit
+/// stays paused either way: `RESUME` ends it).
+async fn pause(ctx: &SessionDeps, timeout: Option<u64>) -> table::Table {
+    ctx.pause.pause();
+    tracing::warn!("paused from the admin console: new work waits until RESUME");
+    let started = Instant::now();
+    let limit = timeout.map_or(PAUSE_TIMEOUT, std::time::Duration::from_secs);
+    let running = loop {
+        let running = ctx.clients.list().iter().filter(|c| c.busy()).count();
+        if running == 0 || started.elapsed() >= limit {
+            break running;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
+    let mut t = table::Table::new(&[
+        ("paused", table::Type::Bool),
+        ("waited_seconds", table::Type::Float8),
+        ("still_running", table::Type::Int8),
+    ]);
+    t.push(vec![
+        table::Value::Bool(true),
+        table::Value::Float(started.elapsed().as_secs_f64()),
+        table::Value::Int(i64::try_from(running).unwrap_or(i64::MAX)),
+    ]);
+    t
+}
+
+/// A (status, detail) answer.
+fn one_row(status: &str, detail: &str) -> table::Table {
+    let mut t = table::Table::new(&[("status", table::Type::Text), ("detail", table::Type::Text)]);
+    t.push(vec![status.into(), detail.into()]);
+    t
 }
 
 fn pool_rows(ctx: &SessionDeps) -> Vec<views::PoolRow> {

@@ -152,6 +152,25 @@ pub fn clients(
     t
 }
 
+/// `SHOW STATS`: pgsplit's counters since it started (units by route and
+/// reason, errors, retries, fallbacks, connections...), one row per metric
+/// and label set, as `/metrics` has them.
+pub fn stats(counters: &[(String, String, f64)]) -> Table {
+    let mut t = Table::new(&[
+        ("metric", Type::Text),
+        ("labels", Type::Text),
+        ("value", Type::Float8),
+    ]);
+    for (name, labels, value) in counters {
+        t.push(vec![
+            name.as_str().into(),
+            labels.as_str().into(),
+            Value::Float(*value),
+        ]);
+    }
+    t
+}
+
 /// `SHOW CONFIG`: the effective configuration, one key per row, passwords
 /// masked (server URLs print `***` for theirs).
 pub fn config(c: &Config) -> Table {

@@ -245,7 +245,21 @@ async fn the_console_shows_servers_pools_config_and_routes() {
     let db = err.as_db_error().unwrap();
     assert_eq!(db.code().code(), "42601");
     assert!(db.message().contains("SHOW SERVERS"), "{}", db.message());
-    assert_eq!(rows(&console, "SHOW HELP").await.len(), 7);
+    assert_eq!(
+        rows(&console, "SHOW HELP").await.len(),
+        pgsplit::console::command::COMMANDS.len()
+    );
+    assert_eq!(get(&rows(&console, "RELOAD").await[0], "status"), "reload");
+    // SHOW STATS: the counters, units by route and reason among them.
+    let stats = rows(&console, "SHOW STATS").await;
+    assert!(
+        stats
+            .iter()
+            .any(|r| get(r, "metric") == "pgsplit_units_routed_total"
+                && get(r, "labels").contains("reason=\"read\"")
+                && get(r, "value").parse::<f64>().unwrap_or(0.0) >= 1.0),
+        "{stats:?}"
+    );
     // The extended protocol is refused with 0A000, and the console goes on.
     let err = console.query("SHOW SERVERS", &[]).await.unwrap_err();
     assert_eq!(err.as_db_error().unwrap().code().code(), "0A000");
@@ -353,5 +367,44 @@ async fn the_console_shows_a_lagging_replica() {
     assert_eq!(get(r, "lagging"), "t", "{r:?}");
     let lag_bytes: i64 = get(r, "lag_bytes").parse().unwrap();
     assert!(lag_bytes > 0, "{r:?}");
+    proxy.stop().await;
+}
+
+/// PAUSE with a transaction open: new work waits, the open transaction
+/// goes on; PAUSE returns at its timeout saying one is still running, and
+/// at once when none is; RESUME lets the waiting statement run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_waits_for_open_transactions_and_holds_new_work() {
+    let c = cluster();
+    let proxy = Proxy::start(c, "").await;
+    let console = connect(&console_url(c, &proxy)).await;
+    let open = connect(&proxy.url(c)).await;
+    open.batch_execute("CREATE TABLE IF NOT EXISTS console_pause (id int)")
+        .await
+        .unwrap();
+    open.batch_execute("BEGIN; INSERT INTO console_pause VALUES (1)")
+        .await
+        .unwrap();
+    let other = connect(&proxy.url(c)).await;
+    let paused = rows(&console, "PAUSE 1").await;
+    assert_eq!(get(&paused[0], "paused"), "t");
+    assert_eq!(get(&paused[0], "still_running"), "1", "{paused:?}");
+    // New work waits...
+    let waiting = tokio::spawn(async move { other.simple_query("SELECT 1").await.map(|_| ()) });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "a new statement ran while paused");
+    // ...the open transaction finishes.
+    tokio::time::timeout(Duration::from_secs(5), open.batch_execute("COMMIT"))
+        .await
+        .unwrap_or_else(|_| panic!("the open transaction could not finish while paused"))
+        .unwrap();
+    let paused = rows(&console, "PAUSE").await;
+    assert_eq!(get(&paused[0], "still_running"), "0", "{paused:?}");
+    assert_eq!(get(&rows(&console, "RESUME").await[0], "status"), "resumed");
+    tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .unwrap_or_else(|_| panic!("the waiting statement did not run after RESUME"))
+        .unwrap()
+        .unwrap();
     proxy.stop().await;
 }

@@ -42,4 +42,5 @@ mod proxy_basic;
 mod proxy_clients;
 mod proxy_extended;
 mod route_router;
+mod switchover;
 mod tls;

@@ -158,6 +158,13 @@ impl Session {
                 t if is_unit_message(t) => {
                     let unit = self.collect(frame).await?;
                     self.client.began();
+                    // New work waits while the console has pgsplit paused;
+                    // a transaction already open goes on, to finish.
+                    while self.st.txn.is_none() && self.ctx.pause.is_paused() {
+                        self.client.waits();
+                        self.ctx.pause.resumed().await;
+                        self.client.began();
+                    }
                     self.run_unit(unit).await?;
                     self.between_units().await;
                     self.report();
