@@ -108,18 +108,27 @@ async fn the_console_shows_servers_pools_config_and_routes() {
 
     // SHOW CLIENTS: a named session, idle; in a transaction; then pinned
     // by a temp table.
-    let mine = |rows: &[HashMap<String, Option<String>>]| {
-        rows.iter()
-            .find(|r| get(r, "application_name") == "console_test")
-            .cloned()
-            .unwrap_or_else(|| panic!("no console_test client in {rows:?}"))
+    // The session reports its state right after its ReadyForQuery is out:
+    // the console may ask in between, so each state is waited for briefly.
+    let mine = async |state: &str| {
+        let mut last = Vec::new();
+        for _ in 0..100 {
+            last = rows(&console, "SHOW CLIENTS").await;
+            if let Some(r) = last
+                .iter()
+                .find(|r| get(r, "application_name") == "console_test" && get(r, "state") == state)
+            {
+                return r.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("no console_test client in state {state:?}: {last:?}")
     };
     let named = connect(&format!("{}?application_name=console_test", proxy.url(c))).await;
     named.simple_query("SELECT 1").await.unwrap();
-    let me = mine(&rows(&console, "SHOW CLIENTS").await);
+    let me = mine("idle").await;
     assert_eq!(get(&me, "user"), c.user());
     assert_eq!(get(&me, "database"), pgsplit_cluster::DATABASE);
-    assert_eq!(get(&me, "state"), "idle");
     assert_eq!(get(&me, "pinned"), "NULL");
     assert_eq!(
         get(&me, "address"),
@@ -131,12 +140,10 @@ async fn the_console_shows_servers_pools_config_and_routes() {
         .batch_execute("BEGIN; CREATE TEMP TABLE console_tmp (id int)")
         .await
         .unwrap();
-    let me = mine(&rows(&console, "SHOW CLIENTS").await);
-    assert_eq!(get(&me, "state"), "idle in transaction");
+    let me = mine("idle in transaction").await;
     assert_eq!(get(&me, "server"), primary);
     named.batch_execute("COMMIT").await.unwrap();
-    let me = mine(&rows(&console, "SHOW CLIENTS").await);
-    assert_eq!(get(&me, "state"), "idle");
+    let me = mine("idle").await;
     assert_eq!(get(&me, "pinned"), "temp_object", "{me:?}");
     drop(named);
 
