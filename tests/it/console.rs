@@ -417,3 +417,27 @@ async fn pause_waits_for_open_transactions_and_holds_new_work() {
         .unwrap();
     proxy.stop().await;
 }
+
+/// A statement waiting in PAUSE does not hold up a shutdown: the session
+/// ends with 57P01 and pgsplit stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_does_not_wait_for_resume() {
+    let c = cluster();
+    let proxy = Proxy::start(c, "").await;
+    let console = connect(&console_url(c, &proxy)).await;
+    let waiting_client = connect(&proxy.url(c)).await;
+    assert_eq!(get(&rows(&console, "PAUSE 1").await[0], "paused"), "t");
+    let waiting = tokio::spawn(async move { waiting_client.simple_query("SELECT 1").await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!waiting.is_finished(), "a new statement ran while paused");
+    tokio::time::timeout(Duration::from_secs(10), proxy.stop())
+        .await
+        .unwrap_or_else(|_| panic!("pgsplit did not stop while a session waited in PAUSE"));
+    let answer = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .unwrap_or_else(|_| panic!("the waiting statement got no answer"))
+        .unwrap();
+    let err = answer.expect_err("a paused statement ran during the shutdown");
+    let code = err.as_db_error().map(|e| e.code().code().to_owned());
+    assert!(code.as_deref() == Some("57P01") || err.is_closed(), "{err}");
+}

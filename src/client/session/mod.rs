@@ -162,7 +162,11 @@ impl Session {
                     // a transaction already open goes on, to finish.
                     while self.st.txn.is_none() && self.ctx.pause.is_paused() {
                         self.client.waits();
-                        self.ctx.pause.resumed().await;
+                        // A shutdown does not wait for RESUME.
+                        tokio::select! {
+                            () = self.ctx.pause.resumed() => {}
+                            () = &mut terminated => return Err(ClientError::ShuttingDown),
+                        }
                         self.client.began();
                     }
                     self.run_unit(unit).await?;
