@@ -114,6 +114,16 @@ impl ClientError {
         }
     }
 
+    /// The ErrorResponse (FATAL) that tells the client why its connection
+    /// ends.
+    pub fn fatal_response(&self) -> bytes::Bytes {
+        crate::protocol::build::error_response(
+            crate::protocol::build::Severity::Fatal,
+            self.sqlstate(),
+            &self.client_message(),
+        )
+    }
+
     /// The text sent to the client, prefixed so it is clear pgsplit (not the
     /// server) said it. Server names and addresses stay in pgsplit's log.
     pub fn client_message(&self) -> String {

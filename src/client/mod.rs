@@ -29,7 +29,6 @@ use tokio::net::TcpStream;
 pub use error::ClientError;
 pub use io::ClientIo;
 
-use crate::protocol::build;
 use handshake::Outcome;
 use services::Services;
 
@@ -63,12 +62,7 @@ pub async fn serve_client(services: Arc<Services>, tcp: TcpStream, peer: SocketA
             if let Some(mut io) = io
                 && !matches!(e, ClientError::Gone(_))
             {
-                let msg = build::error_response(
-                    build::Severity::Fatal,
-                    e.sqlstate(),
-                    &e.client_message(),
-                );
-                let _ = io.write(&msg).await;
+                let _ = io.write(&e.fatal_response()).await;
             }
             return;
         }
@@ -84,12 +78,7 @@ pub async fn serve_client(services: Arc<Services>, tcp: TcpStream, peer: SocketA
             Err(e) => {
                 tracing::info!(%peer, %user, code = e.sqlstate(), error = %e, "console session ended with an error");
                 ctx.metrics.error(e.sqlstate(), e.kind());
-                let msg = build::error_response(
-                    build::Severity::Fatal,
-                    e.sqlstate(),
-                    &e.client_message(),
-                );
-                let _ = io.write(&msg).await;
+                let _ = io.write(&e.fatal_response()).await;
             }
         }
         return;

@@ -94,9 +94,7 @@ impl Session {
         if let Err(e) = &result
             && !matches!(e, ClientError::Gone(_))
         {
-            let msg =
-                build::error_response(build::Severity::Fatal, e.sqlstate(), &e.client_message());
-            let _ = self.io.write(&msg).await;
+            let _ = self.io.write(&e.fatal_response()).await;
         }
         self.release().await;
         result
