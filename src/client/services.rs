@@ -67,6 +67,14 @@ impl SessionDeps {
         self.config.get()
     }
 
+    /// The read-your-writes floor every session shares under `pod` scope
+    /// (none before the first committed write).
+    #[inline]
+    pub fn shared_floor(&self) -> Option<crate::server::Lsn> {
+        let pod = self.pod_floor.load(std::sync::atomic::Ordering::Acquire);
+        (pod > 0).then_some(crate::server::Lsn(pod))
+    }
+
     /// The server configured as primary (the health monitor may know better).
     pub fn configured_primary(&self) -> ServerId {
         self.servers.get().primary

@@ -20,7 +20,6 @@ pub mod table;
 pub mod views;
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use bytes::BytesMut;
 use tokio::time::Instant;
@@ -30,9 +29,7 @@ use crate::client::io::ClientIo;
 use crate::client::services::SessionDeps;
 use crate::config::ReadYourWrites;
 use crate::protocol::{TxStatus, build, fields, tag};
-use crate::route::class::RouteMode;
 use crate::route::router::{SessionView, route};
-use crate::server::Lsn;
 use crate::sqlstate;
 use command::Command;
 
@@ -235,21 +232,10 @@ fn route_table(ctx: &SessionDeps, sql: &str) -> table::Table {
     let health = ctx.health.get();
     let class = ctx.classifier.classify(sql);
     let floor = match config.routing.read_your_writes {
-        ReadYourWrites::Pod => {
-            let pod = ctx.pod_floor.load(Ordering::Acquire);
-            (pod > 0).then_some(Lsn(pod))
-        }
+        ReadYourWrites::Pod => ctx.shared_floor(),
         _ => None,
     };
-    let session = SessionView {
-        txn: None,
-        pinned: None,
-        mode: RouteMode::Auto,
-        floor,
-        held_replica: None,
-        spin: 0,
-        primary_up: health.primary_answers,
-    };
+    let session = SessionView::new_session(floor, health.primary_answers);
     let replicas = ctx.replay.raise(&health.replicas);
     let placed = route(&class, &session, &replicas);
     let why_not_read = crate::route::classify::why_not_read(sql, &ctx.classifier.catalog());

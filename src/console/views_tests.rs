@@ -3,7 +3,6 @@
 
 use super::*;
 use crate::backend::health::{PrimaryState, ServerHealth};
-use crate::route::class::RouteMode;
 use crate::route::router::{SessionView, route};
 
 const P: ServerId = ServerId(0);
@@ -60,15 +59,7 @@ fn class_route(
     floor: Option<Lsn>,
 ) -> (String, String, String) {
     let config = config();
-    let session = SessionView {
-        txn: None,
-        pinned: None,
-        mode: RouteMode::Auto,
-        floor,
-        held_replica: None,
-        spin: 0,
-        primary_up: health.primary_answers,
-    };
+    let session = SessionView::new_session(floor, health.primary_answers);
     let placed = route(&class, &session, &health.replicas);
     let t = super::route(&RouteFacts {
         class,

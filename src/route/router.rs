@@ -91,6 +91,22 @@ pub struct SessionView {
     pub primary_up: bool,
 }
 
+impl SessionView {
+    /// A session that has just begun: no transaction, no pin, no hint, no
+    /// replica held; `floor` the one every session shares, if any.
+    pub fn new_session(floor: Option<Lsn>, primary_up: bool) -> SessionView {
+        SessionView {
+            txn: None,
+            pinned: None,
+            mode: RouteMode::Auto,
+            floor,
+            held_replica: None,
+            spin: 0,
+            primary_up,
+        }
+    }
+}
+
 pub fn route(class: &Class, session: &SessionView, replicas: &[ReplicaStatus]) -> (Target, Reason) {
     if let Some(t) = session.txn {
         return (t, Reason::Transaction);

@@ -29,11 +29,7 @@ impl Session {
         match config.routing.read_your_writes {
             ReadYourWrites::Off => None,
             ReadYourWrites::Session => self.st.floor,
-            ReadYourWrites::Pod => {
-                let pod = self.ctx.pod_floor.load(Ordering::Acquire);
-                let pod = (pod > 0).then_some(Lsn(pod));
-                self.st.floor.max(pod)
-            }
+            ReadYourWrites::Pod => self.st.floor.max(self.ctx.shared_floor()),
         }
     }
 
