@@ -66,6 +66,22 @@ impl CheckoutError {
 
 type Key = (ServerId, String, String);
 
+/// The pool of (`target`, `login`), found without building (and hashing) an
+/// owned key: a checkout per unit under transaction pooling, among a
+/// handful of pools.
+fn find<'a>(
+    pools: &'a HashMap<Key, Arc<ServerPool>>,
+    target: &ServerTarget,
+    login: &Login,
+) -> Option<&'a Arc<ServerPool>> {
+    pools
+        .iter()
+        .find(|((id, user, database), _)| {
+            *id == target.id && *user == login.user && *database == login.database
+        })
+        .map(|(_, pool)| pool)
+}
+
 pub struct Pools {
     config: Mutex<PoolConfig>,
     pools: Mutex<HashMap<Key, Arc<ServerPool>>>,
@@ -82,6 +98,18 @@ impl Pools {
         }
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Arc<ServerPool>>> {
+        self.pools.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every pool, taken out of the lock (each pool has its own).
+    fn all(&self) -> Vec<(Key, Arc<ServerPool>)> {
+        self.lock()
+            .iter()
+            .map(|(k, p)| (k.clone(), p.clone()))
+            .collect()
+    }
+
     fn config(&self) -> PoolConfig {
         self.config
             .lock()
@@ -94,7 +122,7 @@ impl Pools {
     /// close, idle ones close with their pool.
     pub fn reconfigure(&self, config: PoolConfig) {
         *self.config.lock().unwrap_or_else(|p| p.into_inner()) = config;
-        self.pools.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.lock().clear();
     }
 
     /// Ends every pooled connection to server `id` (lent out or idle), for a
@@ -111,43 +139,26 @@ impl Pools {
 
     /// Forgets the pools of servers no longer configured.
     pub fn retain_servers(&self, keep: &[ServerId]) {
-        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
-        pools.retain(|(id, _, _), _| keep.contains(id));
+        self.lock().retain(|(id, _, _), _| keep.contains(id));
     }
 
     /// What `target` reported when pgsplit last logged in to it as `login`
     /// (none before the first login, or after a reload of the pools).
     pub(crate) fn greeting(&self, target: &ServerTarget, login: &Login) -> Option<Params> {
-        let pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
-        let (_, pool) = pools.iter().find(|((id, user, database), _)| {
-            *id == target.id && *user == login.user && *database == login.database
-        })?;
-        pool.greeting()
+        find(&self.lock(), target, login)?.greeting()
     }
 
     /// Closes idle connections unused for `idle_timeout` (the health monitor
     /// calls it every round).
     pub fn reap(&self) {
-        let pools: Vec<_> = self
-            .pools
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
-        for pool in pools {
+        for (_, pool) in self.all() {
             pool.reap();
         }
     }
 
     fn pool(&self, target: &Arc<ServerTarget>, login: &Login) -> Arc<ServerPool> {
-        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
-        // Found without building (and hashing) an owned key: a checkout per
-        // unit under transaction pooling, among a handful of pools.
-        let found = pools.iter().find(|((id, user, database), _)| {
-            *id == target.id && *user == login.user && *database == login.database
-        });
-        if let Some((_, pool)) = found {
+        let mut pools = self.lock();
+        if let Some(pool) = find(&pools, target, login) {
             return pool.clone();
         }
         let key = (target.id, login.user.clone(), login.database.clone());
@@ -193,15 +204,8 @@ impl Pools {
 
     /// Every pool, for the console's `SHOW POOLS` and `SHOW SERVERS`.
     pub fn rows(&self) -> Vec<crate::console::views::PoolRow> {
-        let pools: Vec<_> = self
-            .pools
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .map(|(k, p)| (k.clone(), p.clone()))
-            .collect();
         let now = tokio::time::Instant::now();
-        pools
+        self.all()
             .into_iter()
             .map(|((server, user, database), pool)| {
                 let (idle, active, waiting, max_wait) = pool.load(now);
@@ -221,12 +225,11 @@ impl Pools {
 
     /// Connections by (server, idle, in use) for metrics.
     pub fn stats(&self) -> Vec<(ServerId, u32, u32)> {
-        let pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
-        pools
-            .iter()
+        self.all()
+            .into_iter()
             .map(|((id, _, _), pool)| {
                 let (idle, in_use, _) = pool.counts();
-                (*id, idle, in_use)
+                (id, idle, in_use)
             })
             .collect()
     }

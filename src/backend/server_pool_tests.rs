@@ -12,6 +12,14 @@ use crate::config::{NetConfig, ServerUrl};
 use crate::net::Stream;
 
 fn pool(max_size: u32, checkout_timeout: Duration) -> Arc<ServerPool> {
+    pool_with(Limits {
+        max_size,
+        checkout_timeout,
+        idle_timeout: Duration::from_secs(600),
+    })
+}
+
+fn pool_with(limits: Limits) -> Arc<ServerPool> {
     let url = ServerUrl::parse("postgres://u@127.0.0.1:1/db?sslmode=disable")
         .unwrap_or_else(|e| panic!("{e}"));
     ServerPool::new(
@@ -24,11 +32,7 @@ fn pool(max_size: u32, checkout_timeout: Duration) -> Arc<ServerPool> {
             connect_timeout: Duration::from_secs(2),
             sockets: Arc::default(),
         },
-        Limits {
-            max_size,
-            checkout_timeout,
-            idle_timeout: Duration::from_secs(600),
-        },
+        limits,
     )
 }
 
@@ -141,22 +145,11 @@ async fn a_broken_connection_frees_a_slot_for_a_waiter_who_connects_itself() {
 
 #[tokio::test]
 async fn idle_connections_age_out() {
-    let pool = ServerPool::new(
-        Opener {
-            target: pool(1, Duration::ZERO).opener.target.clone(),
-            login: Login {
-                user: "u".into(),
-                database: "db".into(),
-            },
-            connect_timeout: Duration::from_secs(2),
-            sockets: Arc::default(),
-        },
-        Limits {
-            max_size: 3,
-            checkout_timeout: Duration::from_secs(1),
-            idle_timeout: Duration::from_millis(20),
-        },
-    );
+    let pool = pool_with(Limits {
+        max_size: 3,
+        checkout_timeout: Duration::from_secs(1),
+        idle_timeout: Duration::from_millis(20),
+    });
     seed(&pool, 2);
     pool.reap();
     assert_eq!(pool.counts(), (2, 0, 0), "not yet");
