@@ -10,17 +10,8 @@ use tokio_postgres::{Client, SimpleQueryMessage};
 
 use crate::common::own::blocking;
 use crate::common::replay::replay_cluster;
-use crate::common::{Proxy, cluster, connect, percent};
-use pgsplit_cluster::{Cluster, Node};
-
-fn console_url(c: &Cluster, proxy: &Proxy) -> String {
-    format!(
-        "postgres://{}:{}@{}/pgsplit",
-        percent(c.user()),
-        percent(c.password()),
-        proxy.addr
-    )
-}
+use crate::common::{Proxy, cluster, connect};
+use pgsplit_cluster::Node;
 
 /// The rows of a console command, each as column name -> text value.
 async fn rows(client: &Client, command: &str) -> Vec<HashMap<String, Option<String>>> {
@@ -70,7 +61,7 @@ async fn the_console_shows_servers_pools_config_and_routes() {
     app.batch_execute("CREATE TABLE IF NOT EXISTS console_t (id int)")
         .await
         .unwrap();
-    let console = connect(&console_url(c, &proxy)).await;
+    let console = connect(&proxy.console_url(c)).await;
     let primary = format!("127.0.0.1:{}", c.port(Node::Primary));
     let replica = format!("127.0.0.1:{}", c.port(Node::Replica));
 
@@ -311,7 +302,7 @@ async fn the_console_shows_servers_pools_config_and_routes() {
 async fn only_admin_users_open_the_console() {
     let c = cluster();
     let proxy = Proxy::start(c, "[admin]\nusers = [\"someone_else\"]\n").await;
-    let err = tokio_postgres::connect(&console_url(c, &proxy), tokio_postgres::NoTls)
+    let err = tokio_postgres::connect(&proxy.console_url(c), tokio_postgres::NoTls)
         .await
         .err()
         .unwrap_or_else(|| panic!("a non-admin user opened the console"));
@@ -337,7 +328,7 @@ async fn the_console_shows_a_lagging_replica() {
         "[routing]\nhealth_interval = \"100ms\"\nmax_lag = \"500ms\"\nread_your_writes = \"off\"\n",
     )
     .await;
-    let console = connect(&console_url(&c, &proxy)).await;
+    let console = connect(&proxy.console_url(&c)).await;
     let route = route_of(&console, "SELECT 1").await;
     assert_eq!(get(&route, "reason"), "read", "{route:?}");
     let writer = connect(&c.url(Node::Primary)).await;
@@ -386,7 +377,7 @@ async fn the_console_shows_a_lagging_replica() {
 async fn pause_waits_for_open_transactions_and_holds_new_work() {
     let c = cluster();
     let proxy = Proxy::start(c, "").await;
-    let console = connect(&console_url(c, &proxy)).await;
+    let console = connect(&proxy.console_url(c)).await;
     let open = connect(&proxy.url(c)).await;
     open.batch_execute("CREATE TABLE IF NOT EXISTS console_pause (id int)")
         .await
@@ -424,7 +415,7 @@ async fn pause_waits_for_open_transactions_and_holds_new_work() {
 async fn a_shutdown_does_not_wait_for_resume() {
     let c = cluster();
     let proxy = Proxy::start(c, "").await;
-    let console = connect(&console_url(c, &proxy)).await;
+    let console = connect(&proxy.console_url(c)).await;
     let waiting_client = connect(&proxy.url(c)).await;
     assert_eq!(get(&rows(&console, "PAUSE 1").await[0], "paused"), "t");
     let waiting = tokio::spawn(async move { waiting_client.simple_query("SELECT 1").await });

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tokio_postgres::SimpleQueryMessage;
 
 use crate::common::own::{blocking, own_cluster};
-use crate::common::{Proxy, connect, percent};
+use crate::common::{Proxy, connect};
 use pgsplit_cluster::Node;
 
 /// The first column of the first row of a console command.
@@ -40,13 +40,7 @@ async fn a_planned_switchover_under_load_costs_no_client_error() {
     blocking(&c, |c| c.wait_caught_up()).await.unwrap();
     let proxy = Proxy::start(&c, "[routing]\nprimary_wait = \"10s\"\n").await;
     let url = proxy.url(&c);
-    let console_url = format!(
-        "postgres://{}:{}@{}/pgsplit",
-        percent(c.user()),
-        percent(c.password()),
-        proxy.addr
-    );
-    let console = connect(&console_url).await;
+    let console = connect(&proxy.console_url(&c)).await;
 
     // Two writers and two readers, as fast as they can, until told to stop;
     // every error is counted, every acknowledged write remembered, and the

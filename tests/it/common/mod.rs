@@ -190,6 +190,16 @@ impl Proxy {
         )
     }
 
+    /// The admin console's URL (database `pgsplit`) as the cluster's user.
+    pub fn console_url(&self, cluster: &Cluster) -> String {
+        format!(
+            "postgres://{}:{}@{}/pgsplit",
+            percent(cluster.user()),
+            percent(cluster.password()),
+            self.addr
+        )
+    }
+
     pub async fn stop(mut self) {
         let _ = self.control.send(pgsplit::app::Control::Stop).await;
         if let Some(t) = self.task.take() {
