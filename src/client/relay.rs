@@ -456,12 +456,10 @@ pub(crate) async fn relay(
         }
         to.range(io, conn, &mut replies, start..pos).await?;
         conn.consume(pos);
-        if done && !replies.discarding() && !to.held.is_empty() {
+        if done && !replies.discarding() {
             // The ReadyForQuery was held back by the session: what was held
             // here goes out now, ahead of it.
-            replies.out.sent_to_client = true;
-            let r = io.write(&to.held).await;
-            client_write(r, conn)?;
+            to.flush(io, conn, &mut replies).await?;
         }
         if done {
             // Anything still queued was sent by the client after the server
@@ -592,11 +590,7 @@ async fn stream_message(
         return Err(server_protocol(conn, e, replies));
     }
     to.range(io, conn, replies, 0..pos).await?;
-    if !to.held.is_empty() {
-        let r = io.write(&to.held).await;
-        to.held.clear();
-        client_write(r, conn)?;
-    }
+    to.flush(io, conn, replies).await?;
     replies.out.sent_to_client = true;
     conn.consume(pos);
     let mut left = total;
@@ -632,6 +626,22 @@ struct Emit {
 }
 
 impl Emit {
+    /// Sends whatever is held back, now that the unit answered.
+    async fn flush(
+        &mut self,
+        io: &mut ClientIo,
+        conn: &mut ServerConn,
+        replies: &mut Replies,
+    ) -> Result<(), RelayError> {
+        if self.held.is_empty() {
+            return Ok(());
+        }
+        replies.out.sent_to_client = true;
+        let r = io.write(&self.held).await;
+        self.held.clear();
+        client_write(r, conn)
+    }
+
     /// Relays `range` of the server's read buffer.
     async fn range(
         &mut self,
