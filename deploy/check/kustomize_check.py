@@ -454,19 +454,29 @@ def duration_ms(text):
     return sum(int(n) * DURATION_MS[u] for n, u in re.findall(r"(\d+)(ms|y|w|d|h|m|s)", text))
 
 
-def check_servicemonitor(sm, services, workloads, where):
-    name = ident(sm)
-    if sm.get("apiVersion") != "monitoring.coreos.com/v1":
+def operator_spec(obj, allowed, where):
+    """The header every Prometheus Operator resource shares (apiVersion,
+    metadata.name, spec with only `allowed` keys): its name and spec, or
+    None for the spec when there is none to check further."""
+    name = ident(obj)
+    if obj.get("apiVersion") != "monitoring.coreos.com/v1":
         fail(f"{where}: {name}: apiVersion must be monitoring.coreos.com/v1")
-    if not (sm.get("metadata") or {}).get("name"):
+    if not (obj.get("metadata") or {}).get("name"):
         fail(f"{where}: {name}: metadata.name is required")
-    spec = sm.get("spec")
+    spec = obj.get("spec")
     if not isinstance(spec, dict):
         fail(f"{where}: {name}: spec is required")
-        return
+        return name, None
     for key in spec:
-        if key not in SM_SPEC_FIELDS:
+        if key not in allowed:
             fail(f"{where}: {name}: unknown field spec.{key}")
+    return name, spec
+
+
+def check_servicemonitor(sm, services, workloads, where):
+    name, spec = operator_spec(sm, SM_SPEC_FIELDS, where)
+    if spec is None:
+        return
     selector = spec.get("selector")
     if not isinstance(selector, dict) or not (selector.get("matchLabels") or selector.get("matchExpressions")):
         fail(f"{where}: {name}: spec.selector with matchLabels or matchExpressions is required")
@@ -539,18 +549,9 @@ def string_map(value):
 
 def check_prometheusrule(pr, services, monitors, where):
     """The fields of the PrometheusRule CRD (monitoring.coreos.com/v1), strict."""
-    name = ident(pr)
-    if pr.get("apiVersion") != "monitoring.coreos.com/v1":
-        fail(f"{where}: {name}: apiVersion must be monitoring.coreos.com/v1")
-    if not (pr.get("metadata") or {}).get("name"):
-        fail(f"{where}: {name}: metadata.name is required")
-    spec = pr.get("spec")
-    if not isinstance(spec, dict):
-        fail(f"{where}: {name}: spec is required")
+    name, spec = operator_spec(pr, {"groups"}, where)
+    if spec is None:
         return
-    for key in spec:
-        if key != "groups":
-            fail(f"{where}: {name}: unknown field spec.{key}")
     groups = spec.get("groups")
     if not isinstance(groups, list) or not groups:
         fail(f"{where}: {name}: spec.groups must be a non-empty list")
