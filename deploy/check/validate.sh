@@ -7,7 +7,7 @@
 # 1. tools: kubernetes-validate and yamllint in a venv under ${TMPDIR:-/tmp}
 #    (installed from PyPI the first time; everything else works offline);
 # 2. yamllint (deploy/kubernetes/.yamllint, strict) on every YAML file, the
-#    Prometheus rules and their tests included;
+#    Prometheus rules and their tests and the Grafana provisioning included;
 # 3. kustomize_check.py resolves each kustomization (resources, generators,
 #    patches and their targets), renders it and checks the Deployment wiring,
 #    the restricted Pod Security Standard, the ServiceMonitor and its Service,
@@ -21,6 +21,11 @@
 #    annotations, a runbook section in docs/operations.md and unit tests firing
 #    and not firing), `promtool check rules` and `promtool test rules`
 #    (promtool: Debian package prometheus, which .ci/run installs);
+# 4c. the Grafana dashboard: grafana_dashboard.py (valid JSON, unique panel
+#    ids, every panel on the ${datasource} variable with non-empty queries,
+#    every metric name a family of src/metrics.rs, rates over
+#    $__rate_interval, a sane grid). That every query returns data from a real
+#    pgsplit is `cargo test --test it dashboard`;
 # 5. dockerfile_check.py on deploy/Dockerfile and .dockerignore, and Cargo.lock
 #    in sync with Cargo.toml (what `cargo build --locked` needs);
 # 6. the pgsplit binary, if one is built (PGSPLIT_BIN, else target/release,
@@ -34,6 +39,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 K8S="$ROOT/deploy/kubernetes"
 PROM_RULES="$ROOT/deploy/prometheus"
+GRAFANA="$ROOT/deploy/grafana"
 K8S_VERSION=1.30.0
 VENV="${TMPDIR:-/tmp}/pgsplit-deploy-check-venv"
 TOOLS=(kubernetes-validate==1.37.0 yamllint==1.38.0)
@@ -74,8 +80,8 @@ say "     $("$VENV/bin/kubernetes-validate" --version 2>&1 | tail -1), $("$VENV/
 
 # ---------------------------------------------------------------- 2. yamllint
 say "== yamllint"
-if "$VENV/bin/yamllint" --strict -c "$K8S/.yamllint" "$K8S" "$PROM_RULES"; then
-    pass "yamllint: $(find "$K8S" "$PROM_RULES" -name '*.yaml' -o -name '*.yml' | wc -l) files"
+if "$VENV/bin/yamllint" --strict -c "$K8S/.yamllint" "$K8S" "$PROM_RULES" "$GRAFANA"; then
+    pass "yamllint: $(find "$K8S" "$PROM_RULES" "$GRAFANA" -name '*.yaml' -o -name '*.yml' | wc -l) files"
 else
     failed "yamllint"
 fi
@@ -144,6 +150,14 @@ else
         cat "$WORK/promtool-test.log" >&2
         failed "promtool test rules deploy/prometheus/pgsplit-rules.test.yml"
     fi
+fi
+
+# ---------------------------------------------------------------- 4c. dashboard
+say "== Grafana dashboard (deploy/grafana)"
+if "$PY" "$ROOT/deploy/check/grafana_dashboard.py" "$ROOT"; then
+    pass "grafana_dashboard: panels, datasource, metric names and grid of pgsplit.json"
+else
+    failed "grafana_dashboard (see ERROR lines above)"
 fi
 
 # ---------------------------------------------------------------- 5. image
