@@ -29,6 +29,7 @@ mod cluster_smoke;
 mod config_examples;
 mod consistency;
 mod console;
+mod dashboard;
 mod deploy_manifests;
 mod failover;
 mod freeze;

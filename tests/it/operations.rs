@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::common::own::{blocking, own_cluster};
+use crate::common::prometheus::Prometheus;
 use crate::common::replay::replay_cluster;
 use crate::common::{Proxy, cluster, connect, free_port, percent};
 use pgsplit_cluster::{Cluster, DATABASE, Node};
@@ -650,44 +651,13 @@ async fn metrics_pass_promtool_check() {
 async fn prometheus_scrapes_pgsplit_with_up_1() {
     let c = cluster();
     let proxy = Proxy::start(c, "").await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("prometheus.yml");
-    write_file(
-        &config,
-        &format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
-             scrape_configs:\n  - job_name: pgsplit\n    scrape_interval: 1s\n    \
-             metrics_path: /metrics\n    static_configs:\n      - targets: [\"{}\"]\n",
-            proxy.admin
-        ),
-    );
-    let web = loopback(free_port());
-    let log_path = dir.path().join("prometheus.log");
-    let log = std::fs::File::create(&log_path).expect("log file");
-    let mut prometheus = Command::new("prometheus")
-        .arg(format!("--config.file={}", config.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.path().join("data").display()
-        ))
-        .arg(format!("--web.listen-address={web}"))
-        .current_dir(dir.path())
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("log fd"))
-        .stderr(log)
-        .spawn()
-        .unwrap_or_else(|e| panic!("prometheus (Debian package `prometheus`) cannot be run: {e}"));
+    let mut prometheus = Prometheus::start(&[proxy.admin]);
 
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut last = String::new();
     let up = loop {
-        if let Some(status) = prometheus.try_wait().expect("try_wait") {
-            panic!(
-                "prometheus exited ({status}):\n{}",
-                std::fs::read_to_string(&log_path).unwrap_or_default()
-            );
-        }
-        if let Ok((200, body)) = http_get(web, "/api/v1/query?query=up").await {
+        prometheus.assert_running();
+        if let Ok((200, body)) = prometheus.get("/api/v1/query?query=up").await {
             if let Some(v) = up_value(&body, &proxy.admin.to_string()) {
                 last = body;
                 if v == "1" {
@@ -705,17 +675,17 @@ async fn prometheus_scrapes_pgsplit_with_up_1() {
     let targets = if up {
         String::new()
     } else {
-        http_get(web, "/api/v1/targets")
+        prometheus
+            .get("/api/v1/targets")
             .await
             .map(|(_, b)| b)
             .unwrap_or_default()
     };
-    let _ = prometheus.kill();
-    let _ = prometheus.wait();
+    let log = prometheus.log();
+    drop(prometheus);
     assert!(
         up,
-        "Prometheus never saw up == 1 for pgsplit; last answer: {last}\ntargets: {targets}\nlog:\n{}",
-        std::fs::read_to_string(&log_path).unwrap_or_default()
+        "Prometheus never saw up == 1 for pgsplit; last answer: {last}\ntargets: {targets}\nlog:\n{log}"
     );
     proxy.stop().await;
 }

@@ -12,6 +12,7 @@
 
 pub mod libpq;
 pub mod own;
+pub mod prometheus;
 pub mod replay;
 pub mod tls;
 
