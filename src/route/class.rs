@@ -117,6 +117,28 @@ impl ConnState {
     }
 }
 
+/// The isolation level a deferred `BEGIN` asked for (see
+/// [`Class::deferrable_begin`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Isolation {
+    /// None given: the session's `default_transaction_isolation`.
+    Default,
+    /// READ COMMITTED (READ UNCOMMITTED is the same in PostgreSQL).
+    ReadCommitted,
+    RepeatableRead,
+}
+
+impl Isolation {
+    /// How a transaction with this level begins read-only on a replica.
+    pub fn begin_read_only(self) -> &'static [u8] {
+        match self {
+            Isolation::Default => b"BEGIN READ ONLY",
+            Isolation::ReadCommitted => b"BEGIN ISOLATION LEVEL READ COMMITTED READ ONLY",
+            Isolation::RepeatableRead => b"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+        }
+    }
+}
+
 /// A routing hint: `/* pgsplit:primary */`, `SET pgsplit.route = ...`, startup option.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RouteMode {
@@ -155,6 +177,11 @@ pub struct Class {
     /// Some statement is a session-level SET/RESET/DISCARD (true for a lone
     /// `Kind::Session` statement as well as for one mixed with others).
     pub session_effect: bool,
+    /// A lone `BEGIN`/`START TRANSACTION` that an optimistic transaction
+    /// may defer: not READ ONLY (that goes to a replica as it is), not
+    /// SERIALIZABLE or DEFERRABLE (a standby cannot run those). The level it
+    /// asked for.
+    pub deferrable_begin: Option<Isolation>,
 }
 
 impl Class {
@@ -171,6 +198,7 @@ impl Class {
             parsed: false,
             statements: 1,
             session_effect: false,
+            deferrable_begin: None,
         }
     }
 
@@ -187,6 +215,7 @@ impl Class {
             parsed: true,
             statements: 1,
             session_effect: matches!(kind, Kind::Session),
+            deferrable_begin: None,
         }
     }
 }
@@ -226,5 +255,10 @@ pub fn merge(a: Class, b: Class) -> Class {
         parsed: a.parsed && b.parsed,
         statements: a.statements.saturating_add(b.statements),
         session_effect: a.session_effect || b.session_effect,
+        deferrable_begin: if kind == a.kind {
+            a.deferrable_begin.and(b.deferrable_begin)
+        } else {
+            None
+        },
     }
 }

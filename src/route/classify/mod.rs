@@ -20,7 +20,7 @@ use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
 use super::catalog::FunctionCatalog;
-use super::class::{Class, ConnState, Kind, PinReason, RouteMode};
+use super::class::{Class, ConnState, Isolation, Kind, PinReason, RouteMode};
 use super::lexer;
 
 mod cache;
@@ -89,6 +89,10 @@ fn classify_unhinted(sql: &str, catalog: &FunctionCatalog) -> Class {
             .with(ConnState::of_pin(one.pin));
         class.clears = class.clears.with(one.clears);
         class.session_effect |= one.kind == Kind::Session || one.session_effect;
+        class.deferrable_begin = one.deferrable_begin;
+    }
+    if class.statements != 1 {
+        class.deferrable_begin = None;
     }
     class.kind = match (class.statements, only) {
         _ if all_read => Kind::Read,
@@ -152,6 +156,8 @@ struct Decision {
     leaves: ConnState,
     /// See [`Class::clears`].
     clears: ConnState,
+    /// See [`Class::deferrable_begin`].
+    deferrable_begin: Option<Isolation>,
 }
 
 impl Decision {
@@ -164,6 +170,7 @@ impl Decision {
             session_effect: false,
             leaves: ConnState::NONE,
             clears: ConnState::NONE,
+            deferrable_begin: None,
         }
     }
 
@@ -230,9 +237,12 @@ fn decide(statement: &Statement, scan: &Scan<'_>) -> Decision {
                 && modifier.is_none()
                 && !*has_end_keyword
             {
-                Decision::of(Kind::Begin {
-                    replica_ok: replica_ok(modes),
-                })
+                Decision {
+                    deferrable_begin: deferrable(modes),
+                    ..Decision::of(Kind::Begin {
+                        replica_ok: replica_ok(modes),
+                    })
+                }
             } else {
                 Decision::of(Kind::Write)
             }
@@ -332,6 +342,31 @@ fn replica_ok(modes: &[TransactionMode]) -> bool {
         }
     }
     read_only
+}
+
+/// The isolation level of a `BEGIN` an optimistic transaction may defer:
+/// any without READ ONLY (which goes to a replica as it is) or SERIALIZABLE
+/// (which a standby refuses). `DEFERRABLE` does not parse and goes to the
+/// primary as unparsed text.
+fn deferrable(modes: &[TransactionMode]) -> Option<Isolation> {
+    let mut level = Isolation::Default;
+    for mode in modes {
+        match mode {
+            TransactionMode::AccessMode(TransactionAccessMode::ReadOnly)
+            | TransactionMode::IsolationLevel(
+                TransactionIsolationLevel::Serializable | TransactionIsolationLevel::Snapshot,
+            ) => return None,
+            TransactionMode::AccessMode(TransactionAccessMode::ReadWrite) => {}
+            TransactionMode::IsolationLevel(
+                TransactionIsolationLevel::ReadCommitted
+                | TransactionIsolationLevel::ReadUncommitted,
+            ) => level = Isolation::ReadCommitted,
+            TransactionMode::IsolationLevel(TransactionIsolationLevel::RepeatableRead) => {
+                level = Isolation::RepeatableRead;
+            }
+        }
+    }
+    Some(level)
 }
 
 /// Whether an `EXPLAIN (...)` option list asks to run the statement: `ANALYZE`,
