@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub(crate) mod cancel;
+pub(crate) mod digest;
 pub(crate) mod error;
 mod floor_probe;
 pub(crate) mod handshake;

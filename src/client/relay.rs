@@ -57,10 +57,13 @@ struct CloseExpect {
 pub(crate) struct Expect {
     parse: VecDeque<ParseExpect>,
     close: VecDeque<CloseExpect>,
-    /// A query of pgsplit's own goes ahead of the unit (the connection's
-    /// settings, see `Session::sync`): its replies, up to its ReadyForQuery,
-    /// are pgsplit's.
-    pub(crate) setup: bool,
+    /// Queries of pgsplit's own that go ahead of the unit (the connection's
+    /// settings, see `Session::sync`; a deferred BEGIN): their replies, up to
+    /// as many ReadyForQuery, are pgsplit's.
+    pub(crate) setup: u8,
+    /// The digest of what the client receives for the unit, kept while an
+    /// optimistic transaction runs on a replica (see [`super::digest`]).
+    pub(crate) digest: Option<super::digest::Digest>,
 }
 
 impl Expect {
@@ -98,7 +101,8 @@ impl Expect {
                     evicts: None,
                 })
                 .collect(),
-            setup: false,
+            setup: 0,
+            digest: None,
         }
     }
 }
@@ -437,6 +441,9 @@ pub(crate) async fn relay(
                 Err(e) => return Err(server_protocol(conn, e, &replies)),
             };
             done = step.done;
+            if let (Some(d), Action::Forward) = (&mut exp.digest, step.action) {
+                d.message(message.tag, conn.buffered(pos..end));
+            }
             match step.action {
                 Action::Forward => {}
                 Action::HoldReady if to.held.is_empty() => {
@@ -597,6 +604,9 @@ async fn stream_message(
     loop {
         let n = conn.buffered_len().min(left);
         if n > 0 {
+            if let Some(d) = &mut exp.digest {
+                d.add(conn.buffered(0..n));
+            }
             let r = io.write(conn.buffered(0..n)).await;
             client_write(r, conn)?;
             conn.consume(n);

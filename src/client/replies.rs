@@ -38,6 +38,9 @@ pub(crate) struct Outcome {
     /// replies were discarded (`retry_conflict` is set too), and the
     /// connection cannot serve this session.
     pub setup_failed: bool,
+    /// The digest of the unit's answer, when one was asked for (see
+    /// [`super::digest`]).
+    pub digest: Option<u64>,
     /// With `hold_ready`: the unit's last replies before its ReadyForQuery,
     /// not sent yet, so that the session sends them with the ReadyForQuery
     /// in one write once the floor is recorded.
@@ -103,6 +106,7 @@ impl Replies {
                 wrote: false,
                 probe: None,
                 setup_failed: false,
+                digest: None,
                 tail: BytesMut::new(),
             },
             probing: false,
@@ -123,7 +127,7 @@ impl Replies {
     /// not part of pgsplit's settings or floor query, not discarded. (Such a
     /// message may be streamed before it has fully arrived.)
     pub(crate) fn forwards_as_is(&self, exp: &Expect) -> bool {
-        !exp.setup && !self.probing && !self.discarding
+        exp.setup == 0 && !self.probing && !self.discarding
     }
 
     /// Judges the server message `tag`/`body`, noting what it says in the
@@ -137,7 +141,7 @@ impl Replies {
         exp: &mut Expect,
         params: &mut HashMap<Vec<u8>, Vec<u8>>,
     ) -> Result<Step, ProtocolError> {
-        if exp.setup {
+        if exp.setup > 0 {
             // pgsplit's settings query ahead of the unit.
             match tag {
                 tag::backend::PARAMETER_STATUS => {
@@ -152,7 +156,7 @@ impl Replies {
                     self.out.retry_conflict = true;
                     self.discarding = true;
                 }
-                tag::backend::READY_FOR_QUERY => exp.setup = false,
+                tag::backend::READY_FOR_QUERY => exp.setup -= 1,
                 _ => {}
             }
             return Ok(self.swallow(false));

@@ -313,7 +313,7 @@ fn a_settings_query_ahead_of_a_read_is_pgsplits_own() {
     ];
     msgs.extend(read.iter().cloned());
     let mut exp = Expect::default();
-    exp.setup = true;
+    exp.setup = 1;
     let (steps, r, params) = run(retryable, &mut exp, &msgs);
     assert_eq!(
         steps,
@@ -327,7 +327,7 @@ fn a_settings_query_ahead_of_a_read_is_pgsplits_own() {
             (F, true)
         ]
     );
-    assert!(!r.out.setup_failed && !exp.setup);
+    assert!(!r.out.setup_failed && exp.setup == 0);
     assert_eq!(
         params.get(&b"application_name"[..]).map(Vec::as_slice),
         Some(&b"app"[..]),
@@ -337,7 +337,7 @@ fn a_settings_query_ahead_of_a_read_is_pgsplits_own() {
     let mut msgs = vec![error("22023"), ready(TxStatus::Idle)];
     msgs.extend(read.iter().cloned());
     let mut exp = Expect::default();
-    exp.setup = true;
+    exp.setup = 1;
     let (steps, r, _) = run(retryable, &mut exp, &msgs);
     assert!(
         steps[..steps.len() - 1].iter().all(|s| *s == (S, false)),
