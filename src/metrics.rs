@@ -28,6 +28,43 @@ const REASONS: [Reason; 11] = [
     Reason::ParseFallback,
 ];
 
+/// How an optimistic transaction went (`pgsplit_transactions_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxnOutcome {
+    /// Ended on the replica (COMMIT or ROLLBACK) having only read.
+    ReadOnlyOnReplica,
+    /// Its first statement needed the primary: it began there.
+    StartedOnPrimary,
+    /// A write moved it to the primary; its reads answered the same there.
+    ReplayedMatch,
+    /// Moved, and some read answered differently: 40001.
+    ReplayedMismatch,
+    /// Moved because the next statement could not be recorded (past the
+    /// record's bounds, `SET`, `SET LOCAL`, a unit sent before its Sync);
+    /// its reads answered the same.
+    MovedBeforeUnreplayable,
+}
+
+impl TxnOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TxnOutcome::ReadOnlyOnReplica => "read_only_on_replica",
+            TxnOutcome::StartedOnPrimary => "started_on_primary",
+            TxnOutcome::ReplayedMatch => "replayed_match",
+            TxnOutcome::ReplayedMismatch => "replayed_mismatch",
+            TxnOutcome::MovedBeforeUnreplayable => "moved_before_unreplayable",
+        }
+    }
+}
+
+const TXN_OUTCOMES: [TxnOutcome; 5] = [
+    TxnOutcome::ReadOnlyOnReplica,
+    TxnOutcome::StartedOnPrimary,
+    TxnOutcome::ReplayedMatch,
+    TxnOutcome::ReplayedMismatch,
+    TxnOutcome::MovedBeforeUnreplayable,
+];
+
 /// Latency buckets in seconds: 50us to 10s.
 const LATENCY_BUCKETS: &[f64] = &[
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -118,6 +155,16 @@ const FAMILIES: &[(&str, char, &str)] = &[
         "pgsplit_fallbacks_total",
         'c',
         "Reads that wanted a replica but ran on the primary, by reason.",
+    ),
+    (
+        "pgsplit_transactions_total",
+        'c',
+        "Transactions begun without READ ONLY (optimistic transactions), by outcome.",
+    ),
+    (
+        "pgsplit_transaction_replay_seconds",
+        'h',
+        "Time to move an optimistic transaction from a replica to the primary (replay its reads, check their answers), in seconds.",
     ),
     (
         "pgsplit_server_up",
@@ -269,6 +316,13 @@ impl Metrics {
             .increment(0);
         }
         m.counter("pgsplit_auth_failures_total", &[]).increment(0);
+        for outcome in TXN_OUTCOMES {
+            m.counter(
+                "pgsplit_transactions_total",
+                &[("outcome", outcome.as_str().into())],
+            )
+            .increment(0);
+        }
         Arc::new(m)
     }
 
@@ -317,6 +371,22 @@ impl Metrics {
                 ),
                 &META,
             )
+            .record(took.as_secs_f64());
+    }
+
+    /// An optimistic transaction's outcome.
+    pub fn transaction(&self, outcome: TxnOutcome) {
+        self.counter(
+            "pgsplit_transactions_total",
+            &[("outcome", outcome.as_str().into())],
+        )
+        .increment(1);
+    }
+
+    /// One move of an optimistic transaction to the primary.
+    pub fn transaction_replay(&self, took: Duration) {
+        self.recorder
+            .register_histogram(&Key::from_name("pgsplit_transaction_replay_seconds"), &META)
             .record(took.as_secs_f64());
     }
 

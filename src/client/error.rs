@@ -55,6 +55,12 @@ pub enum ClientError {
     /// A server the session used was removed from the configuration.
     #[error("the server for this statement is no longer configured")]
     ServerRemoved,
+    /// An optimistic transaction moved from a replica to the primary, and a
+    /// read it had made answered differently there: nothing was written.
+    #[error(
+        "could not serialize access: a read earlier in this transaction (run on a replica) answers differently on the primary now; nothing was written, roll back and retry"
+    )]
+    ReadChanged,
     /// A user not listed in `[admin] users` asked for the console.
     #[error("user {0:?} may not open the pgsplit console (see [admin] users)")]
     NotAdmin(String),
@@ -90,6 +96,7 @@ impl ClientError {
             ClientError::BadParameterName(_) => sqlstate::UNDEFINED_OBJECT,
             ClientError::ShuttingDown => sqlstate::ADMIN_SHUTDOWN,
             ClientError::NoPrimary { .. } => sqlstate::CANNOT_CONNECT_NOW,
+            ClientError::ReadChanged => sqlstate::SERIALIZATION_FAILURE,
         }
     }
 
@@ -111,6 +118,7 @@ impl ClientError {
             ClientError::NoPrimary { .. } => "no_primary",
             ClientError::TransactionLost | ClientError::ServerRemoved => "server_lost",
             ClientError::NotAdmin(_) => "not_admin",
+            ClientError::ReadChanged => "read_changed",
         }
     }
 

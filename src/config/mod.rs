@@ -122,6 +122,17 @@ pub struct RoutingConfig {
     pub primary_functions: Vec<String>,
     /// Number of distinct statement shapes whose routing decision is cached.
     pub cache_size: usize,
+    /// A transaction begun without READ ONLY starts on a replica when its
+    /// first statement is a read; a later write moves it to the primary by
+    /// replaying its reads there and checking they answer the same
+    /// (README, "Transactions that start with reads").
+    pub optimistic_transactions: bool,
+    /// Units an optimistic transaction records on a replica before it moves
+    /// to the primary (the replay a write would need grows with them).
+    pub optimistic_max_statements: u32,
+    /// Bytes of client messages it records, likewise.
+    #[serde(deserialize_with = "de_size")]
+    pub optimistic_max_bytes: ByteSize,
 }
 
 impl Default for RoutingConfig {
@@ -137,6 +148,9 @@ impl Default for RoutingConfig {
             replica_safe_functions: Vec::new(),
             primary_functions: Vec::new(),
             cache_size: 10_000,
+            optimistic_transactions: true,
+            optimistic_max_statements: 64,
+            optimistic_max_bytes: ByteSize(1 << 20),
         }
     }
 }

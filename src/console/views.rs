@@ -210,6 +210,18 @@ pub fn config(c: &Config) -> Table {
     );
     row("routing.primary_functions", r.primary_functions.join(", "));
     row("routing.cache_size", r.cache_size.to_string());
+    row(
+        "routing.optimistic_transactions",
+        r.optimistic_transactions.to_string(),
+    );
+    row(
+        "routing.optimistic_max_statements",
+        r.optimistic_max_statements.to_string(),
+    );
+    row(
+        "routing.optimistic_max_bytes",
+        r.optimistic_max_bytes.0.to_string(),
+    );
     let p = &c.pool;
     row("pool.mode", format!("{:?}", p.mode).to_lowercase());
     row("pool.max_size", p.max_size.to_string());

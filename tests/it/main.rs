@@ -35,6 +35,7 @@ mod failover;
 mod freeze;
 mod health_state;
 mod operations;
+mod optimistic;
 mod pool_reuse;
 mod pool_settings;
 mod pool_statements;

@@ -236,7 +236,8 @@ async fn named_prepared_statements_run_reads_on_replica_writes_on_primary() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prepared_statement_used_first_in_a_transaction_then_outside() {
     let c = cluster();
-    let proxy = start(c, "").await;
+    // Transactions on the primary from their BEGIN, as this test is about.
+    let proxy = start(c, "[routing]\noptimistic_transactions = false\n").await;
     let mut client = connect(&proxy.url(c)).await;
     // Prepared outside a transaction (on the replica), executed first inside one
     // (primary), then outside again (replica): each server gets it when needed.
@@ -555,10 +556,11 @@ async fn transaction_sees_its_own_writes_and_rollback_discards_them() {
         .expect("SELECT after rollback");
     assert_eq!(row.get::<_, i64>(0), 0);
 
-    // A plain BEGIN holding only reads still runs on the primary, whole.
+    // A plain BEGIN holding only reads runs on the replica, whole
+    // (optimistic transactions; `tests/it/optimistic.rs`).
     client.batch_execute("BEGIN").await.expect("BEGIN");
     for _ in 0..3 {
-        assert_eq!(server_port(&client).await, primary(c));
+        assert_eq!(server_port(&client).await, replica(c));
     }
     client.batch_execute("COMMIT").await.expect("COMMIT");
 

@@ -34,6 +34,11 @@ impl Session {
             .is_some_and(|w| w.eq_ignore_ascii_case("reset"));
         let mode = if is_reset { self.st.default_mode } else { mode };
         let status = match self.st.txn {
+            // In a transaction no server has seen yet.
+            None if self.opt.deferred() => {
+                self.st.pending_mode = Some(mode);
+                TxStatus::InTransaction
+            }
             None => {
                 self.st.mode = mode;
                 TxStatus::Idle
@@ -109,6 +114,7 @@ impl Session {
             return Ok(false);
         };
         let status = match self.st.txn {
+            None if self.opt.deferred() => TxStatus::InTransaction,
             None => TxStatus::Idle,
             Some(id) => match self.conns.get_mut(id).map(|h| h.conn.status()) {
                 Some(TxStatus::InTransaction) => TxStatus::InTransaction,
@@ -138,6 +144,11 @@ impl Session {
         if !unit.complete || self.st.txn.is_some() || !statement_free {
             return Ok(false);
         }
+        let status = if self.opt.deferred() {
+            TxStatus::InTransaction
+        } else {
+            TxStatus::Idle
+        };
         let mut reply = BytesMut::new();
         for frame in &unit.frames {
             match frame.tag {
@@ -150,7 +161,7 @@ impl Session {
                     }
                     reply.extend_from_slice(&build::close_complete());
                 }
-                tag::SYNC => reply.extend_from_slice(&build::ready_for_query(TxStatus::Idle)),
+                tag::SYNC => reply.extend_from_slice(&build::ready_for_query(status)),
                 _ => {}
             }
         }
@@ -208,7 +219,7 @@ impl Session {
                 }
             }
         }
-        let status = if self.st.txn.is_some() {
+        let status = if self.st.txn.is_some() || self.opt.deferred() {
             TxStatus::Failed
         } else {
             TxStatus::Idle

@@ -16,6 +16,7 @@
 mod floor;
 mod held;
 mod local;
+mod optimistic;
 mod run;
 
 use std::sync::Arc;
@@ -53,6 +54,8 @@ pub(crate) struct Session {
     pin_counted: bool,
     /// Its entry among the open sessions (`SHOW CLIENTS`).
     client: Arc<crate::client::registry::ClientInfo>,
+    /// Its optimistic transaction, if one is open.
+    opt: optimistic::Optimistic,
 }
 
 impl Session {
@@ -82,6 +85,7 @@ impl Session {
             pool_mode,
             pin_counted: false,
             client,
+            opt: optimistic::Optimistic::default(),
             ctx,
         }
     }
@@ -187,6 +191,7 @@ impl Session {
         let state = match self.st.txn.and_then(|id| self.conns.get(id)) {
             Some(held) if held.conn.status() == TxStatus::Failed => ClientState::FailedTransaction,
             Some(_) => ClientState::InTransaction,
+            None if self.opt.deferred() => ClientState::InTransaction,
             None => ClientState::Idle,
         };
         self.client.ended(state, self.st.pinned, server);

@@ -19,6 +19,7 @@ use crate::client::unit::Unit;
 use crate::config::Config;
 use crate::protocol::{TxStatus, build, tag};
 use crate::route::class::{Class, Kind, PinReason};
+use crate::route::optimistic::Step;
 use crate::route::plan::{self, Ended, Execution, UnitTexts, UnitView};
 use crate::route::router::{Reason, SessionView, Target};
 
@@ -70,6 +71,12 @@ fn runs_again(mode: RelayMode, result: &Result<Outcome, RelayError>) -> bool {
 
 impl Session {
     pub(super) async fn run_unit(&mut self, unit: Unit) -> Result<(), ClientError> {
+        let result = self.run_unit_here(unit).await;
+        self.optimistic_lost();
+        result
+    }
+
+    async fn run_unit_here(&mut self, unit: Unit) -> Result<(), ClientError> {
         if self.set_route_locally(&unit).await?
             || self.answer_closes_locally(&unit).await?
             || self.deallocate_locally(&unit).await?
@@ -77,6 +84,20 @@ impl Session {
             return Ok(());
         }
         let class = unit.class();
+        let step = {
+            let config = self.ctx.config();
+            self.optimistic_step(&unit, &class, &config)
+        };
+        match step {
+            Step::Defer => return self.defer_begin(&unit, &class).await,
+            Step::Move => match self.move_to_primary(&unit, &class).await {
+                Ok(true) => {}
+                Ok(false) => return Ok(()),
+                Err(e @ (ClientError::Gone(_) | ClientError::Protocol(_))) => return Err(e),
+                Err(e) => return self.fail_unit(&unit, &e).await,
+            },
+            Step::AsUsual | Step::Open | Step::Record => {}
+        }
         let mut retried = false;
         // The failed first run was on a replica (else on the primary).
         let mut replica_failed = false;
@@ -99,7 +120,8 @@ impl Session {
             };
             let at = Execution {
                 on_primary,
-                in_txn: self.st.txn.is_some(),
+                // A deferred BEGIN opens on the primary with this unit.
+                in_txn: self.st.txn.is_some() || (self.opt.deferred() && on_primary),
                 retried,
                 tracks_floor: on_primary
                     && config.routing.read_your_writes != crate::config::ReadYourWrites::Off
@@ -116,7 +138,8 @@ impl Session {
             let dirties = !unit.complete
                 || !(leaves_no_state(&class, self.pool_mode)
                     || only_settings(&unit, &class, &self.st));
-            let result = self.forward(&unit, id, mode, dirties).await;
+            let run = self.optimistic_run(step, on_primary);
+            let result = self.forward(&unit, id, mode, dirties, run).await;
             let again = runs_again(mode, &result);
             match result {
                 Ok(outcome) if again => {
@@ -150,6 +173,7 @@ impl Session {
                     let floor = plan::after(&class, mode, ended, self.st.txn_wrote);
                     self.st.txn_wrote = floor.txn_wrote;
                     self.learn(&unit, &class, id, &outcome)?;
+                    self.optimistic_after(&unit, step, on_primary, &outcome);
                     if floor.record {
                         match outcome.probe {
                             Some(lsn) => self.set_floor(lsn, &config),
@@ -304,6 +328,7 @@ impl Session {
         id: ServerId,
         mode: RelayMode,
         dirties: bool,
+        run: super::optimistic::Run,
     ) -> Result<Outcome, RelayError> {
         let Session {
             io,
@@ -321,7 +346,7 @@ impl Session {
         if let Some(sql) = setup {
             if mode.retry_conflict {
                 out.extend_from_slice(&build::query(&sql));
-                exp.setup = true;
+                exp.setup += 1;
             } else {
                 // Only a read that may run again elsewhere can take them in
                 // its flight; anything else waits for them.
@@ -330,6 +355,11 @@ impl Session {
                     .map_err(RelayError::Client)?;
             }
         }
+        if let Some(begin) = &run.prefix {
+            out.extend_from_slice(&build::query(begin));
+            exp.setup += 1;
+        }
+        exp.digest = run.digest;
         relay::begin_unit(conn, &mut out, &mut exp);
         for frame in &unit.frames {
             relay::stage(frame, st, conn, &mut out, &mut exp)
@@ -355,7 +385,10 @@ impl Session {
         // A unit that runs again keeps its own Parses in the session: the
         // next run sends them again.
         relay::settle(&mut exp, st, conn, !runs_again(mode, &result));
-        result
+        result.map(|mut outcome| {
+            outcome.digest = exp.digest.map(|d| d.finish());
+            outcome
+        })
     }
 
     /// Updates the session, and the connection that ran the unit, from what

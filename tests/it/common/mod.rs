@@ -227,7 +227,7 @@ pub async fn server_port(client: &Client) -> u16 {
     let row = client
         .query_one("SELECT inet_server_port()", &[])
         .await
-        .unwrap_or_else(|e| panic!("inet_server_port: {e}"));
+        .unwrap_or_else(|e| panic!("inet_server_port: {e}: {:?}", e.as_db_error()));
     let port: i32 = row.get(0);
     u16::try_from(port).unwrap_or(0)
 }

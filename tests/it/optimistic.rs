@@ -1,0 +1,304 @@
+//! Optimistic transactions (README, "Transactions that start with reads"): a
+//! transaction begun without READ ONLY starts where its first statement
+//! goes; reads run on the replica, and a write moves the transaction to the
+//! primary by replaying them there and checking they answer the same.
+
+use std::time::Duration;
+
+use pgsplit_cluster::{Cluster, Node};
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+use crate::common::own::{blocking, poll_until};
+use crate::common::replay::replay_cluster;
+use crate::common::{Proxy, cluster, connect, server_port};
+
+/// The value of `pgsplit_transactions_total{outcome}`.
+fn outcome(proxy: &Proxy, outcome: &str) -> f64 {
+    let label = format!("outcome=\"{outcome}\"");
+    proxy
+        .ctx
+        .metrics
+        .counters()
+        .into_iter()
+        .find(|(name, labels, _)| name == "pgsplit_transactions_total" && *labels == label)
+        .map_or(0.0, |(_, _, v)| v)
+}
+
+/// The first column of the first row of a simple query.
+async fn first(client: &Client, sql: &str) -> String {
+    let messages = client
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    messages
+        .into_iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("{sql}: no row"))
+}
+
+async fn setup_table(c: &Cluster, table: &str) {
+    let primary = connect(&c.url(Node::Primary)).await;
+    primary
+        .batch_execute(&format!(
+            "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (id int primary key, v int); \
+             INSERT INTO {table} VALUES (1, 100)"
+        ))
+        .await
+        .unwrap();
+    tokio::task::block_in_place(|| c.wait_caught_up()).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_of_reads_runs_on_the_replica() {
+    let c = cluster();
+    setup_table(c, "opt_ro").await;
+    let proxy = Proxy::start(c, "").await;
+    let client = connect(&proxy.url(c)).await;
+    let replica = c.port(Node::Replica).to_string();
+    for (begin, end) in [
+        ("BEGIN", "COMMIT"),
+        (
+            "START TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+            "ROLLBACK",
+        ),
+        ("begin isolation level read committed", "END"),
+    ] {
+        client.batch_execute(begin).await.unwrap();
+        assert_eq!(
+            first(&client, "SELECT inet_server_port()").await,
+            replica,
+            "{begin}"
+        );
+        assert_eq!(
+            first(&client, "SELECT v FROM opt_ro WHERE id = 1").await,
+            "100"
+        );
+        // Savepoints stay on the replica too.
+        client.batch_execute("SAVEPOINT s").await.unwrap();
+        assert_eq!(first(&client, "SELECT inet_server_port()").await, replica);
+        client.batch_execute("RELEASE SAVEPOINT s").await.unwrap();
+        client.batch_execute(end).await.unwrap();
+    }
+    assert_eq!(outcome(&proxy, "read_only_on_replica"), 3.0);
+    assert_eq!(outcome(&proxy, "replayed_match"), 0.0);
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_then_write_transaction_commits_on_the_primary() {
+    let c = cluster();
+    setup_table(c, "opt_rw").await;
+    let proxy = Proxy::start(c, "").await;
+    let client = connect(&proxy.url(c)).await;
+    let (primary, replica) = (c.port(Node::Primary), c.port(Node::Replica));
+    client.batch_execute("BEGIN").await.unwrap();
+    let v: i32 = first(&client, "SELECT v FROM opt_rw WHERE id = 1")
+        .await
+        .parse()
+        .unwrap();
+    assert_eq!(v, 100);
+    client
+        .batch_execute(&format!("UPDATE opt_rw SET v = {} WHERE id = 1", v + 1))
+        .await
+        .unwrap();
+    // After the write, the transaction is on the primary and sees it.
+    assert_eq!(server_port(&client).await, primary);
+    assert_eq!(
+        first(&client, "SELECT v FROM opt_rw WHERE id = 1").await,
+        "101"
+    );
+    client.batch_execute("COMMIT").await.unwrap();
+    let direct = connect(&c.url(Node::Primary)).await;
+    assert_eq!(
+        first(&direct, "SELECT v FROM opt_rw WHERE id = 1").await,
+        "101"
+    );
+    assert_eq!(outcome(&proxy, "replayed_match"), 1.0);
+
+    // A transaction whose first statement writes begins on the primary.
+    client
+        .batch_execute("BEGIN; UPDATE opt_rw SET v = v + 1 WHERE id = 1")
+        .await
+        .unwrap();
+    assert_eq!(server_port(&client).await, primary);
+    client.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(
+        outcome(&proxy, "started_on_primary"),
+        0.0,
+        "a multi-statement string"
+    );
+    client.batch_execute("BEGIN").await.unwrap();
+    client
+        .batch_execute("UPDATE opt_rw SET v = v + 1 WHERE id = 1")
+        .await
+        .unwrap();
+    assert_eq!(server_port(&client).await, primary);
+    client.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(outcome(&proxy, "started_on_primary"), 1.0);
+    assert_eq!(
+        first(&direct, "SELECT v FROM opt_rw WHERE id = 1").await,
+        "103"
+    );
+
+    // Turned off, a transaction runs on the primary from its BEGIN.
+    proxy.stop().await;
+    let proxy = Proxy::start(c, "[routing]\noptimistic_transactions = false\n").await;
+    let client = connect(&proxy.url(c)).await;
+    assert_eq!(server_port(&client).await, replica);
+    client.batch_execute("BEGIN").await.unwrap();
+    assert_eq!(server_port(&client).await, primary);
+    client.batch_execute("ROLLBACK").await.unwrap();
+    proxy.stop().await;
+}
+
+/// The stale case: the replica has not replayed a change the primary
+/// committed. A transaction that reads the old value there and writes from
+/// it gets 40001 and writes nothing; its retry starts on the primary and
+/// succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_computed_from_a_stale_read_is_refused_with_40001() {
+    let (c, _turn) = replay_cluster().await;
+    setup_table(&c, "opt_stale").await;
+    // Generous lag limits: the paused replica stays in use.
+    let proxy = Proxy::start(&c, "[routing]\nmax_lag = \"1h\"\nmax_lag_bytes = \"1GB\"\n").await;
+    let client = connect(&proxy.url(&c)).await;
+    blocking(&c, |c| c.pause_replay()).await.unwrap();
+    let direct = connect(&c.url(Node::Primary)).await;
+    direct
+        .batch_execute("UPDATE opt_stale SET v = 200 WHERE id = 1")
+        .await
+        .unwrap();
+
+    client.batch_execute("BEGIN").await.unwrap();
+    let v: i32 = first(&client, "SELECT v FROM opt_stale WHERE id = 1")
+        .await
+        .parse()
+        .unwrap();
+    assert_eq!(v, 100, "the replica's stale value");
+    let err = client
+        .batch_execute(&format!("UPDATE opt_stale SET v = {} WHERE id = 1", v + 1))
+        .await
+        .unwrap_err();
+    let db = err.as_db_error().unwrap_or_else(|| panic!("{err}"));
+    assert_eq!(db.code().code(), "40001", "{db:?}");
+    assert!(db.message().contains("answers differently"), "{db:?}");
+    // The transaction is failed, as after any 40001, until it rolls back.
+    let err = client.batch_execute("SELECT 1").await.unwrap_err();
+    assert_eq!(err.as_db_error().map(|d| d.code().code()), Some("25P02"));
+    client.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(
+        first(&direct, "SELECT v FROM opt_stale WHERE id = 1").await,
+        "200"
+    );
+    assert_eq!(outcome(&proxy, "replayed_mismatch"), 1.0);
+
+    // The retry starts on the primary: it reads 200 and writes 201.
+    client.batch_execute("BEGIN").await.unwrap();
+    let v: i32 = first(&client, "SELECT v FROM opt_stale WHERE id = 1")
+        .await
+        .parse()
+        .unwrap();
+    assert_eq!(v, 200);
+    client
+        .batch_execute(&format!("UPDATE opt_stale SET v = {} WHERE id = 1", v + 1))
+        .await
+        .unwrap();
+    client.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(
+        first(&direct, "SELECT v FROM opt_stale WHERE id = 1").await,
+        "201"
+    );
+    // The one after that is optimistic again, once the replica has the
+    // write (read-your-writes keeps reads off it until then).
+    blocking(&c, |c| c.resume_replay()).await.unwrap();
+    blocking(&c, |c| c.wait_caught_up()).await.unwrap();
+    let replica = c.port(Node::Replica);
+    let on_replica = poll_until(Duration::from_secs(10), || async {
+        client.batch_execute("BEGIN").await.unwrap();
+        let port = server_port(&client).await;
+        client.batch_execute("ROLLBACK").await.unwrap();
+        port == replica
+    })
+    .await;
+    assert!(
+        on_replica.is_some(),
+        "transactions never returned to the replica"
+    );
+    proxy.stop().await;
+}
+
+/// The race case: clients read a counter and write back what they read plus
+/// one, in REPEATABLE READ transactions, retrying on 40001 as applications
+/// do. No increment may be lost (on the primary alone none would be).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_read_then_increment_loses_no_update() {
+    const CLIENTS: usize = 8;
+    const EACH: usize = 15;
+    let c = cluster();
+    setup_table(c, "opt_race").await;
+    let proxy = Proxy::start(c, "").await;
+    let url = proxy.url(c);
+    let mut tasks = Vec::new();
+    for _ in 0..CLIENTS {
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move {
+            let client = connect(&url).await;
+            let mut retries = 0u32;
+            for _ in 0..EACH {
+                loop {
+                    match increment(&client).await {
+                        Ok(()) => break,
+                        Err(code) if code == "40001" => {
+                            retries += 1;
+                            client.batch_execute("ROLLBACK").await.unwrap();
+                            tokio::time::sleep(Duration::from_millis(2)).await;
+                        }
+                        Err(code) => panic!("increment failed with {code}"),
+                    }
+                }
+            }
+            retries
+        }));
+    }
+    let mut retries = 0;
+    for t in tasks {
+        retries += t.await.unwrap();
+    }
+    let direct = connect(&c.url(Node::Primary)).await;
+    let v: usize = first(&direct, "SELECT v FROM opt_race WHERE id = 1")
+        .await
+        .parse()
+        .unwrap();
+    eprintln!(
+        "race: {CLIENTS} clients x {EACH} increments, {retries} retries after 40001; \
+         matched {} mismatched {}",
+        outcome(&proxy, "replayed_match"),
+        outcome(&proxy, "replayed_mismatch")
+    );
+    assert_eq!(v, 100 + CLIENTS * EACH, "an increment was lost");
+    proxy.stop().await;
+}
+
+/// One read-then-write transaction; the SQLSTATE of a failure.
+async fn increment(client: &Client) -> Result<(), String> {
+    let code = |e: tokio_postgres::Error| {
+        e.as_db_error()
+            .map_or_else(|| e.to_string(), |d| d.code().code().to_owned())
+    };
+    client
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        .await
+        .map_err(code)?;
+    let v: i64 = first(client, "SELECT v FROM opt_race WHERE id = 1")
+        .await
+        .parse()
+        .map_err(|e| format!("{e}"))?;
+    client
+        .batch_execute(&format!("UPDATE opt_race SET v = {} WHERE id = 1", v + 1))
+        .await
+        .map_err(code)?;
+    client.batch_execute("COMMIT").await.map_err(code)
+}
