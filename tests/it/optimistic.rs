@@ -302,3 +302,59 @@ async fn increment(client: &Client) -> Result<(), String> {
         .map_err(code)?;
     client.batch_execute("COMMIT").await.map_err(code)
 }
+
+/// psycopg's default connections and SQLAlchemy ORM sessions, which put
+/// every read in a transaction: read-only ones run on the replica (the
+/// server says so: `inet_server_port()` inside them), read-then-write ones
+/// commit on the primary with the right value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_orm_transactions_read_on_the_replica_and_write_on_the_primary() {
+    let c = cluster();
+    setup_table(c, "opt_orm").await;
+    let proxy = Proxy::start(c, "").await;
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/clients/optimistic_orm.py"
+    );
+    let run = tokio::process::Command::new("python3")
+        .arg(script)
+        .arg(proxy.url(c))
+        .arg("opt_orm")
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .unwrap_or_else(|_| panic!("optimistic_orm.py did not finish within 120 s"))
+        .unwrap_or_else(|e| panic!("python3: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "optimistic_orm.py failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (primary, replica) = (c.port(Node::Primary), c.port(Node::Replica));
+    assert_eq!(
+        stdout,
+        format!(
+            "psycopg read-only {replica}\n\
+             psycopg read-then-write 101 {primary}\n\
+             sqlalchemy read-only {replica}\n\
+             sqlalchemy read-then-write 102\n"
+        )
+    );
+    let direct = connect(&c.url(Node::Primary)).await;
+    assert_eq!(
+        first(&direct, "SELECT v FROM opt_orm WHERE id = 1").await,
+        "102"
+    );
+    eprintln!(
+        "orm: read_only_on_replica {}, replayed_match {}, started_on_primary {}, mismatch {}",
+        outcome(&proxy, "read_only_on_replica"),
+        outcome(&proxy, "replayed_match"),
+        outcome(&proxy, "started_on_primary"),
+        outcome(&proxy, "replayed_mismatch")
+    );
+    assert!(outcome(&proxy, "replayed_match") >= 2.0);
+    assert_eq!(outcome(&proxy, "replayed_mismatch"), 0.0);
+    proxy.stop().await;
+}

@@ -1,0 +1,83 @@
+"""psycopg 3 with its default (non-autocommit) connections, and SQLAlchemy 2
+ORM sessions over it, through pgsplit's optimistic transactions. Run by
+tests/it/optimistic.rs.
+
+Usage:
+  optimistic_orm.py DSN TABLE
+      TABLE has a row (id 1, v int). Prints one line per step:
+        psycopg read-only PORT        (inet_server_port() inside the read
+                                       transaction: which server ran it)
+        psycopg read-then-write V PORT (the value written from the value
+                                       read, and the server after the write)
+        sqlalchemy read-only PORT
+        sqlalchemy read-then-write V
+"""
+
+import sys
+
+import psycopg
+from sqlalchemy import Integer, create_engine, text
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+
+def psycopg_steps(dsn, table):
+    # autocommit=False is psycopg's default: it sends BEGIN before the
+    # first statement of each transaction.
+    with psycopg.connect(dsn) as conn:
+        with conn.cursor() as cur:
+            cur.execute(f"SELECT v FROM {table} WHERE id = %s", (1,))
+            cur.fetchone()
+            cur.execute("SELECT inet_server_port()")
+            port = cur.fetchone()[0]
+        conn.commit()
+        print(f"psycopg read-only {port}")
+
+        with conn.cursor() as cur:
+            cur.execute(f"SELECT v FROM {table} WHERE id = %s", (1,))
+            (v,) = cur.fetchone()
+            cur.execute(f"UPDATE {table} SET v = %s WHERE id = %s", (v + 1, 1))
+            cur.execute("SELECT inet_server_port()")
+            port = cur.fetchone()[0]
+        conn.commit()
+        with conn.cursor() as cur:
+            cur.execute(f"SELECT v FROM {table} WHERE id = %s", (1,))
+            (now,) = cur.fetchone()
+        conn.rollback()
+        print(f"psycopg read-then-write {now} {port}")
+
+
+def sqlalchemy_steps(dsn, table):
+    class Base(DeclarativeBase):
+        pass
+
+    class Row(Base):
+        __tablename__ = table
+        id: Mapped[int] = mapped_column(Integer, primary_key=True)
+        v: Mapped[int] = mapped_column(Integer)
+
+    url = dsn.replace("postgres://", "postgresql+psycopg://", 1)
+    engine = create_engine(url, pool_size=2)
+    # An ORM session always begins a transaction; a GET handler reads and
+    # closes (rolls back).
+    with Session(engine) as session:
+        session.get(Row, 1)
+        port = session.execute(text("SELECT inet_server_port()")).scalar_one()
+        print(f"sqlalchemy read-only {port}")
+
+    # A read-modify-write, committed by the ORM's unit of work.
+    with Session(engine) as session, session.begin():
+        row = session.get(Row, 1)
+        row.v = row.v + 1
+    with Session(engine) as session:
+        print(f"sqlalchemy read-then-write {session.get(Row, 1).v}")
+    engine.dispose()
+
+
+def main():
+    dsn, table = sys.argv[1], sys.argv[2]
+    psycopg_steps(dsn, table)
+    sqlalchemy_steps(dsn, table)
+
+
+if __name__ == "__main__":
+    main()
