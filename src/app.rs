@@ -80,6 +80,7 @@ impl Wiring {
             clients: Arc::default(),
             pause: Arc::default(),
             reload: Arc::default(),
+            refused: Arc::default(),
         });
         Ok(Wiring {
             credentials: Arc::new(Shared::new(Credentials::from_config(&config.get()))),

@@ -24,6 +24,11 @@ pub const INVALID_PASSWORD: SqlState = "28P01";
 /// `serialization_failure`; on a hot standby also "canceling statement due
 /// to conflict with recovery".
 pub const SERIALIZATION_FAILURE: SqlState = "40001";
+/// A standby cancels a query whose locks block replay with this code too.
+pub const DEADLOCK_DETECTED: SqlState = "40P01";
+/// "cannot execute ... in a read-only transaction": a standby refusing what
+/// only a primary can run.
+pub const READ_ONLY_SQL_TRANSACTION: SqlState = "25006";
 /// `syntax_error` (an unknown console command).
 pub const SYNTAX_ERROR: SqlState = "42601";
 /// `undefined_object` (an unknown setting name).

@@ -33,7 +33,12 @@ pub(crate) fn counts(t: u8) -> bool {
 
 /// A running digest. Keyed per session (`RandomState`), so that no client
 /// can choose data whose digests collide with another answer's.
-pub(crate) struct Digest(std::hash::DefaultHasher);
+pub(crate) struct Digest {
+    hasher: std::hash::DefaultHasher,
+    /// Row columns left out (bit `i`: column `i`), see
+    /// `Class::unverified_columns`.
+    skip: u64,
+}
 
 impl std::fmt::Debug for Digest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -42,27 +47,63 @@ impl std::fmt::Debug for Digest {
 }
 
 impl Digest {
-    pub(crate) fn new(keys: &RandomState) -> Digest {
-        Digest(keys.build_hasher())
+    pub(crate) fn new(keys: &RandomState, skip: u64) -> Digest {
+        Digest {
+            hasher: keys.build_hasher(),
+            skip,
+        }
     }
 
     /// Adds bytes of a counted message (whole, header included, or in
-    /// consecutive pieces: the digest is the same).
+    /// consecutive pieces: the digest is the same). A row streamed in
+    /// pieces is taken whole, skipped columns included: its digest cannot
+    /// match a replay's, and the transaction fails safe (40001) if it moves.
     #[inline]
     pub(crate) fn add(&mut self, bytes: &[u8]) {
-        self.0.write(bytes);
+        self.hasher.write(bytes);
     }
 
     /// Adds a whole message if it counts.
     #[inline]
     pub(crate) fn message(&mut self, t: u8, bytes: &[u8]) {
-        if counts(t) {
-            self.add(bytes);
+        if !counts(t) {
+            return;
         }
+        if t == tag::backend::DATA_ROW && self.skip != 0 && self.row(bytes).is_some() {
+            return;
+        }
+        self.add(bytes);
+    }
+
+    /// Adds a DataRow's columns but the skipped ones; `None` (nothing
+    /// added) if the row is malformed.
+    fn row(&mut self, bytes: &[u8]) -> Option<()> {
+        let body = bytes.get(5..)?;
+        let count = usize::from(u16::from_be_bytes([*body.first()?, *body.get(1)?]));
+        // Walk first: a malformed row is taken whole by the caller.
+        let mut columns = Vec::with_capacity(count.min(64));
+        let mut at = 2usize;
+        for i in 0..count {
+            let len = i32::from_be_bytes(body.get(at..at + 4)?.try_into().ok()?);
+            let end = at + 4 + usize::try_from(len).unwrap_or(0);
+            body.get(at..end)?;
+            if !(i < 64 && self.skip & (1 << i) != 0) {
+                columns.push(at..end);
+            }
+            at = end;
+        }
+        if at != body.len() {
+            return None;
+        }
+        self.hasher.write(&bytes[..7]);
+        for c in columns {
+            self.hasher.write(body.get(c)?);
+        }
+        Some(())
     }
 
     pub(crate) fn finish(&self) -> u64 {
-        self.0.finish()
+        self.hasher.finish()
     }
 }
 
@@ -74,9 +115,9 @@ mod tests {
     fn pieces_digest_as_the_whole() {
         let keys = RandomState::new();
         let row = b"D\0\0\0\x0b\0\x01\0\0\0\x01x";
-        let mut whole = Digest::new(&keys);
+        let mut whole = Digest::new(&keys, 0);
         whole.message(tag::backend::DATA_ROW, row);
-        let mut pieces = Digest::new(&keys);
+        let mut pieces = Digest::new(&keys, 0);
         for piece in row.chunks(3) {
             pieces.add(piece);
         }
@@ -90,11 +131,45 @@ mod tests {
         assert_ne!(whole.finish(), pieces.finish());
     }
 
+    /// A DataRow of text columns.
+    fn row(columns: &[&str]) -> Vec<u8> {
+        let mut body = (columns.len() as u16).to_be_bytes().to_vec();
+        for c in columns {
+            body.extend_from_slice(&(c.len() as i32).to_be_bytes());
+            body.extend_from_slice(c.as_bytes());
+        }
+        let mut m = vec![b'D'];
+        m.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+        m.extend_from_slice(&body);
+        m
+    }
+
+    #[test]
+    fn skipped_columns_do_not_count() {
+        let keys = RandomState::new();
+        let digest = |skip: u64, columns: &[&str]| {
+            let mut d = Digest::new(&keys, skip);
+            d.message(tag::backend::DATA_ROW, &row(columns));
+            d.finish()
+        };
+        // Column 1 (a port, a time) differs; with it skipped the rows agree.
+        assert_eq!(digest(0b10, &["a", "5432"]), digest(0b10, &["a", "5433"]));
+        assert_ne!(digest(0, &["a", "5432"]), digest(0, &["a", "5433"]));
+        // The other columns still count.
+        assert_ne!(digest(0b10, &["a", "5432"]), digest(0b10, &["b", "5432"]));
+        // A malformed row is taken whole.
+        let mut d = Digest::new(&keys, 0b1);
+        d.message(tag::backend::DATA_ROW, b"D\0\0\0\x08\0\x05\0\0");
+        let mut whole = Digest::new(&keys, 0);
+        whole.add(b"D\0\0\0\x08\0\x05\0\0");
+        assert_eq!(d.finish(), whole.finish());
+    }
+
     #[test]
     fn sessions_digest_differently() {
         let (a, b) = (RandomState::new(), RandomState::new());
-        let mut x = Digest::new(&a);
-        let mut y = Digest::new(&b);
+        let mut x = Digest::new(&a, 0);
+        let mut y = Digest::new(&b, 0);
         x.add(b"C\0\0\0\x0dSELECT 1\0");
         y.add(b"C\0\0\0\x0dSELECT 1\0");
         assert_ne!(x.finish(), y.finish());

@@ -59,6 +59,27 @@ pub struct SessionDeps {
     pub pause: Arc<crate::client::pause::Pause>,
     /// The console's `RELOAD`: the app reloads as on SIGHUP.
     pub reload: Arc<tokio::sync::Notify>,
+    /// Shapes of statements a replica refused (25006) that were logged.
+    pub refused: Arc<LoggedOnce>,
+}
+
+/// Statement shapes logged once each (up to a bound, then no more): the log
+/// tells an operator which statements the classifier sends to a replica
+/// wrongly, without a line per execution.
+#[derive(Default)]
+pub struct LoggedOnce(std::sync::Mutex<std::collections::HashSet<String>>);
+
+impl LoggedOnce {
+    const MAX: usize = 1024;
+
+    /// Whether `shape` is new (and now remembered).
+    pub fn first(&self, shape: &str) -> bool {
+        let mut seen = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.len() >= Self::MAX || seen.contains(shape) {
+            return false;
+        }
+        seen.insert(shape.to_owned())
+    }
 }
 
 impl SessionDeps {

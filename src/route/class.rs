@@ -182,6 +182,11 @@ pub struct Class {
     /// SERIALIZABLE or DEFERRABLE (a standby cannot run those). The level it
     /// asked for.
     pub deferrable_begin: Option<Isolation>,
+    /// Columns of a lone SELECT's list that say when or where it ran
+    /// (`now()`, `inet_server_port()`...), not what the data is: bit `i` for
+    /// column `i` (see `classify::columns`). An optimistic transaction does
+    /// not verify them on the primary.
+    pub unverified_columns: u64,
 }
 
 impl Class {
@@ -199,6 +204,7 @@ impl Class {
             statements: 1,
             session_effect: false,
             deferrable_begin: None,
+            unverified_columns: 0,
         }
     }
 
@@ -216,6 +222,7 @@ impl Class {
             statements: 1,
             session_effect: matches!(kind, Kind::Session),
             deferrable_begin: None,
+            unverified_columns: 0,
         }
     }
 }
@@ -255,6 +262,11 @@ pub fn merge(a: Class, b: Class) -> Class {
         parsed: a.parsed && b.parsed,
         statements: a.statements.saturating_add(b.statements),
         session_effect: a.session_effect || b.session_effect,
+        unverified_columns: if a.unverified_columns == b.unverified_columns {
+            a.unverified_columns
+        } else {
+            0
+        },
         deferrable_begin: if kind == a.kind {
             a.deferrable_begin.and(b.deferrable_begin)
         } else {

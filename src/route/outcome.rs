@@ -45,8 +45,11 @@ pub fn tag_never_writes(tag: &[u8]) -> bool {
 pub enum Retry {
     /// The read's own failure: the client gets it.
     No,
-    /// "canceling statement due to conflict with recovery" (40001): the
-    /// replica's doing, not the read's; it runs again on the primary.
+    /// "canceling statement due to conflict with recovery" (40001, or
+    /// 40P01 for a lock that blocked replay), or "cannot execute ... in a
+    /// read-only transaction" (25006, a statement the classifier could not
+    /// tell needs the primary): the replica's doing, not the read's, and
+    /// nothing happened; it runs again on the primary.
     Conflict,
     /// The replica is shutting down or restarting (57P01-57P03): its
     /// connection closes next, and the read runs again elsewhere.
@@ -56,7 +59,7 @@ pub enum Retry {
 pub fn retry_on(sqlstate: &str) -> Retry {
     use crate::sqlstate::*;
     match sqlstate {
-        SERIALIZATION_FAILURE => Retry::Conflict,
+        SERIALIZATION_FAILURE | DEADLOCK_DETECTED | READ_ONLY_SQL_TRANSACTION => Retry::Conflict,
         ADMIN_SHUTDOWN | CRASH_SHUTDOWN | CANNOT_CONNECT_NOW => Retry::ServerEnding,
         _ => Retry::No,
     }
@@ -99,7 +102,12 @@ mod tests {
             ("57P01", Retry::ServerEnding),
             ("57P02", Retry::ServerEnding),
             ("57P03", Retry::ServerEnding),
-            ("40P01", Retry::No),
+            // On a standby, a lock that blocked replay ("buffer deadlock
+            // with recovery"); a read cannot deadlock otherwise.
+            ("40P01", Retry::Conflict),
+            ("25006", Retry::Conflict),
+            ("22012", Retry::No),
+            ("25P02", Retry::No),
             ("42P01", Retry::No),
             ("", Retry::No),
         ] {

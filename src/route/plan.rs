@@ -116,6 +116,10 @@ pub struct Execution {
     /// freshness (its floor, or the lag limits). A read on the primary for
     /// any other reason (a hint, a pin, no replica up) stays there.
     pub replica_could_serve: bool,
+    /// The open transaction is an optimistic one on a replica: it can move
+    /// to the primary by replay, so a read of it that fails there before
+    /// any reply may run again, on the primary.
+    pub movable_txn: bool,
 }
 
 /// Whether a unit placed for `reason` on the primary could have run on a
@@ -147,7 +151,7 @@ pub fn relay_plan(unit: &UnitView<'_>, at: Execution) -> RelayMode {
         retry_conflict: (!at.on_primary || at.replica_could_serve)
             && !at.retried
             && unit.complete
-            && !at.in_txn
+            && (!at.in_txn || at.movable_txn)
             && unit.class.kind == Kind::Read,
     }
 }

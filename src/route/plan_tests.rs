@@ -228,6 +228,7 @@ fn relay_instructions() {
         retried: false,
         tracks_floor: true,
         replica_could_serve: false,
+        movable_txn: false,
     };
     let replica = Execution {
         on_primary: false,
@@ -278,6 +279,41 @@ fn relay_instructions() {
             "a read on a replica may be retried",
             relay_plan(&unit(Kind::Read), replica),
             mode(false, false, true),
+        ),
+        (
+            "a read in a transaction is not retried",
+            relay_plan(
+                &unit(Kind::Read),
+                Execution {
+                    in_txn: true,
+                    ..replica
+                },
+            ),
+            mode(false, false, false),
+        ),
+        (
+            "a read in an optimistic transaction on a replica is (it can move)",
+            relay_plan(
+                &unit(Kind::Read),
+                Execution {
+                    in_txn: true,
+                    movable_txn: true,
+                    ..replica
+                },
+            ),
+            mode(false, false, true),
+        ),
+        (
+            "its COMMIT is not",
+            relay_plan(
+                &unit(Kind::TxnControl),
+                Execution {
+                    in_txn: true,
+                    movable_txn: true,
+                    ..replica
+                },
+            ),
+            mode(false, false, false),
         ),
         (
             "a second run is not retried again",

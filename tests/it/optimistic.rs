@@ -39,6 +39,20 @@ async fn first(client: &Client, sql: &str) -> String {
         .unwrap_or_else(|| panic!("{sql}: no row"))
 }
 
+/// Waits until a transaction's first read goes to the replica again: the
+/// client's writes through pgsplit keep reads on the primary until the
+/// replica has them (read-your-writes).
+async fn replica_has_our_writes(client: &Client, replica: u16) {
+    let back = poll_until(Duration::from_secs(10), || async {
+        client.batch_execute("BEGIN").await.unwrap();
+        let port = server_port(client).await;
+        client.batch_execute("ROLLBACK").await.unwrap();
+        port == replica
+    })
+    .await;
+    assert!(back.is_some(), "reads never returned to the replica");
+}
+
 async fn setup_table(c: &Cluster, table: &str) {
     let primary = connect(&c.url(Node::Primary)).await;
     primary
@@ -142,6 +156,30 @@ async fn a_read_then_write_transaction_commits_on_the_primary() {
         first(&direct, "SELECT v FROM opt_rw WHERE id = 1").await,
         "103"
     );
+
+    // A read of when and where (the replica's port, its clock) is not
+    // verified: its columns would differ on the primary whatever the data.
+    replica_has_our_writes(&client, replica).await;
+    client.batch_execute("BEGIN").await.unwrap();
+    assert_eq!(
+        first(&client, "SELECT inet_server_port()").await,
+        replica.to_string()
+    );
+    client
+        .simple_query("SELECT now(), v, pg_backend_pid() FROM opt_rw WHERE id = 1")
+        .await
+        .unwrap();
+    client
+        .batch_execute("INSERT INTO opt_rw VALUES (2, 2)")
+        .await
+        .unwrap();
+    client.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(
+        first(&direct, "SELECT v FROM opt_rw WHERE id = 2").await,
+        "2"
+    );
+    assert_eq!(outcome(&proxy, "replayed_match"), 2.0);
+    assert_eq!(outcome(&proxy, "replayed_mismatch"), 0.0);
 
     // Turned off, a transaction runs on the primary from its BEGIN.
     proxy.stop().await;
@@ -356,5 +394,107 @@ async fn python_orm_transactions_read_on_the_replica_and_write_on_the_primary() 
     );
     assert!(outcome(&proxy, "replayed_match") >= 2.0);
     assert_eq!(outcome(&proxy, "replayed_mismatch"), 0.0);
+    proxy.stop().await;
+}
+
+/// A replica's refusal is a routing hint: a statement the classifier let
+/// through to a replica (here a writing function an operator listed as
+/// replica-safe) fails there with 25006, and runs on the primary instead;
+/// the client never sees the error, in autocommit and inside an
+/// optimistic transaction (which moves).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_refusal_runs_the_statement_on_the_primary() {
+    let c = cluster();
+    setup_table(c, "opt_refused").await;
+    let direct = connect(&c.url(Node::Primary)).await;
+    direct
+        .batch_execute(
+            "CREATE OR REPLACE FUNCTION opt_sneaky_write(n int) RETURNS int LANGUAGE sql \
+             AS $$ INSERT INTO opt_refused VALUES (n, n) RETURNING n $$",
+        )
+        .await
+        .unwrap();
+    tokio::task::block_in_place(|| c.wait_caught_up()).unwrap();
+    let proxy = Proxy::start(
+        c,
+        "[routing]\nreplica_safe_functions = [\"opt_sneaky_write\"]\n",
+    )
+    .await;
+    let client = connect(&proxy.url(c)).await;
+    let retries = |proxy: &Proxy| {
+        proxy
+            .ctx
+            .metrics
+            .counters()
+            .into_iter()
+            .find(|(n, l, _)| n == "pgsplit_retries_total" && l == "reason=\"replica_refused\"")
+            .map_or(0.0, |(_, _, v)| v)
+    };
+    assert_eq!(first(&client, "SELECT opt_sneaky_write(2)").await, "2");
+    assert_eq!(retries(&proxy), 1.0);
+
+    client.batch_execute("BEGIN").await.unwrap();
+    assert_eq!(
+        first(&client, "SELECT v FROM opt_refused WHERE id = 1").await,
+        "100"
+    );
+    assert_eq!(
+        server_port(&client).await,
+        c.port(Node::Replica),
+        "the transaction is on the replica"
+    );
+    assert_eq!(first(&client, "SELECT opt_sneaky_write(3)").await, "3");
+    assert_eq!(server_port(&client).await, c.port(Node::Primary));
+    client.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(retries(&proxy), 2.0);
+    assert_eq!(
+        first(
+            &direct,
+            "SELECT count(*) FROM opt_refused WHERE id IN (2, 3)"
+        )
+        .await,
+        "2"
+    );
+    proxy.stop().await;
+}
+
+/// The replica's connection dies in the middle of an optimistic
+/// transaction: the next read moves the transaction to the primary (replay
+/// and compare) and the client sees no error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_lost_mid_transaction_moves_it_to_the_primary() {
+    let c = cluster();
+    setup_table(c, "opt_lost").await;
+    let proxy = Proxy::start(c, "").await;
+    let url = format!("{}?application_name=opt_lost_app", proxy.url(c));
+    let client = connect(&url).await;
+    client.batch_execute("BEGIN").await.unwrap();
+    assert_eq!(
+        first(&client, "SELECT v FROM opt_lost WHERE id = 1").await,
+        "100"
+    );
+    let on_replica = connect(&c.url(Node::Replica)).await;
+    let ended = first(
+        &on_replica,
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE application_name = 'opt_lost_app' AND state = 'idle in transaction'",
+    )
+    .await;
+    assert_eq!(ended, "1", "pgsplit's replica backend for the client");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        first(&client, "SELECT v FROM opt_lost WHERE id = 1").await,
+        "100"
+    );
+    assert_eq!(server_port(&client).await, c.port(Node::Primary));
+    client
+        .batch_execute("UPDATE opt_lost SET v = 7 WHERE id = 1; COMMIT")
+        .await
+        .unwrap();
+    let direct = connect(&c.url(Node::Primary)).await;
+    assert_eq!(
+        first(&direct, "SELECT v FROM opt_lost WHERE id = 1").await,
+        "7"
+    );
     proxy.stop().await;
 }

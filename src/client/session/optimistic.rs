@@ -27,6 +27,8 @@ use crate::route::optimistic::{self as policy, Allowed, Phase, Step, UnitFacts};
 struct Recorded {
     frames: Vec<Frame>,
     digest: u64,
+    /// Columns the digest leaves out (`Class::unverified_columns`).
+    skip: u64,
     statements: Vec<(Bytes, Option<Statement>)>,
 }
 
@@ -197,7 +199,7 @@ impl Session {
 
     /// What a unit placed on the primary (`on_primary`) or a replica needs
     /// for the optimistic transaction.
-    pub(super) fn optimistic_run(&self, step: Step, on_primary: bool) -> Run {
+    pub(super) fn optimistic_run(&self, step: Step, on_primary: bool, class: &Class) -> Run {
         let prefix = match &self.opt.txn {
             Txn::Deferred { begin, isolation } if step == Step::Open => Some(if on_primary {
                 begin.clone()
@@ -209,7 +211,7 @@ impl Session {
         let records = !on_primary && matches!(step, Step::Open | Step::Record);
         Run {
             prefix,
-            digest: records.then(|| Digest::new(&self.opt.keys)),
+            digest: records.then(|| Digest::new(&self.opt.keys, class.unverified_columns)),
         }
     }
 
@@ -258,6 +260,7 @@ impl Session {
             record.push(Recorded {
                 frames: unit.frames.clone(),
                 digest,
+                skip: unit.class().unverified_columns,
                 statements: named_statements(&unit.frames, &self.st),
             });
         }
@@ -281,9 +284,9 @@ impl Session {
         unit: &Unit,
         class: &Class,
     ) -> Result<bool, ClientError> {
-        let Some(replica) = self.st.txn else {
-            return Err(ClientError::TransactionLost);
-        };
+        // `None`: the replica's connection was lost (the transaction with
+        // it); the record still says what the client saw.
+        let replica = self.st.txn;
         let started = Instant::now();
         let health = self.ctx.health.get();
         // Without a primary the transaction stays as it is: the client gets
@@ -303,7 +306,9 @@ impl Session {
             replay(&mut held.conn, st, &begin, &record, &opt.keys).await
         };
         // The replica's part is over either way.
-        self.end_on_replica(replica).await;
+        if let Some(id) = replica.filter(|id| *id != primary) {
+            self.end_on_replica(id).await;
+        }
         let replayed = match replayed {
             Ok(r) => r,
             Err(e) => {
@@ -416,7 +421,8 @@ async fn replay(
         staged.map_err(|e| conn.protocol(e))?;
     }
     let mut digests = Vec::with_capacity(record.len());
-    let mut digest = Digest::new(keys);
+    let skip = |i: usize| record.get(i).map_or(0, |r| r.skip);
+    let mut digest = Digest::new(keys, skip(0));
     // Before the first ReadyForQuery: the BEGIN's answer.
     let mut begun = false;
     let mut status = TxStatus::Idle;
@@ -431,7 +437,7 @@ async fn replay(
                 status = fields::ready_for_query(frame.body()).map_err(|e| conn.protocol(e))?;
                 if begun {
                     digests.push(digest.finish());
-                    digest = Digest::new(keys);
+                    digest = Digest::new(keys, skip(digests.len()));
                 }
                 begun = true;
             }

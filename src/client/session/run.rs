@@ -22,6 +22,7 @@ use crate::route::class::{Class, Kind, PinReason};
 use crate::route::optimistic::Step;
 use crate::route::plan::{self, Ended, Execution, UnitTexts, UnitView};
 use crate::route::router::{Reason, SessionView, Target};
+use crate::sqlstate;
 
 /// The text questions of the plan, answered from the unit and the session's
 /// statement registry.
@@ -58,6 +59,25 @@ fn known_primary(health: &HealthSnapshot) -> Option<ServerId> {
     }
 }
 
+/// A unit's statement texts as masked shapes (literals out), for the log.
+fn unit_shape(unit: &Unit, st: &SessionState) -> String {
+    let mut texts: Vec<String> = Vec::new();
+    for f in &unit.frames {
+        let text = match f.tag {
+            tag::QUERY => crate::protocol::fields::query_text(f.body()).ok(),
+            tag::BIND => crate::protocol::fields::bind(f.body())
+                .ok()
+                .and_then(|(_, name)| st.statement(name))
+                .map(|s| s.text.as_ref()),
+            _ => None,
+        };
+        if let Some(t) = text {
+            texts.push(crate::route::lexer::mask(&String::from_utf8_lossy(t)).key);
+        }
+    }
+    texts.join("; ")
+}
+
 /// Whether a unit's run ends in another run on the primary: a recovery
 /// conflict on a replica, or a replica connection lost before any reply
 /// reached the client (see `RelayMode::retry_conflict`).
@@ -84,7 +104,7 @@ impl Session {
             return Ok(());
         }
         let class = unit.class();
-        let step = {
+        let mut step = {
             let config = self.ctx.config();
             self.optimistic_step(&unit, &class, &config)
         };
@@ -127,6 +147,7 @@ impl Session {
                     && config.routing.read_your_writes != crate::config::ReadYourWrites::Off
                     && health.servers.len() > 1,
                 replica_could_serve: plan::only_for_freshness(reason),
+                movable_txn: step == Step::Record && !on_primary,
             };
             let texts = Texts {
                 unit: &unit,
@@ -138,7 +159,7 @@ impl Session {
             let dirties = !unit.complete
                 || !(leaves_no_state(&class, self.pool_mode)
                     || only_settings(&unit, &class, &self.st));
-            let run = self.optimistic_run(step, on_primary);
+            let run = self.optimistic_run(step, on_primary, &class);
             let result = self.forward(&unit, id, mode, dirties, run).await;
             let again = runs_again(mode, &result);
             match result {
@@ -155,6 +176,14 @@ impl Session {
                             self.st.pinned = Some(PinReason::SessionChange);
                         }
                         self.ctx.metrics.retry("replica_settings");
+                    } else if outcome.error.as_deref() == Some(sqlstate::READ_ONLY_SQL_TRANSACTION)
+                    {
+                        held.conn.note_status(outcome.status);
+                        self.ctx.metrics.retry("replica_refused");
+                        let shape = unit_shape(&unit, &self.st);
+                        if self.ctx.refused.first(&shape) {
+                            tracing::info!(%shape, "a replica refused a statement as read-only (25006); it runs on the primary, and so does each like it that fails so");
+                        }
                     } else {
                         tracing::debug!(server = %held.conn.target().name, "recovery conflict on a replica; retrying on the primary");
                         self.ctx.metrics.retry("recovery_conflict");
@@ -162,6 +191,14 @@ impl Session {
                     }
                     retried = true;
                     replica_failed = !on_primary;
+                    if step == Step::Record {
+                        // The replica's transaction failed with it: the
+                        // transaction moves, then the unit runs again there.
+                        step = Step::Move;
+                        if let Some(done) = self.move_after_failure(&unit, &class).await {
+                            return done;
+                        }
+                    }
                 }
                 Ok(outcome) => {
                     let ended = Ended {
@@ -212,6 +249,12 @@ impl Session {
                         }
                         retried = true;
                         replica_failed = !on_primary;
+                        if step == Step::Record {
+                            step = Step::Move;
+                            if let Some(done) = self.move_after_failure(&unit, &class).await {
+                                return done;
+                            }
+                        }
                         continue;
                     }
                     // A read that lost its server after part of its answer
@@ -224,6 +267,23 @@ impl Session {
                     return Err(ClientError::Backend(error));
                 }
             }
+        }
+    }
+
+    /// A read of an optimistic transaction failed on its replica before any
+    /// reply: the transaction moves to the primary, where the read runs
+    /// again. `Some`: the unit is over (the client was answered, or the
+    /// session ends).
+    async fn move_after_failure(
+        &mut self,
+        unit: &Unit,
+        class: &Class,
+    ) -> Option<Result<(), ClientError>> {
+        match self.move_to_primary(unit, class).await {
+            Ok(true) => None,
+            Ok(false) => Some(Ok(())),
+            Err(e @ (ClientError::Gone(_) | ClientError::Protocol(_))) => Some(Err(e)),
+            Err(e) => Some(self.fail_unit(unit, &e).await),
         }
     }
 

@@ -24,6 +24,7 @@ use super::class::{Class, ConnState, Isolation, Kind, PinReason, RouteMode};
 use super::lexer;
 
 mod cache;
+mod columns;
 mod set;
 
 pub use cache::Classifier;
@@ -91,7 +92,11 @@ fn classify_unhinted(sql: &str, catalog: &FunctionCatalog) -> Class {
         class.session_effect |= one.kind == Kind::Session || one.session_effect;
         class.deferrable_begin = one.deferrable_begin;
     }
-    if class.statements != 1 {
+    if class.statements == 1 {
+        if let [only] = statements.as_slice() {
+            class.unverified_columns = columns::unverified_columns(only);
+        }
+    } else {
         class.deferrable_begin = None;
     }
     class.kind = match (class.statements, only) {
