@@ -13,6 +13,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 for test in measure_replica_share_with_writes measure_read_your_writes_cost; do
-  cargo test --release --test it -- --ignored --nocapture --exact "consistency::$test" 2>  cargo test --release --test consistency -- --ignored --nocapture --exact "$test" 2>&1 |1 |
+  cargo test --release --test it -- --ignored --nocapture --exact "consistency::$test" 2>&1 |
     grep -v -E '^\s*(Compiling|Finished|Running)|^running|^test result|^$'
 done

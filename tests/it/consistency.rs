@@ -367,14 +367,14 @@ async fn read_your_writes_off_reads_stay_on_the_paused_replica() {
 // ----- measurement -----
 
 /// `tps = N (without initial connection time)` from pgbench's report.
-fn parse_tps(out: &str) -> Option<f64> {
+pub fn parse_tps(out: &str) -> Option<f64> {
     out.lines()
         .find(|l| l.starts_with("tps = ") && l.contains("without initial connection time"))
         .and_then(|l| l["tps = ".len()..].split_whitespace().next())
         .and_then(|n| n.parse().ok())
 }
 
-async fn pgbench(c: &Cluster, port: u16, args: &[&str]) -> String {
+pub async fn pgbench(c: &Cluster, port: u16, args: &[&str]) -> String {
     let out = tokio::process::Command::new(c.bindir().join("pgbench"))
         .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", c.user()])
         .args(args)
@@ -435,7 +435,7 @@ async fn bench_through_pgsplit(c: &Arc<Cluster>, scope: &str) -> (f64, f64) {
 
 /// Brings the tables pgbench updates back to a like state before each run, and
 /// lets the replica catch up, so that runs compare.
-async fn settle(c: &Arc<Cluster>) {
+pub async fn settle(c: &Arc<Cluster>) {
     blocking(c, |c| {
         for sql in [
             "TRUNCATE pgbench_history",
@@ -592,7 +592,7 @@ fn select_calls(c: &Cluster, node: Node) -> u64 {
 }
 
 /// Calls of statements like `pattern` on `node`, from `pg_stat_statements`.
-fn calls(c: &Cluster, node: Node, pattern: &str) -> u64 {
+pub fn calls(c: &Cluster, node: Node, pattern: &str) -> u64 {
     let out = c
         .psql(
             node,

@@ -498,3 +498,175 @@ async fn a_replica_lost_mid_transaction_moves_it_to_the_primary() {
     );
     proxy.stop().await;
 }
+
+/// Read-only transactions of a web-like mix: 3 to 5 point reads.
+const WEB_READS: &str = "\\set aid random(1, 100000 * :scale)
+\\set n random(3, 5)
+BEGIN;
+SELECT abalance FROM pgbench_accounts WHERE aid = :aid;
+SELECT abalance FROM pgbench_accounts WHERE aid = :aid + 1;
+SELECT abalance FROM pgbench_accounts WHERE aid = :aid + 2;
+\\if :n >= 4
+SELECT abalance FROM pgbench_accounts WHERE aid = :aid + 3;
+\\endif
+\\if :n >= 5
+SELECT abalance FROM pgbench_accounts WHERE aid = :aid + 4;
+\\endif
+COMMIT;
+";
+
+/// Read-then-write transactions of the mix (another SELECT text, so that
+/// the servers' statistics tell the two apart).
+const WEB_WRITES: &str = "\\set aid random(1, 100000 * :scale)
+\\set delta random(-5000, 5000)
+BEGIN;
+SELECT abalance, aid FROM pgbench_accounts WHERE aid = :aid;
+UPDATE pgbench_accounts SET abalance = abalance + :delta WHERE aid = :aid;
+COMMIT;
+";
+
+/// `name`'s value in a Prometheus text exposition (first series).
+fn exposition_value(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The web-like mix inside transactions (80% read-only transactions of 3-5
+/// SELECTs, 20% read-then-write), 8 and 64 clients, optimistic transactions
+/// on and off: the share of the read-only transactions' reads the replica
+/// ran (its own pg_stat_statements), TPS, the replay's cost per writing
+/// transaction, and the mismatch rate. Printed, not asserted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement: cargo test --release --test it -- --ignored --nocapture optimistic::measure_web_mix"]
+async fn measure_web_mix() {
+    use crate::consistency::{calls, parse_tps, pgbench, settle};
+    use std::sync::Arc;
+    let c = tokio::task::spawn_blocking(|| {
+        Cluster::start(pgsplit_cluster::ClusterOptions {
+            extra_conf: vec!["shared_preload_libraries = 'pg_stat_statements'".to_owned()],
+            ..Default::default()
+        })
+    })
+    .await
+    .expect("cluster start")
+    .unwrap_or_else(|e| panic!("{e}"));
+    let c = Arc::new(c);
+    blocking(&c, |c| {
+        c.psql(
+            Node::Primary,
+            pgsplit_cluster::DATABASE,
+            "CREATE EXTENSION pg_stat_statements",
+        )
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    pgbench(&c, c.port(Node::Primary), &["-i", "-q", "-s", "8"]).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let reads = dir.path().join("reads.sql");
+    let writes = dir.path().join("writes.sql");
+    std::fs::write(&reads, WEB_READS).unwrap();
+    std::fs::write(&writes, WEB_WRITES).unwrap();
+    let (reads_arg, writes_arg) = (
+        format!("{}@80", reads.display()),
+        format!("{}@20", writes.display()),
+    );
+    eprintln!(
+        "web mix in transactions (80% 3-5 SELECTs, 20% SELECT + UPDATE; -M simple, 10 s per run, scale 8):"
+    );
+    for clients in ["8", "64"] {
+        for optimistic in [true, false] {
+            settle(&c).await;
+            blocking(&c, |c| {
+                for node in [Node::Primary, Node::Replica] {
+                    c.psql(
+                        node,
+                        pgsplit_cluster::DATABASE,
+                        "SELECT pg_stat_statements_reset()",
+                    )?;
+                }
+                Ok::<_, pgsplit_cluster::ClusterError>(())
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+            let proxy = Proxy::start(
+                &c,
+                &format!(
+                    "[routing]\noptimistic_transactions = {optimistic}\n[pool]\nmax_size = 80\n"
+                ),
+            )
+            .await;
+            let out = pgbench(
+                &c,
+                proxy.addr.port(),
+                &[
+                    "-M",
+                    "simple",
+                    "-c",
+                    clients,
+                    "-j",
+                    "2",
+                    "-T",
+                    "10",
+                    "-n",
+                    "-f",
+                    &reads_arg,
+                    "-f",
+                    &writes_arg,
+                ],
+            )
+            .await;
+            let metrics = crate::common::http_get(proxy.admin, "/metrics")
+                .await
+                .unwrap_or_default();
+            let outcomes: Vec<(String, f64)> = [
+                "read_only_on_replica",
+                "started_on_primary",
+                "replayed_match",
+                "replayed_mismatch",
+                "moved_before_unreplayable",
+            ]
+            .iter()
+            .map(|o| ((*o).to_owned(), outcome(&proxy, o)))
+            .collect();
+            proxy.stop().await;
+            let tps = parse_tps(&out).unwrap_or(0.0);
+            let (ro_primary, ro_replica, rw_primary, rw_replica) = blocking(&c, |c| {
+                let ro = "SELECT abalance FROM pgbench_accounts%";
+                let rw = "SELECT abalance, aid FROM pgbench_accounts%";
+                (
+                    calls(c, Node::Primary, ro),
+                    calls(c, Node::Replica, ro),
+                    calls(c, Node::Primary, rw),
+                    calls(c, Node::Replica, rw),
+                )
+            })
+            .await;
+            let share = ro_replica as f64 / (ro_primary + ro_replica).max(1) as f64;
+            let replay_sum = exposition_value(&metrics, "pgsplit_transaction_replay_seconds_sum");
+            let replay_count =
+                exposition_value(&metrics, "pgsplit_transaction_replay_seconds_count");
+            let get = |name: &str| {
+                outcomes
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map_or(0.0, |(_, v)| *v)
+            };
+            let moved = get("replayed_match") + get("replayed_mismatch");
+            eprintln!(
+                "  {clients:>2} clients, optimistic={optimistic:<5}: {tps:>6.0} tps; read-only transactions' reads on the replica {ro_replica} of {} ({:.1}%); read-then-write SELECTs on the replica {rw_replica}, on the primary {rw_primary}",
+                ro_primary + ro_replica,
+                share * 100.0
+            );
+            if optimistic {
+                eprintln!(
+                    "      transactions {outcomes:?}; replay {:.3} ms mean over {replay_count} moves; mismatch rate {:.2}% of moves",
+                    replay_sum * 1000.0 / replay_count.max(1.0),
+                    get("replayed_mismatch") * 100.0 / moved.max(1.0)
+                );
+            }
+        }
+    }
+}
