@@ -276,6 +276,19 @@ async fn provoke_every_series(proxy: &Proxy, ca: &TestCa) {
             .unwrap();
         wait_for_series(proxy, "pgsplit_connection_pins_total", "temp_object").await;
     }
+    // Its connection back in the pool before anyone needs it (max_size = 1).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let text = metrics_text(proxy).await;
+        if sum(&text, "pgsplit_server_connections", "state=\"active\"") == 0.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the pinned session's connection never went back to its pool:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // Pool exhaustion: `holder` keeps the primary's only pooled connection
     // (max_size = 1) in an open transaction; `blocked` waits for it for
