@@ -64,6 +64,11 @@ pub(crate) struct Expect {
     /// The digest of what the client receives for the unit, kept while an
     /// optimistic transaction runs on a replica (see [`super::digest`]).
     pub(crate) digest: Option<super::digest::Digest>,
+    /// The client's last unnamed Parse staged in this flight (its hash and
+    /// message): a later Bind of the unnamed statement in the same flight
+    /// means that one, not the session's (which is the unit's last, since
+    /// the unit was collected whole before it was staged).
+    unnamed: Option<(u64, Bytes)>,
 }
 
 impl Expect {
@@ -103,6 +108,7 @@ impl Expect {
                 .collect(),
             setup: 0,
             digest: None,
+            unnamed: None,
         }
     }
 }
@@ -183,6 +189,9 @@ pub(crate) fn stage(
                 exp.closing(true, None);
             }
             conn.statements().parsing(client.clone(), hash);
+            if client.is_none() {
+                exp.unnamed = Some((hash, frame.bytes.clone()));
+            }
             exp.parse.push_back(ParseExpect {
                 on_conn: client.clone().map_or(OnConn::Unnamed, OnConn::Named),
                 client,
@@ -214,6 +223,9 @@ pub(crate) fn stage(
             let (kind, name) = fields::target(body, "Close")?;
             exp.closing(false, None);
             if kind == b'S' {
+                if name.is_empty() {
+                    exp.unnamed = None;
+                }
                 if st.statement_cache.is_some() && !name.is_empty() {
                     build::renamed(out, tag::CLOSE, b"S", NO_STATEMENT, &[]);
                     return Ok(());
@@ -222,6 +234,8 @@ pub(crate) fn stage(
             }
         }
         tag::QUERY => {
+            // A simple Query destroys the unnamed statement.
+            exp.unnamed = None;
             conn.statements().closing(b"");
         }
         _ => {}
@@ -271,6 +285,23 @@ fn ensure_prepared(
     out: &mut BytesMut,
     exp: &mut Expect,
 ) -> Option<ServerName> {
+    if name.is_empty()
+        && let Some((hash, parse)) = exp.unnamed.clone()
+    {
+        // Parsed earlier in this flight; the server has it unless a shared
+        // statement was parsed as the unnamed one since.
+        if !conn.statements().has(name, hash) {
+            conn.statements().parsing(None, hash);
+            exp.parse.push_back(ParseExpect {
+                on_conn: OnConn::Unnamed,
+                client: None,
+                hash,
+                injected: true,
+            });
+            out.extend_from_slice(&parse);
+        }
+        return None;
+    }
     let Some(stmt) = st.statement(name) else {
         // The server holds an unnamed statement this client does not have
         // (it ran a simple Query or a Close since, or it was the previous

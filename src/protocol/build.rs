@@ -157,6 +157,23 @@ pub fn backend_key_data(pid: i32, secret: &[u8]) -> Bytes {
     })
 }
 
+pub fn parse_complete() -> Bytes {
+    tagged(b'1', |_| {})
+}
+
+pub fn bind_complete() -> Bytes {
+    tagged(b'2', |_| {})
+}
+
+pub fn no_data() -> Bytes {
+    tagged(b'n', |_| {})
+}
+
+/// ParameterDescription of a statement without parameters.
+pub fn no_parameters() -> Bytes {
+    tagged(b't', |b| b.put_i16(0))
+}
+
 pub fn close_complete() -> Bytes {
     tagged(b'3', |_| {})
 }

@@ -187,6 +187,10 @@ pub struct Class {
     /// column `i` (see `classify::columns`). An optimistic transaction does
     /// not verify them on the primary.
     pub unverified_columns: u64,
+    /// Several statements (one string, or an extended-protocol pipeline)
+    /// that begin with a BEGIN an optimistic transaction may defer and are
+    /// reads after it: the whole may open the transaction on a replica.
+    pub opens_with_reads: Option<Isolation>,
 }
 
 impl Class {
@@ -205,6 +209,7 @@ impl Class {
             session_effect: false,
             deferrable_begin: None,
             unverified_columns: 0,
+            opens_with_reads: None,
         }
     }
 
@@ -223,6 +228,7 @@ impl Class {
             session_effect: matches!(kind, Kind::Session),
             deferrable_begin: None,
             unverified_columns: 0,
+            opens_with_reads: None,
         }
     }
 }
@@ -266,6 +272,11 @@ pub fn merge(a: Class, b: Class) -> Class {
             a.unverified_columns
         } else {
             0
+        },
+        // A BEGIN (or a BEGIN already followed by reads), then a read.
+        opens_with_reads: match (a.deferrable_begin.or(a.opens_with_reads), b.kind) {
+            (Some(level), Kind::Read) if a.kind != Kind::Read => Some(level),
+            _ => None,
         },
         deferrable_begin: if kind == a.kind {
             a.deferrable_begin.and(b.deferrable_begin)

@@ -47,9 +47,13 @@ pub struct UnitFacts {
     pub complete: bool,
     /// One simple Query message.
     pub simple: bool,
-    /// For transaction control: it only ends the transaction or works with
-    /// savepoints (COMMIT, ROLLBACK, SAVEPOINT, RELEASE, ROLLBACK TO), which
-    /// a replica runs as the primary would.
+    /// Extended-protocol messages that execute one statement (Parse, Bind,
+    /// Describe, one Execute, Close, Flush) up to Sync: a BEGIN sent so can
+    /// be answered as a simple one.
+    pub single_extended: bool,
+    /// It runs one transaction-control statement that only ends the
+    /// transaction or works with savepoints (COMMIT, ROLLBACK, SAVEPOINT,
+    /// RELEASE, ROLLBACK TO), which a replica runs as the primary would.
     pub replica_txn_control: bool,
     /// Names no statement (Close, Sync, Flush only): bookkeeping, the same
     /// on any server.
@@ -66,6 +70,10 @@ pub enum Step {
     /// The first unit after a deferred BEGIN: it opens the transaction where
     /// it is placed (a replica for a read), with the BEGIN ahead of it.
     Open,
+    /// A unit that begins the transaction itself and then only reads (one
+    /// query string, or a pipeline): placed as a read, it runs whole; on a
+    /// replica it is the record's first unit.
+    Opens,
     /// Runs on the replica, recorded.
     Record,
     /// Needs the primary: move the transaction there first.
@@ -80,10 +88,22 @@ pub fn step(unit: &UnitFacts, phase: Phase, allowed: Allowed) -> Step {
             let defers = allowed.enabled
                 && allowed.no_txn
                 && allowed.replica_ok
-                && unit.simple
+                && (unit.simple || (unit.single_extended && unit.complete))
                 && class.deferrable_begin.is_some()
                 && class.hint != Some(RouteMode::Primary);
-            if defers { Step::Defer } else { Step::AsUsual }
+            let opens = allowed.enabled
+                && allowed.no_txn
+                && allowed.replica_ok
+                && unit.complete
+                && class.opens_with_reads.is_some()
+                && class.hint != Some(RouteMode::Primary);
+            if defers {
+                Step::Defer
+            } else if opens {
+                Step::Opens
+            } else {
+                Step::AsUsual
+            }
         }
         Phase::Deferred => Step::Open,
         // PostgreSQL refuses every statement of a failed transaction but
@@ -103,7 +123,7 @@ pub fn step(unit: &UnitFacts, phase: Phase, allowed: Allowed) -> Step {
             let stays = unit.statement_free
                 || match class.kind {
                     Kind::Read => class.pin.is_none() && class.hint != Some(RouteMode::Primary),
-                    Kind::TxnControl => unit.simple && unit.replica_txn_control,
+                    Kind::TxnControl => unit.replica_txn_control,
                     Kind::Write | Kind::Session | Kind::Begin { .. } => false,
                 };
             if stays && room && unit.complete {
@@ -144,6 +164,7 @@ mod tests {
             simple: true,
             replica_txn_control: false,
             statement_free: false,
+            single_extended: false,
         }
     }
 

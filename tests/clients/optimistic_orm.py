@@ -11,6 +11,8 @@ Usage:
                                        read, and the server after the write)
         sqlalchemy read-only PORT
         sqlalchemy read-then-write V
+        pipeline PORT V               (psycopg pipeline mode: BEGIN and two
+                                       reads in one flight up to one Sync)
 """
 
 import sys
@@ -73,10 +75,22 @@ def sqlalchemy_steps(dsn, table):
     engine.dispose()
 
 
+def pipeline_steps(dsn, table):
+    # In pipeline mode psycopg sends its BEGIN through the extended protocol
+    # together with the statements that follow, up to one Sync.
+    with psycopg.connect(dsn) as conn:
+        with conn.pipeline():
+            port = conn.execute("SELECT inet_server_port()")
+            v = conn.execute(f"SELECT v FROM {table} WHERE id = %s", (1,))
+        print(f"pipeline {port.fetchone()[0]} {v.fetchone()[0]}")
+        conn.rollback()
+
+
 def main():
     dsn, table = sys.argv[1], sys.argv[2]
     psycopg_steps(dsn, table)
     sqlalchemy_steps(dsn, table)
+    pipeline_steps(dsn, table)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,21 @@ fn outcome(proxy: &Proxy, outcome: &str) -> f64 {
         .map_or(0.0, |(_, _, v)| v)
 }
 
+/// Asserts that `pgsplit_transactions_total{outcome}` reaches `want`: a
+/// transaction's end is counted once its last reply has gone out, so the
+/// client may look first.
+async fn expect_outcome(proxy: &Proxy, name: &str, want: f64) {
+    let reached = poll_until(Duration::from_secs(5), || async {
+        outcome(proxy, name) == want
+    })
+    .await;
+    assert!(
+        reached.is_some(),
+        "pgsplit_transactions_total{{outcome=\"{name}\"}} is {}, not {want}",
+        outcome(proxy, name)
+    );
+}
+
 /// The first column of the first row of a simple query.
 async fn first(client: &Client, sql: &str) -> String {
     let messages = client
@@ -96,7 +111,7 @@ async fn a_transaction_of_reads_runs_on_the_replica() {
         client.batch_execute("RELEASE SAVEPOINT s").await.unwrap();
         client.batch_execute(end).await.unwrap();
     }
-    assert_eq!(outcome(&proxy, "read_only_on_replica"), 3.0);
+    expect_outcome(&proxy, "read_only_on_replica", 3.0).await;
     assert_eq!(outcome(&proxy, "replayed_match"), 0.0);
     proxy.stop().await;
 }
@@ -139,11 +154,7 @@ async fn a_read_then_write_transaction_commits_on_the_primary() {
         .unwrap();
     assert_eq!(server_port(&client).await, primary);
     client.batch_execute("COMMIT").await.unwrap();
-    assert_eq!(
-        outcome(&proxy, "started_on_primary"),
-        0.0,
-        "a multi-statement string"
-    );
+    expect_outcome(&proxy, "started_on_primary", 0.0).await;
     client.batch_execute("BEGIN").await.unwrap();
     client
         .batch_execute("UPDATE opt_rw SET v = v + 1 WHERE id = 1")
@@ -151,7 +162,7 @@ async fn a_read_then_write_transaction_commits_on_the_primary() {
         .unwrap();
     assert_eq!(server_port(&client).await, primary);
     client.batch_execute("COMMIT").await.unwrap();
-    assert_eq!(outcome(&proxy, "started_on_primary"), 1.0);
+    expect_outcome(&proxy, "started_on_primary", 1.0).await;
     assert_eq!(
         first(&direct, "SELECT v FROM opt_rw WHERE id = 1").await,
         "103"
@@ -377,7 +388,8 @@ async fn python_orm_transactions_read_on_the_replica_and_write_on_the_primary() 
             "psycopg read-only {replica}\n\
              psycopg read-then-write 101 {primary}\n\
              sqlalchemy read-only {replica}\n\
-             sqlalchemy read-then-write 102\n"
+             sqlalchemy read-then-write 102\n\
+             pipeline {replica} 102\n"
         )
     );
     let direct = connect(&c.url(Node::Primary)).await;
@@ -394,6 +406,58 @@ async fn python_orm_transactions_read_on_the_replica_and_write_on_the_primary() 
     );
     assert!(outcome(&proxy, "replayed_match") >= 2.0);
     assert_eq!(outcome(&proxy, "replayed_mismatch"), 0.0);
+    proxy.stop().await;
+}
+
+/// A BEGIN is deferred however it arrives: alone through the extended
+/// protocol, or at the head of a query string of reads (which then runs
+/// whole on the replica).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_begin_in_the_extended_protocol_or_a_query_string_is_deferred() {
+    let c = cluster();
+    setup_table(c, "opt_forms").await;
+    let proxy = Proxy::start(c, "").await;
+    let client = connect(&proxy.url(c)).await;
+    let (primary, replica) = (c.port(Node::Primary), c.port(Node::Replica));
+    // tokio-postgres prepares the BEGIN (Parse, Describe, Sync), then runs
+    // it (Bind, Execute, Sync).
+    client.execute("BEGIN", &[]).await.unwrap();
+    assert_eq!(server_port(&client).await, replica);
+    client.execute("COMMIT", &[]).await.unwrap();
+    expect_outcome(&proxy, "read_only_on_replica", 1.0).await;
+
+    let rows = client
+        .simple_query("BEGIN; SELECT 'a'; SELECT v FROM opt_forms WHERE id = 1")
+        .await
+        .unwrap();
+    let values: Vec<String> = rows
+        .iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(values, ["a", "100"]);
+    // The transaction is open, on the replica; a write moves it.
+    assert_eq!(server_port(&client).await, replica);
+    client
+        .batch_execute("UPDATE opt_forms SET v = 5 WHERE id = 1")
+        .await
+        .unwrap();
+    assert_eq!(server_port(&client).await, primary);
+    client.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(outcome(&proxy, "replayed_match"), 1.0);
+    let direct = connect(&c.url(Node::Primary)).await;
+    assert_eq!(
+        first(&direct, "SELECT v FROM opt_forms WHERE id = 1").await,
+        "5"
+    );
+
+    // BEGIN READ WRITE says it will write: the primary from the start.
+    replica_has_our_writes(&client, replica).await;
+    client.batch_execute("BEGIN READ WRITE").await.unwrap();
+    assert_eq!(server_port(&client).await, primary);
+    client.batch_execute("ROLLBACK").await.unwrap();
     proxy.stop().await;
 }
 

@@ -78,9 +78,10 @@ enum Txn {
     Off,
     /// The client's BEGIN was answered here and sent nowhere.
     Deferred { begin: Bytes, isolation: Isolation },
-    /// Open on the replica `st.txn` names.
+    /// Open on the replica `st.txn` names. `begin`: the client's BEGIN,
+    /// `None` when the record's first unit holds it.
     OnReplica {
-        begin: Bytes,
+        begin: Option<Bytes>,
         record: Vec<Recorded>,
         bytes: usize,
     },
@@ -114,12 +115,86 @@ pub(super) struct Run {
     pub(super) digest: Option<Digest>,
 }
 
-/// The client's BEGIN text, from a one-Query unit.
+/// The text of a one-Query unit.
 fn query_text(unit: &Unit) -> Option<&[u8]> {
     match unit.frames.as_slice() {
         [f] if f.tag == tag::QUERY => fields::query_text(f.body()).ok(),
         _ => None,
     }
+}
+
+/// Whether a unit is extended-protocol messages that run one statement (one
+/// Execute, one Parse at most, no Query or FunctionCall). A unit that only
+/// prepares a BEGIN does not begin anything.
+fn single_extended(unit: &Unit) -> bool {
+    let count = |t: u8| unit.frames.iter().filter(|f| f.tag == t).count();
+    unit.frames.iter().all(|f| {
+        matches!(
+            f.tag,
+            tag::PARSE
+                | tag::BIND
+                | tag::DESCRIBE
+                | tag::EXECUTE
+                | tag::CLOSE
+                | tag::SYNC
+                | tag::FLUSH
+        )
+    }) && count(tag::PARSE) <= 1
+        && count(tag::EXECUTE) == 1
+}
+
+/// The text of the one statement a unit names (its Query, its Parses, the
+/// statements its Binds and Describes name), if it names one only.
+fn one_statement(unit: &Unit, st: &SessionState) -> Option<Bytes> {
+    let mut text: Option<Bytes> = None;
+    for f in &unit.frames {
+        let this = match f.tag {
+            tag::QUERY => {
+                let t = fields::query_text(f.body()).ok()?;
+                if unit.class?.statements != 1 {
+                    return None;
+                }
+                f.bytes.slice_ref(t)
+            }
+            tag::PARSE => f.bytes.slice_ref(fields::parse(f.body()).ok()?.1),
+            tag::BIND => st.statement(fields::bind(f.body()).ok()?.1)?.text.clone(),
+            tag::DESCRIBE => match fields::target(f.body(), "Describe").ok()? {
+                (b'S', name) => st.statement(name)?.text.clone(),
+                _ => continue,
+            },
+            _ => continue,
+        };
+        match &text {
+            Some(t) if *t != this => return None,
+            _ => text = Some(this),
+        }
+    }
+    text
+}
+
+/// The text of the statement a BEGIN unit runs: its Query, its Parse, or
+/// the statement its Bind names.
+fn begin_text(unit: &Unit, st: &SessionState) -> Option<Bytes> {
+    for f in &unit.frames {
+        match f.tag {
+            tag::QUERY => {
+                return fields::query_text(f.body())
+                    .ok()
+                    .map(|t| f.bytes.slice_ref(t));
+            }
+            tag::PARSE => {
+                return fields::parse(f.body())
+                    .ok()
+                    .map(|(_, t)| f.bytes.slice_ref(t));
+            }
+            tag::BIND => {
+                let (_, name) = fields::bind(f.body()).ok()?;
+                return st.statement(name).map(|s| s.text.clone());
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 impl Session {
@@ -130,8 +205,9 @@ impl Session {
             class: *class,
             complete: unit.complete,
             simple: text.is_some(),
-            replica_txn_control: class.statements == 1
-                && text.is_some_and(policy::replica_txn_control),
+            single_extended: text.is_none() && single_extended(unit),
+            replica_txn_control: one_statement(unit, &self.st)
+                .is_some_and(|t| policy::replica_txn_control(&t)),
             statement_free: unit.class.is_none(),
         };
         let phase = match &self.opt.txn {
@@ -167,16 +243,18 @@ impl Session {
         step
     }
 
-    /// Answers a BEGIN as PostgreSQL would, and remembers it.
+    /// Answers a BEGIN as PostgreSQL would, and remembers it: a simple
+    /// Query, or the extended-protocol messages of one BEGIN statement.
     pub(super) async fn defer_begin(
         &mut self,
         unit: &Unit,
         class: &Class,
     ) -> Result<(), ClientError> {
-        let (Some(text), Some(isolation)) = (query_text(unit), class.deferrable_begin) else {
+        let (Some(begin), Some(isolation)) = (begin_text(unit, &self.st), class.deferrable_begin)
+        else {
             return Ok(());
         };
-        let start = text.trim_ascii_start();
+        let start = begin.trim_ascii_start();
         let tag = if start
             .get(..5)
             .is_some_and(|w| w.eq_ignore_ascii_case(b"start"))
@@ -185,15 +263,31 @@ impl Session {
         } else {
             "BEGIN"
         };
-        let begin = unit
-            .frames
-            .first()
-            .map(|f| f.bytes.slice_ref(text))
-            .unwrap_or_default();
-        self.opt.txn = Txn::Deferred { begin, isolation };
         let mut msg = BytesMut::new();
-        msg.extend_from_slice(&build::command_complete(tag));
+        for f in &unit.frames {
+            match f.tag {
+                tag::QUERY | tag::EXECUTE => msg.extend_from_slice(&build::command_complete(tag)),
+                tag::PARSE => msg.extend_from_slice(&build::parse_complete()),
+                tag::BIND => msg.extend_from_slice(&build::bind_complete()),
+                tag::DESCRIBE => {
+                    if matches!(fields::target(f.body(), "Describe"), Ok((b'S', _))) {
+                        msg.extend_from_slice(&build::no_parameters());
+                    }
+                    msg.extend_from_slice(&build::no_data());
+                }
+                tag::CLOSE => {
+                    if let Ok((b'S', name)) = fields::target(f.body(), "Close") {
+                        for held in self.conns.iter_mut() {
+                            held.conn.statements().close_later(name);
+                        }
+                    }
+                    msg.extend_from_slice(&build::close_complete());
+                }
+                _ => {}
+            }
+        }
         msg.extend_from_slice(&build::ready_for_query(TxStatus::InTransaction));
+        self.opt.txn = Txn::Deferred { begin, isolation };
         self.io.write(&msg).await
     }
 
@@ -208,7 +302,7 @@ impl Session {
             }),
             _ => None,
         };
-        let records = !on_primary && matches!(step, Step::Open | Step::Record);
+        let records = !on_primary && matches!(step, Step::Open | Step::Opens | Step::Record);
         Run {
             prefix,
             digest: records.then(|| Digest::new(&self.opt.keys, class.unverified_columns)),
@@ -227,19 +321,9 @@ impl Session {
         let ended = outcome.status == TxStatus::Idle;
         match (std::mem::take(&mut self.opt.txn), step) {
             (Txn::Deferred { begin, .. }, Step::Open) => {
-                if on_primary {
-                    self.ctx.metrics.transaction(TxnOutcome::StartedOnPrimary);
-                } else if ended {
-                    self.ctx.metrics.transaction(TxnOutcome::ReadOnlyOnReplica);
-                } else {
-                    self.opt.txn = Txn::OnReplica {
-                        begin,
-                        record: Vec::new(),
-                        bytes: 0,
-                    };
-                    self.record(unit, outcome);
-                }
+                self.opened(Some(begin), unit, on_primary, outcome)
             }
+            (Txn::Off, Step::Opens) => self.opened(None, unit, on_primary, outcome),
             (txn @ Txn::OnReplica { .. }, Step::Record) => {
                 if ended {
                     self.ctx.metrics.transaction(TxnOutcome::ReadOnlyOnReplica);
@@ -249,6 +333,22 @@ impl Session {
                 }
             }
             (txn, _) => self.opt.txn = txn,
+        }
+    }
+
+    /// The first unit of an optimistic transaction ran.
+    fn opened(&mut self, begin: Option<Bytes>, unit: &Unit, on_primary: bool, outcome: &Outcome) {
+        if on_primary {
+            self.ctx.metrics.transaction(TxnOutcome::StartedOnPrimary);
+        } else if outcome.status == TxStatus::Idle {
+            self.ctx.metrics.transaction(TxnOutcome::ReadOnlyOnReplica);
+        } else {
+            self.opt.txn = Txn::OnReplica {
+                begin,
+                record: Vec::new(),
+                bytes: 0,
+            };
+            self.record(unit, outcome);
         }
     }
 
@@ -303,7 +403,7 @@ impl Session {
             let Session { conns, st, opt, .. } = self;
             let held = conns.held(primary)?;
             held.dirty = true;
-            replay(&mut held.conn, st, &begin, &record, &opt.keys).await
+            replay(&mut held.conn, st, begin.as_deref(), &record, &opt.keys).await
         };
         // The replica's part is over either way.
         if let Some(id) = replica.filter(|id| *id != primary) {
@@ -391,19 +491,22 @@ struct Replayed {
     status: TxStatus,
 }
 
-/// Sends `begin` and the recorded units to `conn` in one flight and reads
-/// every answer, keeping only each unit's digest.
+/// Sends `begin` (if the record's first unit does not begin the transaction
+/// itself) and the recorded units to `conn` in one flight and reads every
+/// answer, keeping only each unit's digest.
 async fn replay(
     conn: &mut ServerConn,
     st: &mut SessionState,
-    begin: &[u8],
+    begin: Option<&[u8]>,
     record: &[Recorded],
     keys: &RandomState,
 ) -> Result<Replayed, BackendError> {
     let mut out = BytesMut::new();
     let mut exp = Expect::default();
     relay::begin_unit(conn, &mut out, &mut exp);
-    out.extend_from_slice(&build::query(begin));
+    if let Some(begin) = begin {
+        out.extend_from_slice(&build::query(begin));
+    }
     for unit in record {
         // Each unit is staged with the statements it used then.
         let saved: Vec<_> = unit
@@ -424,7 +527,7 @@ async fn replay(
     let skip = |i: usize| record.get(i).map_or(0, |r| r.skip);
     let mut digest = Digest::new(keys, skip(0));
     // Before the first ReadyForQuery: the BEGIN's answer.
-    let mut begun = false;
+    let mut begun = begin.is_none();
     let mut status = TxStatus::Idle;
     let mut unflushed = false;
     while digests.len() < record.len() || !begun {

@@ -97,6 +97,11 @@ impl Session {
     }
 
     async fn run_unit_here(&mut self, unit: Unit) -> Result<(), ClientError> {
+        // A Flush alone asks for replies nobody owes: every unit before it
+        // was answered to its end. Nothing to send.
+        if unit.frames.iter().all(|f| f.tag == tag::FLUSH) {
+            return Ok(());
+        }
         if self.set_route_locally(&unit).await?
             || self.answer_closes_locally(&unit).await?
             || self.deallocate_locally(&unit).await?
@@ -116,8 +121,17 @@ impl Session {
                 Err(e @ (ClientError::Gone(_) | ClientError::Protocol(_))) => return Err(e),
                 Err(e) => return self.fail_unit(&unit, &e).await,
             },
-            Step::AsUsual | Step::Open | Step::Record => {}
+            Step::AsUsual | Step::Open | Step::Record | Step::Opens => {}
         }
+        // A BEGIN followed by reads is placed as the reads are.
+        let class = if step == Step::Opens {
+            Class {
+                kind: Kind::Read,
+                ..class
+            }
+        } else {
+            class
+        };
         let mut retried = false;
         // The failed first run was on a replica (else on the primary).
         let mut replica_failed = false;

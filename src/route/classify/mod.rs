@@ -75,9 +75,17 @@ fn classify_unhinted(sql: &str, catalog: &FunctionCatalog) -> Class {
         ..Class::of(Kind::Read)
     };
     let mut all_read = true;
+    // Every statement after the first is a read.
+    let mut rest_read = true;
+    let mut first_begin = None;
     let mut only = None;
     for statement in &statements {
         let one = classify_statement(statement, catalog);
+        if class.statements == 0 {
+            first_begin = one.deferrable_begin;
+        } else {
+            rest_read &= one.kind == Kind::Read;
+        }
         class.statements = class.statements.saturating_add(1);
         all_read &= one.kind == Kind::Read;
         only = Some(one.kind);
@@ -98,6 +106,9 @@ fn classify_unhinted(sql: &str, catalog: &FunctionCatalog) -> Class {
         }
     } else {
         class.deferrable_begin = None;
+        if rest_read {
+            class.opens_with_reads = first_begin;
+        }
     }
     class.kind = match (class.statements, only) {
         _ if all_read => Kind::Read,
@@ -350,18 +361,19 @@ fn replica_ok(modes: &[TransactionMode]) -> bool {
 }
 
 /// The isolation level of a `BEGIN` an optimistic transaction may defer:
-/// any without READ ONLY (which goes to a replica as it is) or SERIALIZABLE
-/// (which a standby refuses). `DEFERRABLE` does not parse and goes to the
+/// any without an access mode (READ ONLY goes to a replica as it is, READ
+/// WRITE to the primary) or SERIALIZABLE (which a standby refuses). `DEFERRABLE` does not parse and goes to the
 /// primary as unparsed text.
 fn deferrable(modes: &[TransactionMode]) -> Option<Isolation> {
     let mut level = Isolation::Default;
     for mode in modes {
         match mode {
-            TransactionMode::AccessMode(TransactionAccessMode::ReadOnly)
+            // An explicit READ WRITE says the transaction is there to
+            // write: it begins on the primary.
+            TransactionMode::AccessMode(_)
             | TransactionMode::IsolationLevel(
                 TransactionIsolationLevel::Serializable | TransactionIsolationLevel::Snapshot,
             ) => return None,
-            TransactionMode::AccessMode(TransactionAccessMode::ReadWrite) => {}
             TransactionMode::IsolationLevel(
                 TransactionIsolationLevel::ReadCommitted
                 | TransactionIsolationLevel::ReadUncommitted,
