@@ -57,6 +57,28 @@ impl HeldConns {
         self.get_mut(id).ok_or(ClientError::TransactionLost)
     }
 
+    /// The connections to `a` and to `b` (two servers), at once: `None` if
+    /// `a` is not held; the second `None` if `b` is not.
+    pub(super) fn pair_mut(
+        &mut self,
+        a: ServerId,
+        b: ServerId,
+    ) -> Option<(&mut Held, Option<&mut Held>)> {
+        let i = self.0.iter().position(|h| h.id == a)?;
+        let j = self.0.iter().position(|h| h.id == b).filter(|j| *j != i);
+        Some(match j {
+            None => (self.0.get_mut(i)?, None),
+            Some(j) if i < j => {
+                let (left, right) = self.0.split_at_mut(j);
+                (left.get_mut(i)?, right.first_mut())
+            }
+            Some(j) => {
+                let (left, right) = self.0.split_at_mut(i);
+                (right.first_mut()?, left.get_mut(j))
+            }
+        })
+    }
+
     /// Lets go of the connection to `id`: the pool resets or discards it.
     pub(super) fn remove(&mut self, id: ServerId) -> Option<Held> {
         let i = self.0.iter().position(|h| h.id == id)?;

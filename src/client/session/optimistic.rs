@@ -9,7 +9,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::time::Instant;
 
 use super::Session;
-use crate::backend::{BackendError, ServerConn, ServerId};
+use crate::backend::{BackendError, ServerConn};
 use crate::client::ClientError;
 use crate::client::digest::Digest;
 use crate::client::relay::{self, Expect, Outcome};
@@ -399,15 +399,25 @@ impl Session {
         let Txn::OnReplica { begin, record, .. } = std::mem::take(&mut self.opt.txn) else {
             return Ok(true);
         };
-        let replayed = {
+        // The replay on the primary and the rollback on the replica go
+        // at once: the move costs one round trip, not two.
+        let (replayed, replica_ended) = {
             let Session { conns, st, opt, .. } = self;
-            let held = conns.held(primary)?;
+            let (held, on_replica) = conns
+                .pair_mut(primary, replica.unwrap_or(primary))
+                .ok_or(ClientError::TransactionLost)?;
             held.dirty = true;
-            replay(&mut held.conn, st, begin.as_deref(), &record, &opt.keys).await
+            let replay = replay(&mut held.conn, st, begin.as_deref(), &record, &opt.keys);
+            match on_replica {
+                Some(r) => {
+                    let (replayed, ended) = tokio::join!(replay, rollback(&mut r.conn));
+                    (replayed, Some(ended))
+                }
+                None => (replay.await, None),
+            }
         };
-        // The replica's part is over either way.
-        if let Some(id) = replica.filter(|id| *id != primary) {
-            self.end_on_replica(id).await;
+        if let (Some(false), Some(id)) = (replica_ended, replica) {
+            self.conns.remove(id);
         }
         let replayed = match replayed {
             Ok(r) => r,
@@ -461,19 +471,19 @@ impl Session {
         self.fail_unit(unit, &ClientError::ReadChanged).await?;
         Ok(false)
     }
+}
 
-    /// Rolls back the transaction on the replica `id` (its connection goes
-    /// if that fails).
-    async fn end_on_replica(&mut self, id: ServerId) {
-        let Some(held) = self.conns.get_mut(id) else {
-            return;
-        };
-        match held.conn.run_internal(b"ROLLBACK").await {
-            Ok(Ok(())) => held.conn.note_status(TxStatus::Idle),
-            _ => {
-                held.conn.mark_broken();
-                self.conns.remove(id);
-            }
+/// Rolls back the transaction on a replica's connection: whether it is idle
+/// now (else it is marked broken, for the caller to let go).
+async fn rollback(conn: &mut ServerConn) -> bool {
+    match conn.run_internal(b"ROLLBACK").await {
+        Ok(Ok(())) => {
+            conn.note_status(TxStatus::Idle);
+            true
+        }
+        _ => {
+            conn.mark_broken();
+            false
         }
     }
 }
