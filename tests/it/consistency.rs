@@ -398,7 +398,7 @@ const BENCH: &[&str] = &["-M", "extended", "-c", "8", "-j", "2", "-T", "10", "-n
 
 /// CPU time (user + system) this process has used: pgsplit runs inside the
 /// test process, pgbench and the servers outside it.
-fn own_cpu() -> Duration {
+pub fn own_cpu() -> Duration {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     // Fields after the command name (which may contain spaces) in ")".
     let fields: Vec<&str> = stat

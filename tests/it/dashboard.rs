@@ -17,7 +17,8 @@
 //! retries and fallbacks (a STABLE function that raises 40001 on the replica
 //! only: the read is retried on the primary, `recovery_conflict`, and counted
 //! there as `replica_down`), the read-your-writes wait (a read right after a
-//! write), connection pins (a temporary table), TLS handshakes (a TLS client,
+//! write), the move of an optimistic transaction (begun on the replica with a
+//! read, then a write), connection pins (a temporary table), TLS handshakes (a TLS client,
 //! and an SSLRequest followed by bytes that are not TLS), and an
 //! authentication failure. The other families are exported from the start.
 //! Nothing is skipped. The traffic runs twice, with a scrape in between, so
@@ -206,22 +207,34 @@ async fn provoke_every_series(proxy: &Proxy, ca: &TestCa) {
     let c = cluster();
     let url = proxy.url(c);
 
-    // Plain reads (replica) and writes (primary).
+    // Writes (primary), and reads: on the replica once it has replayed the
+    // write (read-your-writes: until then they run on the primary).
     let app = connect(&url).await;
     app.batch_execute("INSERT INTO dashboard_t (v) VALUES ('write')")
         .await
         .unwrap();
-    for _ in 0..20 {
-        app.simple_query("SELECT count(*) FROM dashboard_t")
-            .await
-            .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        for _ in 0..10 {
+            app.simple_query("SELECT count(*) FROM dashboard_t")
+                .await
+                .unwrap();
+        }
+        let text = metrics_text(proxy).await;
+        if sum(
+            &text,
+            "pgsplit_units_routed_total",
+            "route=\"replica\",reason=\"read\"",
+        ) > 0.0
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no read ever ran on the replica:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    wait_for_series(
-        proxy,
-        "pgsplit_units_routed_total",
-        "route=\"replica\",reason=\"read\"",
-    )
-    .await;
 
     // A read right after a write: its read-your-writes floor is ahead of what
     // pgsplit knows of the replica, so it waits for the replica (or, after
@@ -242,6 +255,29 @@ async fn provoke_every_series(proxy: &Proxy, ca: &TestCa) {
             Instant::now() < deadline,
             "no read ever waited for its read-your-writes floor:\n{text}"
         );
+    }
+
+    // An optimistic transaction: it begins on the replica with a read, and
+    // its write moves it to the primary (its read replayed there). Until the
+    // replica has replayed the previous writes, it begins on the primary.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        app.batch_execute("BEGIN").await.unwrap();
+        app.simple_query("SELECT count(*) FROM dashboard_t")
+            .await
+            .unwrap();
+        app.batch_execute("INSERT INTO dashboard_t (v) VALUES ('moved'); COMMIT")
+            .await
+            .unwrap();
+        let text = metrics_text(proxy).await;
+        if sum(&text, "pgsplit_transaction_replay_seconds_count", "") > 0.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no transaction ever moved from the replica to the primary:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
     // Retry and fallback: the function is STABLE, so pgsplit sends the read to

@@ -606,7 +606,7 @@ fn exposition_value(text: &str, name: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "measurement: cargo test --release --test it -- --ignored --nocapture optimistic::measure_web_mix"]
 async fn measure_web_mix() {
-    use crate::consistency::{calls, parse_tps, pgbench, settle};
+    use crate::consistency::{calls, own_cpu, parse_tps, pgbench, settle};
     use std::sync::Arc;
     let c = tokio::task::spawn_blocking(|| {
         Cluster::start(pgsplit_cluster::ClusterOptions {
@@ -662,6 +662,7 @@ async fn measure_web_mix() {
                 ),
             )
             .await;
+            let cpu_before = own_cpu();
             let out = pgbench(
                 &c,
                 proxy.addr.port(),
@@ -696,7 +697,14 @@ async fn measure_web_mix() {
             .map(|o| ((*o).to_owned(), outcome(&proxy, o)))
             .collect();
             proxy.stop().await;
+            let cpu = own_cpu().saturating_sub(cpu_before);
             let tps = parse_tps(&out).unwrap_or(0.0);
+            let done: f64 = out
+                .lines()
+                .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+                .and_then(|n| n.split(|c: char| !c.is_ascii_digit()).next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0.0);
             let (ro_primary, ro_replica, rw_primary, rw_replica) = blocking(&c, |c| {
                 let ro = "SELECT abalance FROM pgbench_accounts%";
                 let rw = "SELECT abalance, aid FROM pgbench_accounts%";
@@ -720,6 +728,10 @@ async fn measure_web_mix() {
             };
             let moved = get("replayed_match") + get("replayed_mismatch");
             eprintln!(
+                "  {clients:>2} clients, optimistic={optimistic:<5}: pgsplit CPU {:.1} us per transaction",
+                cpu.as_secs_f64() * 1e6 / done.max(1.0)
+            );
+            eprintln!(
                 "  {clients:>2} clients, optimistic={optimistic:<5}: {tps:>6.0} tps; read-only transactions' reads on the replica {ro_replica} of {} ({:.1}%); read-then-write SELECTs on the replica {rw_replica}, on the primary {rw_primary}",
                 ro_primary + ro_replica,
                 share * 100.0
@@ -733,4 +745,92 @@ async fn measure_web_mix() {
             }
         }
     }
+}
+
+/// Savepoints before and after the move, a prepared statement the client
+/// closed before the move (the replay uses it as it was), and statements the
+/// record cannot hold (`SET LOCAL`, a cursor) moving the transaction first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn savepoints_statements_and_unreplayable_reads_survive_the_move() {
+    let c = cluster();
+    setup_table(c, "opt_sp").await;
+    let proxy = Proxy::start(c, "").await;
+    let client = connect(&proxy.url(c)).await;
+    let (primary, replica) = (c.port(Node::Primary), c.port(Node::Replica));
+    let direct = connect(&c.url(Node::Primary)).await;
+
+    let read = client
+        .prepare("SELECT v FROM opt_sp WHERE id = $1")
+        .await
+        .unwrap();
+    client.batch_execute("BEGIN").await.unwrap();
+    let v: i32 = client.query_one(&read, &[&1i32]).await.unwrap().get(0);
+    assert_eq!(v, 100);
+    client.batch_execute("SAVEPOINT before_move").await.unwrap();
+    assert_eq!(server_port(&client).await, replica);
+    // The client closes its statement; the record still needs it.
+    drop(read);
+    client
+        .batch_execute("UPDATE opt_sp SET v = 1 WHERE id = 1")
+        .await
+        .unwrap();
+    assert_eq!(server_port(&client).await, primary);
+    client.batch_execute("SAVEPOINT after_move").await.unwrap();
+    client
+        .batch_execute("UPDATE opt_sp SET v = 2 WHERE id = 1")
+        .await
+        .unwrap();
+    client
+        .batch_execute("ROLLBACK TO SAVEPOINT after_move")
+        .await
+        .unwrap();
+    assert_eq!(
+        first(&client, "SELECT v FROM opt_sp WHERE id = 1").await,
+        "1"
+    );
+    // The savepoint made on the replica exists on the primary too.
+    client
+        .batch_execute("ROLLBACK TO SAVEPOINT before_move")
+        .await
+        .unwrap();
+    assert_eq!(
+        first(&client, "SELECT v FROM opt_sp WHERE id = 1").await,
+        "100"
+    );
+    client
+        .batch_execute("UPDATE opt_sp SET v = 3 WHERE id = 1; COMMIT")
+        .await
+        .unwrap();
+    assert_eq!(
+        first(&direct, "SELECT v FROM opt_sp WHERE id = 1").await,
+        "3"
+    );
+    assert_eq!(outcome(&proxy, "replayed_match"), 1.0);
+
+    // SET LOCAL and a cursor cannot be recorded: the transaction moves
+    // before them, verified, and they run on the primary.
+    replica_has_our_writes(&client, replica).await;
+    for (statement, then) in [
+        ("SET LOCAL work_mem = '2MB'", "SHOW work_mem"),
+        (
+            "DECLARE opt_cursor CURSOR FOR SELECT v FROM opt_sp",
+            "FETCH 1 FROM opt_cursor",
+        ),
+    ] {
+        client.batch_execute("BEGIN").await.unwrap();
+        assert_eq!(
+            first(&client, "SELECT v FROM opt_sp WHERE id = 1").await,
+            "3"
+        );
+        client.batch_execute(statement).await.unwrap();
+        assert_eq!(server_port(&client).await, primary, "{statement}");
+        let shown = first(&client, then).await;
+        assert!(shown == "2MB" || shown == "3", "{then}: {shown}");
+        client.batch_execute("COMMIT").await.unwrap();
+    }
+    assert_eq!(outcome(&proxy, "moved_before_unreplayable"), 1.0);
+    // DECLARE is a write to the classifier (it may run functions).
+    assert_eq!(outcome(&proxy, "replayed_match"), 2.0);
+    assert_eq!(outcome(&proxy, "replayed_mismatch"), 0.0);
+    proxy.stop().await;
 }
