@@ -22,7 +22,9 @@ pub enum Phase {
         /// fails there as it would on the primary, until a rollback.
         failed: bool,
         /// The record can take this unit (see `optimistic_max_statements`,
-        /// `optimistic_max_bytes`).
+        /// `optimistic_max_bytes`), and the replica is still one a read
+        /// would choose (up, within the lag limits): else the transaction
+        /// moves now rather than read on from a replica falling behind.
         room: bool,
     },
 }

@@ -834,3 +834,48 @@ async fn savepoints_statements_and_unreplayable_reads_survive_the_move() {
     assert_eq!(outcome(&proxy, "replayed_mismatch"), 0.0);
     proxy.stop().await;
 }
+
+/// A replica that falls over the lag limits while a transaction reads on it:
+/// the next read moves the transaction to the primary (verified) rather
+/// than read on from a replica falling behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_falling_behind_mid_transaction_moves_it() {
+    let (c, _turn) = replay_cluster().await;
+    setup_table(&c, "opt_lagging").await;
+    let proxy = Proxy::start(
+        &c,
+        "[routing]\nmax_lag = \"300ms\"\nhealth_interval = \"100ms\"\n",
+    )
+    .await;
+    let client = connect(&proxy.url(&c)).await;
+    let (primary, replica) = (c.port(Node::Primary), c.port(Node::Replica));
+    client.batch_execute("BEGIN").await.unwrap();
+    assert_eq!(
+        first(&client, "SELECT v FROM opt_lagging WHERE id = 1").await,
+        "100"
+    );
+    assert_eq!(server_port(&client).await, replica);
+
+    blocking(&c, |c| c.pause_replay()).await.unwrap();
+    let direct = connect(&c.url(Node::Primary)).await;
+    let lagging = poll_until(Duration::from_secs(15), || async {
+        direct
+            .batch_execute(
+                "CREATE TABLE IF NOT EXISTS opt_lag_w (v int); INSERT INTO opt_lag_w VALUES (1)",
+            )
+            .await
+            .unwrap();
+        crate::common::own::health_of(&proxy, replica).lagging
+    })
+    .await;
+    assert!(lagging.is_some(), "the replica never went over max_lag");
+    assert_eq!(
+        first(&client, "SELECT v FROM opt_lagging WHERE id = 1").await,
+        "100"
+    );
+    assert_eq!(server_port(&client).await, primary);
+    client.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(outcome(&proxy, "moved_before_unreplayable"), 1.0);
+    blocking(&c, |c| c.resume_replay()).await.unwrap();
+    proxy.stop().await;
+}

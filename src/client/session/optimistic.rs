@@ -9,6 +9,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::time::Instant;
 
 use super::Session;
+use crate::backend::health::HealthSnapshot;
 use crate::backend::{BackendError, ServerConn};
 use crate::client::ClientError;
 use crate::client::digest::Digest;
@@ -199,7 +200,13 @@ fn begin_text(unit: &Unit, st: &SessionState) -> Option<Bytes> {
 
 impl Session {
     /// The step `unit` takes (see `route::optimistic::step`).
-    pub(super) fn optimistic_step(&mut self, unit: &Unit, class: &Class, config: &Config) -> Step {
+    pub(super) fn optimistic_step(
+        &mut self,
+        unit: &Unit,
+        class: &Class,
+        config: &Config,
+        health: &HealthSnapshot,
+    ) -> Step {
         let text = query_text(unit);
         let facts = UnitFacts {
             class: *class,
@@ -220,10 +227,18 @@ impl Session {
                     .txn
                     .and_then(|id| self.conns.get(id))
                     .is_some_and(|h| h.conn.status() == TxStatus::Failed);
+                let replica_fit = self.st.txn.is_none_or(|id| {
+                    health
+                        .replicas
+                        .iter()
+                        .any(|r| r.id == id && r.up && !r.lagging)
+                });
                 Phase::OnReplica {
                     failed,
-                    room: record.len()
-                        < usize::try_from(limits.optimistic_max_statements).unwrap_or(usize::MAX)
+                    room: replica_fit
+                        && record.len()
+                            < usize::try_from(limits.optimistic_max_statements)
+                                .unwrap_or(usize::MAX)
                         && bytes.saturating_add(unit.bytes) as u64 <= limits.optimistic_max_bytes.0,
                 }
             }

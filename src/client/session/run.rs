@@ -111,7 +111,8 @@ impl Session {
         let class = unit.class();
         let mut step = {
             let config = self.ctx.config();
-            self.optimistic_step(&unit, &class, &config)
+            let health = self.ctx.health.get();
+            self.optimistic_step(&unit, &class, &config, &health)
         };
         match step {
             Step::Defer => return self.defer_begin(&unit, &class).await,
