@@ -81,6 +81,7 @@ impl Wiring {
             pause: Arc::default(),
             reload: Arc::default(),
             refused: Arc::default(),
+            mismatches: Arc::default(),
         });
         Ok(Wiring {
             credentials: Arc::new(Shared::new(Credentials::from_config(&config.get()))),

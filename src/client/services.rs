@@ -61,6 +61,49 @@ pub struct SessionDeps {
     pub reload: Arc<tokio::sync::Notify>,
     /// Shapes of statements a replica refused (25006) that were logged.
     pub refused: Arc<LoggedOnce>,
+    /// Shapes of optimistic transactions whose reads answered differently
+    /// on the primary.
+    pub mismatches: Arc<Mismatches>,
+}
+
+/// Optimistic transactions whose move found a read changed, counted by the
+/// shape of their first statement (literals masked). A shape that keeps
+/// mismatching (the transaction reads rows that change all the time, or
+/// something that differs between servers) starts on the primary: a 40001
+/// every time would only make the application retry. Bounded; the first
+/// shapes seen stay.
+#[derive(Default)]
+pub struct Mismatches {
+    any: std::sync::atomic::AtomicBool,
+    counts: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+}
+
+impl Mismatches {
+    const MAX: usize = 1024;
+    /// Mismatches after which a shape starts on the primary.
+    pub const KEEP_AFTER: u32 = 3;
+
+    pub fn note(&self, shape: &str) {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = counts.get_mut(shape) {
+            *n = n.saturating_add(1);
+        } else if counts.len() < Self::MAX {
+            counts.insert(shape.to_owned(), 1);
+        }
+        self.any.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether transactions of this shape should start on the primary.
+    pub fn keeps_mismatching(&self, shape: &str) -> bool {
+        let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        counts.get(shape).is_some_and(|n| *n >= Self::KEEP_AFTER)
+    }
+
+    /// Whether any shape was noted (a lock-free check before the shape of
+    /// every transaction is computed).
+    pub fn any(&self) -> bool {
+        self.any.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 /// Statement shapes logged once each (up to a bound, then no more): the log

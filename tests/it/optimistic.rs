@@ -260,6 +260,44 @@ async fn a_write_computed_from_a_stale_read_is_refused_with_40001() {
         first(&direct, "SELECT v FROM opt_stale WHERE id = 1").await,
         "201"
     );
+    // A shape that keeps mismatching is remembered: after three, such
+    // transactions begin on the primary. (A new pgsplit: this one's
+    // read-your-writes floor keeps reads off the paused replica.)
+    proxy.stop().await;
+    let proxy = Proxy::start(&c, "[routing]\nmax_lag = \"1h\"\nmax_lag_bytes = \"1GB\"\n").await;
+    let client = connect(&proxy.url(&c)).await;
+    for round in 1..=3 {
+        client.batch_execute("BEGIN").await.unwrap();
+        assert_eq!(
+            first(&client, "SELECT v FROM opt_stale WHERE id = 1").await,
+            "100",
+            "round {round}: the stale replica"
+        );
+        let err = client
+            .batch_execute("UPDATE opt_stale SET v = 0 WHERE id = 1")
+            .await
+            .unwrap_err();
+        assert_eq!(err.as_db_error().map(|d| d.code().code()), Some("40001"));
+        client.batch_execute("ROLLBACK").await.unwrap();
+        // The session's next transaction starts on the primary anyway.
+        client.batch_execute("BEGIN; ROLLBACK").await.unwrap();
+        client.batch_execute("BEGIN").await.unwrap();
+        client.batch_execute("ROLLBACK").await.unwrap();
+    }
+    assert_eq!(outcome(&proxy, "replayed_mismatch"), 3.0);
+    client.batch_execute("BEGIN").await.unwrap();
+    assert_eq!(
+        first(&client, "SELECT v FROM opt_stale WHERE id = 1").await,
+        "201",
+        "the remembered shape reads on the primary"
+    );
+    assert_eq!(server_port(&client).await, c.port(Node::Primary));
+    client.batch_execute("ROLLBACK").await.unwrap();
+    // Another shape is optimistic as ever.
+    client.batch_execute("BEGIN").await.unwrap();
+    assert_eq!(server_port(&client).await, c.port(Node::Replica));
+    client.batch_execute("ROLLBACK").await.unwrap();
+
     // The one after that is optimistic again, once the replica has the
     // write (read-your-writes keeps reads off it until then).
     blocking(&c, |c| c.resume_replay()).await.unwrap();

@@ -471,6 +471,16 @@ impl Session {
         );
         self.ctx.metrics.transaction(TxnOutcome::ReplayedMismatch);
         self.opt.mismatched = true;
+        if let Some(opening) = record.first() {
+            let shape = super::run::frames_shape(&opening.frames, |name| {
+                opening
+                    .statements
+                    .iter()
+                    .find(|(n, _)| n.as_ref() == name)
+                    .and_then(|(_, s)| s.as_ref().map(|s| s.text.clone()))
+            });
+            self.ctx.mismatches.note(&shape);
+        }
         // The primary's transaction is rolled back and a failed one stands
         // in for it: the client's later statements get 25P02 and its
         // ROLLBACK ends it, all from the server, as after any 40001.

@@ -60,19 +60,31 @@ fn known_primary(health: &HealthSnapshot) -> Option<ServerId> {
 }
 
 /// A unit's statement texts as masked shapes (literals out), for the log.
-fn unit_shape(unit: &Unit, st: &SessionState) -> String {
+pub(super) fn unit_shape(unit: &Unit, st: &SessionState) -> String {
+    frames_shape(&unit.frames, |name| {
+        st.statement(name).map(|s| s.text.clone())
+    })
+}
+
+/// The masked texts of what `frames` run (Queries, and the statements Binds
+/// name, found by `text_of`), joined.
+pub(super) fn frames_shape(
+    frames: &[crate::protocol::Frame],
+    text_of: impl Fn(&[u8]) -> Option<bytes::Bytes>,
+) -> String {
     let mut texts: Vec<String> = Vec::new();
-    for f in &unit.frames {
+    for f in frames {
         let text = match f.tag {
-            tag::QUERY => crate::protocol::fields::query_text(f.body()).ok(),
+            tag::QUERY => crate::protocol::fields::query_text(f.body())
+                .ok()
+                .map(|t| f.bytes.slice_ref(t)),
             tag::BIND => crate::protocol::fields::bind(f.body())
                 .ok()
-                .and_then(|(_, name)| st.statement(name))
-                .map(|s| s.text.as_ref()),
+                .and_then(|(_, name)| text_of(name)),
             _ => None,
         };
         if let Some(t) = text {
-            texts.push(crate::route::lexer::mask(&String::from_utf8_lossy(t)).key);
+            texts.push(crate::route::lexer::mask(&String::from_utf8_lossy(&t)).key);
         }
     }
     texts.join("; ")
@@ -125,7 +137,7 @@ impl Session {
             Step::AsUsual | Step::Open | Step::Record | Step::Opens => {}
         }
         // A BEGIN followed by reads is placed as the reads are.
-        let class = if step == Step::Opens {
+        let mut class = if step == Step::Opens {
             Class {
                 kind: Kind::Read,
                 ..class
@@ -133,6 +145,17 @@ impl Session {
         } else {
             class
         };
+        // A transaction of a shape that keeps failing its check begins on
+        // the primary.
+        if matches!(step, Step::Open | Step::Opens)
+            && self.ctx.mismatches.any()
+            && self
+                .ctx
+                .mismatches
+                .keeps_mismatching(&unit_shape(&unit, &self.st))
+        {
+            class.hint = Some(crate::route::class::RouteMode::Primary);
+        }
         let mut retried = false;
         // The failed first run was on a replica (else on the primary).
         let mut replica_failed = false;
