@@ -260,14 +260,16 @@ impl Session {
 
     /// Answers a BEGIN as PostgreSQL would, and remembers it: a simple
     /// Query, or the extended-protocol messages of one BEGIN statement.
+    /// `Ok(false)`: its text is not at hand (the policy saw to it that it
+    /// is); the unit runs as usual.
     pub(super) async fn defer_begin(
         &mut self,
         unit: &Unit,
         class: &Class,
-    ) -> Result<(), ClientError> {
+    ) -> Result<bool, ClientError> {
         let (Some(begin), Some(isolation)) = (begin_text(unit, &self.st), class.deferrable_begin)
         else {
-            return Ok(());
+            return Ok(false);
         };
         let start = begin.trim_ascii_start();
         let tag = if start
@@ -303,7 +305,8 @@ impl Session {
         }
         msg.extend_from_slice(&build::ready_for_query(TxStatus::InTransaction));
         self.opt.txn = Txn::Deferred { begin, isolation };
-        self.io.write(&msg).await
+        self.io.write(&msg).await?;
+        Ok(true)
     }
 
     /// What a unit placed on the primary (`on_primary`) or a replica needs

@@ -127,7 +127,12 @@ impl Session {
             self.optimistic_step(&unit, &class, &config, &health)
         };
         match step {
-            Step::Defer => return self.defer_begin(&unit, &class).await,
+            Step::Defer => {
+                if self.defer_begin(&unit, &class).await? {
+                    return Ok(());
+                }
+                step = Step::AsUsual;
+            }
             Step::Move => match self.move_to_primary(&unit, &class).await {
                 Ok(true) => {}
                 Ok(false) => return Ok(()),
