@@ -186,26 +186,36 @@ fn sum(metrics: &str, name: &str, labels: &str) -> f64 {
         .sum()
 }
 
-/// Waits until pgsplit's `/metrics` has `name` (with `labels`) above 0.
-async fn wait_for_series(proxy: &Proxy, name: &str, labels: &str) {
+/// Whether the samples of `name` with `labels` add up to more in `now` than
+/// in `before`.
+fn grew(before: &str, now: &str, name: &str, labels: &str) -> bool {
+    sum(now, name, labels) > sum(before, name, labels)
+}
+
+/// Waits until pgsplit's `/metrics` has more of `name` (with `labels`) than
+/// `before` had.
+async fn wait_for_series(proxy: &Proxy, before: &str, name: &str, labels: &str) {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let text = metrics_text(proxy).await;
-        if sum(&text, name, labels) > 0.0 {
+        if grew(before, &text, name, labels) {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "pgsplit never exported {name}{{{labels}}} > 0:\n{text}"
+            "pgsplit's {name}{{{labels}}} never grew:\n{text}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
-/// Drives traffic through pgsplit until every series a panel draws exists.
+/// Drives traffic through pgsplit until every series a panel draws exists
+/// and has moved since the round began (a histogram that did not move in the
+/// rate window gives NaN quantiles).
 async fn provoke_every_series(proxy: &Proxy, ca: &TestCa) {
     let c = cluster();
     let url = proxy.url(c);
+    let before = metrics_text(proxy).await;
 
     // Writes (primary), and reads: on the replica once it has replayed the
     // write (read-your-writes: until then they run on the primary).
@@ -221,12 +231,12 @@ async fn provoke_every_series(proxy: &Proxy, ca: &TestCa) {
                 .unwrap();
         }
         let text = metrics_text(proxy).await;
-        if sum(
+        if grew(
+            &before,
             &text,
             "pgsplit_units_routed_total",
             "route=\"replica\",reason=\"read\"",
-        ) > 0.0
-        {
+        ) {
             break;
         }
         assert!(
@@ -248,7 +258,12 @@ async fn provoke_every_series(proxy: &Proxy, ca: &TestCa) {
             .await
             .unwrap();
         let text = metrics_text(proxy).await;
-        if sum(&text, "pgsplit_read_your_writes_wait_seconds_count", "") > 0.0 {
+        if grew(
+            &before,
+            &text,
+            "pgsplit_read_your_writes_wait_seconds_count",
+            "",
+        ) {
             break;
         }
         assert!(
@@ -270,7 +285,12 @@ async fn provoke_every_series(proxy: &Proxy, ca: &TestCa) {
             .await
             .unwrap();
         let text = metrics_text(proxy).await;
-        if sum(&text, "pgsplit_transaction_replay_seconds_count", "") > 0.0 {
+        if grew(
+            &before,
+            &text,
+            "pgsplit_transaction_replay_seconds_count",
+            "",
+        ) {
             break;
         }
         assert!(
@@ -291,7 +311,7 @@ async fn provoke_every_series(proxy: &Proxy, ca: &TestCa) {
             .unwrap_or_else(|e| panic!("the retried read failed: {e}"));
         assert!(!rows.is_empty());
         let text = metrics_text(proxy).await;
-        if sum(&text, "pgsplit_retries_total", "recovery_conflict") > 0.0 {
+        if grew(&before, &text, "pgsplit_retries_total", "recovery_conflict") {
             break;
         }
         assert!(
@@ -300,7 +320,7 @@ async fn provoke_every_series(proxy: &Proxy, ca: &TestCa) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    wait_for_series(proxy, "pgsplit_fallbacks_total", "").await;
+    wait_for_series(proxy, &before, "pgsplit_fallbacks_total", "").await;
 
     // A connection pin: a temporary table keeps the session on its server
     // connection (transaction pooling). The session then leaves, freeing it.
@@ -310,7 +330,13 @@ async fn provoke_every_series(proxy: &Proxy, ca: &TestCa) {
             .batch_execute("CREATE TEMP TABLE dashboard_pin (x int)")
             .await
             .unwrap();
-        wait_for_series(proxy, "pgsplit_connection_pins_total", "temp_object").await;
+        wait_for_series(
+            proxy,
+            &before,
+            "pgsplit_connection_pins_total",
+            "temp_object",
+        )
+        .await;
     }
     // Its connection back in the pool before anyone needs it (max_size = 1).
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -346,14 +372,20 @@ async fn provoke_every_series(proxy: &Proxy, ca: &TestCa) {
         "{err}"
     );
     holder.batch_execute("COMMIT").await.unwrap();
-    wait_for_series(proxy, "pgsplit_pool_exhausted_total", "").await;
-    wait_for_series(proxy, "pgsplit_errors_total", "sqlstate_class=\"53\"").await;
+    wait_for_series(proxy, &before, "pgsplit_pool_exhausted_total", "").await;
+    wait_for_series(
+        proxy,
+        &before,
+        "pgsplit_errors_total",
+        "sqlstate_class=\"53\"",
+    )
+    .await;
 
     // A failed login.
     let bad = format!("postgres://{}:wrong@{}/{DATABASE}", c.user(), proxy.addr);
     let refused = tokio_postgres::connect(&bad, NoTls).await;
     assert!(refused.is_err(), "a wrong password was accepted");
-    wait_for_series(proxy, "pgsplit_auth_failures_total", "").await;
+    wait_for_series(proxy, &before, "pgsplit_auth_failures_total", "").await;
 
     // TLS: one client that completes its handshake, one that sends an
     // SSLRequest and then something that is not TLS.
@@ -375,8 +407,20 @@ async fn provoke_every_series(proxy: &Proxy, ca: &TestCa) {
         .unwrap();
     let mut rest = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut rest)).await;
-    wait_for_series(proxy, "pgsplit_tls_handshakes_total", "result=\"ok\"").await;
-    wait_for_series(proxy, "pgsplit_tls_handshakes_total", "result=\"error\"").await;
+    wait_for_series(
+        proxy,
+        &before,
+        "pgsplit_tls_handshakes_total",
+        "result=\"ok\"",
+    )
+    .await;
+    wait_for_series(
+        proxy,
+        &before,
+        "pgsplit_tls_handshakes_total",
+        "result=\"error\"",
+    )
+    .await;
     drop(client);
     drop(blocked);
     drop(holder);
