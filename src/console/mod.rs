@@ -230,7 +230,16 @@ fn pool_rows(ctx: &SessionDeps) -> Vec<views::PoolRow> {
 fn route_table(ctx: &SessionDeps, sql: &str) -> table::Table {
     let config = ctx.config();
     let health = ctx.health.get();
-    let class = ctx.classifier.classify(sql);
+    let mut class = ctx.classifier.classify(sql);
+    let optimistic = config.routing.optimistic_transactions && !config.replicas.is_empty();
+    if optimistic && class.deferrable_begin.is_some() {
+        return views::deferred_begin_route();
+    }
+    // A BEGIN then only reads opens the transaction where the reads go.
+    let opens = optimistic && class.opens_with_reads.is_some();
+    if opens {
+        class.kind = crate::route::class::Kind::Read;
+    }
     let floor = match config.routing.read_your_writes {
         ReadYourWrites::Pod => ctx.shared_floor(),
         _ => None,
@@ -238,7 +247,11 @@ fn route_table(ctx: &SessionDeps, sql: &str) -> table::Table {
     let session = SessionView::new_session(floor, health.primary_answers);
     let replicas = ctx.replay.raise(&health.replicas);
     let placed = route(&class, &session, &replicas);
-    let why_not_read = crate::route::classify::why_not_read(sql, &ctx.classifier.catalog());
+    let why_not_read = if opens {
+        None
+    } else {
+        crate::route::classify::why_not_read(sql, &ctx.classifier.catalog())
+    };
     views::route(&views::RouteFacts {
         class,
         why_not_read,

@@ -268,16 +268,34 @@ pub struct RouteFacts<'a> {
     pub config: &'a Config,
 }
 
-/// `SHOW ROUTE`: where the statement goes for a client with default
-/// session state now, and why, in words.
-pub fn route(f: &RouteFacts<'_>) -> Table {
-    let mut t = Table::new(&[
+fn route_table() -> Table {
+    Table::new(&[
         ("target", Type::Text),
         ("server", Type::Text),
         ("reason", Type::Text),
         ("statement", Type::Text),
         ("why", Type::Text),
+    ])
+}
+
+/// `SHOW ROUTE` of a BEGIN an optimistic transaction defers: no server
+/// sees it yet.
+pub fn deferred_begin_route() -> Table {
+    let mut t = route_table();
+    t.push(vec![
+        "none".into(),
+        "".into(),
+        Reason::Transaction.as_str().into(),
+        "BEGIN".into(),
+        "optimistic transaction: pgsplit answers the BEGIN itself, and the transaction starts where its first statement goes (a read: a replica, recorded; a write: the primary)".into(),
     ]);
+    t
+}
+
+/// `SHOW ROUTE`: where the statement goes for a client with default
+/// session state now, and why, in words.
+pub fn route(f: &RouteFacts<'_>) -> Table {
+    let mut t = route_table();
     let (target, reason) = f.placed;
     let (target_name, server) = match target {
         Target::Primary => (
