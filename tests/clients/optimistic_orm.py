@@ -11,8 +11,10 @@ Usage:
                                        read, and the server after the write)
         sqlalchemy read-only PORT
         sqlalchemy read-then-write V
-        pipeline PORT V               (psycopg pipeline mode: BEGIN and two
-                                       reads in one flight up to one Sync)
+        pipeline PORT V               (psycopg pipeline mode: two reads in
+                                       one flight after its BEGIN)
+        raw pipeline PORT V STATUS    (libpq's pipeline: BEGIN and two reads
+                                       up to one Sync, then the status)
 """
 
 import sys
@@ -86,11 +88,49 @@ def pipeline_steps(dsn, table):
         conn.rollback()
 
 
+def raw_pipeline_steps(dsn, table):
+    # BEGIN and the reads after it in one pipeline up to one Sync, through
+    # libpq itself: the whole opens the transaction on a replica.
+    import select
+
+    from psycopg import pq
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        pg = conn.pgconn
+        pg.enter_pipeline_mode()
+        pg.send_query_params(b"BEGIN", None)
+        pg.send_query_params(b"SELECT inet_server_port()", None)
+        pg.send_query_params(f"SELECT v FROM {table} WHERE id = $1".encode(), [b"1"])
+        pg.pipeline_sync()
+        while pg.flush() != 0:
+            select.select([], [pg.socket], [], 10)
+        values = []
+        while True:
+            pg.consume_input()
+            if pg.is_busy():
+                select.select([pg.socket], [], [], 10)
+                continue
+            res = pg.get_result()
+            if res is None:
+                continue
+            if res.status == pq.ExecStatus.PIPELINE_SYNC:
+                break
+            if res.status == pq.ExecStatus.TUPLES_OK:
+                values.append(res.get_value(0, 0).decode())
+            elif res.status != pq.ExecStatus.COMMAND_OK:
+                raise RuntimeError(res.error_message.decode())
+        pg.exit_pipeline_mode()
+        status = pq.TransactionStatus(pg.transaction_status).name
+        print(f"raw pipeline {values[0]} {values[1]} {status}")
+        conn.execute("ROLLBACK")
+
+
 def main():
     dsn, table = sys.argv[1], sys.argv[2]
     psycopg_steps(dsn, table)
     sqlalchemy_steps(dsn, table)
     pipeline_steps(dsn, table)
+    raw_pipeline_steps(dsn, table)
 
 
 if __name__ == "__main__":

@@ -427,7 +427,8 @@ async fn python_orm_transactions_read_on_the_replica_and_write_on_the_primary() 
              psycopg read-then-write 101 {primary}\n\
              sqlalchemy read-only {replica}\n\
              sqlalchemy read-then-write 102\n\
-             pipeline {replica} 102\n"
+             pipeline {replica} 102\n\
+             raw pipeline {replica} 102 INTRANS\n"
         )
     );
     let direct = connect(&c.url(Node::Primary)).await;
@@ -443,6 +444,34 @@ async fn python_orm_transactions_read_on_the_replica_and_write_on_the_primary() 
         outcome(&proxy, "replayed_mismatch")
     );
     assert!(outcome(&proxy, "replayed_match") >= 2.0);
+    assert_eq!(outcome(&proxy, "replayed_mismatch"), 0.0);
+    proxy.stop().await;
+}
+
+/// Past `optimistic_max_statements` the transaction moves before the next
+/// statement, verified, and reads on on the primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_past_its_bound_moves_the_transaction() {
+    let c = cluster();
+    setup_table(c, "opt_bound").await;
+    let proxy = Proxy::start(c, "[routing]\noptimistic_max_statements = 3\n").await;
+    let client = connect(&proxy.url(c)).await;
+    let (primary, replica) = (c.port(Node::Primary), c.port(Node::Replica));
+    client.batch_execute("BEGIN").await.unwrap();
+    for _ in 0..3 {
+        assert_eq!(
+            first(&client, "SELECT inet_server_port()").await,
+            replica.to_string()
+        );
+    }
+    // The record holds 3: the fourth statement moves the transaction.
+    assert_eq!(
+        first(&client, "SELECT v FROM opt_bound WHERE id = 1").await,
+        "100"
+    );
+    assert_eq!(server_port(&client).await, primary);
+    client.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(outcome(&proxy, "moved_before_unreplayable"), 1.0);
     assert_eq!(outcome(&proxy, "replayed_mismatch"), 0.0);
     proxy.stop().await;
 }
