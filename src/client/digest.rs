@@ -35,9 +35,11 @@ pub(crate) fn counts(t: u8) -> bool {
 /// can choose data whose digests collide with another answer's.
 pub(crate) struct Digest {
     hasher: std::hash::DefaultHasher,
-    /// Row columns left out (bit `i`: column `i`), see
-    /// `Class::unverified_columns`.
-    skip: u64,
+    /// Row columns left out, one mask per statement result in order (bit
+    /// `i`: column `i`), see `Class::unverified_columns`.
+    masks: Vec<u64>,
+    /// The statement result the rows belong to now.
+    result: usize,
 }
 
 impl std::fmt::Debug for Digest {
@@ -47,10 +49,18 @@ impl std::fmt::Debug for Digest {
 }
 
 impl Digest {
-    pub(crate) fn new(keys: &RandomState, skip: u64) -> Digest {
+    /// `masks`: the columns to leave out of each statement's rows, in the
+    /// order the statements answer (empty or all 0: every column counts).
+    pub(crate) fn new(keys: &RandomState, masks: Vec<u64>) -> Digest {
+        let masks = if masks.iter().all(|m| *m == 0) {
+            Vec::new()
+        } else {
+            masks
+        };
         Digest {
             hasher: keys.build_hasher(),
-            skip,
+            masks,
+            result: 0,
         }
     }
 
@@ -69,15 +79,28 @@ impl Digest {
         if !counts(t) {
             return;
         }
-        if t == tag::backend::DATA_ROW && self.skip != 0 && self.row(bytes).is_some() {
-            return;
+        if !self.masks.is_empty() {
+            let skip = self.masks.get(self.result).copied().unwrap_or(0);
+            if matches!(
+                t,
+                tag::backend::COMMAND_COMPLETE
+                    | tag::backend::EMPTY_QUERY_RESPONSE
+                    | tag::backend::PORTAL_SUSPENDED
+                    | tag::backend::ERROR_RESPONSE
+            ) {
+                // This statement's answer ends: the next rows are the next
+                // statement's.
+                self.result += 1;
+            } else if t == tag::backend::DATA_ROW && skip != 0 && self.row(bytes, skip).is_some() {
+                return;
+            }
         }
         self.add(bytes);
     }
 
     /// Adds a DataRow's columns but the skipped ones; `None` (nothing
     /// added) if the row is malformed.
-    fn row(&mut self, bytes: &[u8]) -> Option<()> {
+    fn row(&mut self, bytes: &[u8], skip: u64) -> Option<()> {
         let body = bytes.get(5..)?;
         let count = usize::from(u16::from_be_bytes([*body.first()?, *body.get(1)?]));
         // Walk first: a malformed row is taken whole by the caller.
@@ -87,7 +110,7 @@ impl Digest {
             let len = i32::from_be_bytes(body.get(at..at + 4)?.try_into().ok()?);
             let end = at + 4 + usize::try_from(len).unwrap_or(0);
             body.get(at..end)?;
-            if !(i < 64 && self.skip & (1 << i) != 0) {
+            if !(i < 64 && skip & (1 << i) != 0) {
                 columns.push(at..end);
             }
             at = end;
@@ -115,9 +138,9 @@ mod tests {
     fn pieces_digest_as_the_whole() {
         let keys = RandomState::new();
         let row = b"D\0\0\0\x0b\0\x01\0\0\0\x01x";
-        let mut whole = Digest::new(&keys, 0);
+        let mut whole = Digest::new(&keys, Vec::new());
         whole.message(tag::backend::DATA_ROW, row);
-        let mut pieces = Digest::new(&keys, 0);
+        let mut pieces = Digest::new(&keys, Vec::new());
         for piece in row.chunks(3) {
             pieces.add(piece);
         }
@@ -148,7 +171,7 @@ mod tests {
     fn skipped_columns_do_not_count() {
         let keys = RandomState::new();
         let digest = |skip: u64, columns: &[&str]| {
-            let mut d = Digest::new(&keys, skip);
+            let mut d = Digest::new(&keys, vec![skip]);
             d.message(tag::backend::DATA_ROW, &row(columns));
             d.finish()
         };
@@ -158,18 +181,44 @@ mod tests {
         // The other columns still count.
         assert_ne!(digest(0b10, &["a", "5432"]), digest(0b10, &["b", "5432"]));
         // A malformed row is taken whole.
-        let mut d = Digest::new(&keys, 0b1);
+        let mut d = Digest::new(&keys, vec![0b1]);
         d.message(tag::backend::DATA_ROW, b"D\0\0\0\x08\0\x05\0\0");
-        let mut whole = Digest::new(&keys, 0);
+        let mut whole = Digest::new(&keys, Vec::new());
         whole.add(b"D\0\0\0\x08\0\x05\0\0");
         assert_eq!(d.finish(), whole.finish());
     }
 
     #[test]
+    fn each_statement_has_its_own_columns() {
+        let keys = RandomState::new();
+        // SELECT now(), v; SELECT v, now(): column 0 of the first result and
+        // column 1 of the second are left out.
+        let run = |a: &[&str], b: &[&str]| {
+            let mut d = Digest::new(&keys, vec![0b01, 0b10]);
+            d.message(tag::backend::DATA_ROW, &row(a));
+            d.message(tag::backend::COMMAND_COMPLETE, b"C\0\0\0\x0dSELECT 1\0");
+            d.message(tag::backend::DATA_ROW, &row(b));
+            d.finish()
+        };
+        assert_eq!(
+            run(&["12:00", "x"], &["y", "12:00"]),
+            run(&["13:00", "x"], &["y", "13:00"])
+        );
+        assert_ne!(
+            run(&["12:00", "x"], &["y", "12:00"]),
+            run(&["12:00", "z"], &["y", "12:00"])
+        );
+        assert_ne!(
+            run(&["12:00", "x"], &["y", "12:00"]),
+            run(&["12:00", "x"], &["z", "12:00"])
+        );
+    }
+
+    #[test]
     fn sessions_digest_differently() {
         let (a, b) = (RandomState::new(), RandomState::new());
-        let mut x = Digest::new(&a, 0);
-        let mut y = Digest::new(&b, 0);
+        let mut x = Digest::new(&a, Vec::new());
+        let mut y = Digest::new(&b, Vec::new());
         x.add(b"C\0\0\0\x0dSELECT 1\0");
         y.add(b"C\0\0\0\x0dSELECT 1\0");
         assert_ne!(x.finish(), y.finish());

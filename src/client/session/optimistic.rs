@@ -28,8 +28,9 @@ use crate::route::optimistic::{self as policy, Allowed, Phase, Step, UnitFacts};
 struct Recorded {
     frames: Vec<Frame>,
     digest: u64,
-    /// Columns the digest leaves out (`Class::unverified_columns`).
-    skip: u64,
+    /// Columns the digest leaves out, per statement result
+    /// (`Class::unverified_columns`).
+    masks: Vec<u64>,
     statements: Vec<(Bytes, Option<Statement>)>,
 }
 
@@ -142,6 +143,36 @@ fn single_extended(unit: &Unit) -> bool {
         )
     }) && count(tag::PARSE) <= 1
         && count(tag::EXECUTE) == 1
+}
+
+/// The columns each statement result of `unit` leaves out of its digest
+/// (see `Class::unverified_columns`), in the order the results come: one
+/// per statement of a Query, one per Execute (its portal's statement).
+fn unit_masks(unit: &Unit, st: &SessionState, class: &Class) -> Vec<u64> {
+    let mut masks = Vec::new();
+    for f in &unit.frames {
+        match f.tag {
+            tag::QUERY if class.statements <= 1 => masks.push(class.unverified_columns),
+            tag::QUERY => {
+                if let Ok(text) = fields::query_text(f.body()) {
+                    masks.extend(crate::route::classify::unverified_columns_each(
+                        &String::from_utf8_lossy(text),
+                    ));
+                }
+            }
+            tag::EXECUTE => {
+                let portal = fields::execute(f.body()).ok();
+                masks.push(
+                    portal
+                        .and_then(|p| st.portals.get(p))
+                        .map_or(0, |p| p.class.unverified_columns),
+                );
+            }
+            tag::FUNCTION_CALL => masks.push(0),
+            _ => {}
+        }
+    }
+    masks
 }
 
 /// The text of the one statement a unit names (its Query, its Parses, the
@@ -311,7 +342,13 @@ impl Session {
 
     /// What a unit placed on the primary (`on_primary`) or a replica needs
     /// for the optimistic transaction.
-    pub(super) fn optimistic_run(&self, step: Step, on_primary: bool, class: &Class) -> Run {
+    pub(super) fn optimistic_run(
+        &self,
+        step: Step,
+        on_primary: bool,
+        unit: &Unit,
+        class: &Class,
+    ) -> Run {
         let prefix = match &self.opt.txn {
             Txn::Deferred { begin, isolation } if step == Step::Open => Some(if on_primary {
                 begin.clone()
@@ -323,7 +360,7 @@ impl Session {
         let records = !on_primary && matches!(step, Step::Open | Step::Opens | Step::Record);
         Run {
             prefix,
-            digest: records.then(|| Digest::new(&self.opt.keys, class.unverified_columns)),
+            digest: records.then(|| Digest::new(&self.opt.keys, unit_masks(unit, &self.st, class))),
         }
     }
 
@@ -378,7 +415,7 @@ impl Session {
             record.push(Recorded {
                 frames: unit.frames.clone(),
                 digest,
-                skip: unit.class().unverified_columns,
+                masks: unit_masks(unit, &self.st, &unit.class()),
                 statements: named_statements(&unit.frames, &self.st),
             });
         }
@@ -562,8 +599,8 @@ async fn replay(
         staged.map_err(|e| conn.protocol(e))?;
     }
     let mut digests = Vec::with_capacity(record.len());
-    let skip = |i: usize| record.get(i).map_or(0, |r| r.skip);
-    let mut digest = Digest::new(keys, skip(0));
+    let masks = |i: usize| record.get(i).map_or_else(Vec::new, |r| r.masks.clone());
+    let mut digest = Digest::new(keys, masks(0));
     // Before the first ReadyForQuery: the BEGIN's answer.
     let mut begun = begin.is_none();
     let mut status = TxStatus::Idle;
@@ -578,7 +615,7 @@ async fn replay(
                 status = fields::ready_for_query(frame.body()).map_err(|e| conn.protocol(e))?;
                 if begun {
                     digests.push(digest.finish());
-                    digest = Digest::new(keys, skip(digests.len()));
+                    digest = Digest::new(keys, masks(digests.len()));
                 }
                 begun = true;
             }

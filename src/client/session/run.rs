@@ -202,7 +202,7 @@ impl Session {
             let dirties = !unit.complete
                 || !(leaves_no_state(&class, self.pool_mode)
                     || only_settings(&unit, &class, &self.st));
-            let run = self.optimistic_run(step, on_primary, &class);
+            let run = self.optimistic_run(step, on_primary, &unit, &class);
             let result = self.forward(&unit, id, mode, dirties, run).await;
             let again = runs_again(mode, &result);
             match result {

@@ -118,6 +118,18 @@ fn classify_unhinted(sql: &str, catalog: &FunctionCatalog) -> Class {
     class
 }
 
+/// [`Class::unverified_columns`] of each statement of `sql`, in order (for a
+/// string of several; a lone statement's class has its own). Not cached:
+/// asked only when an optimistic transaction records such a string.
+pub fn unverified_columns_each(sql: &str) -> Vec<u64> {
+    if lexer::operator_count(sql) > MAX_OPERATORS {
+        return Vec::new();
+    }
+    Parser::parse_sql(&PostgreSqlDialect {}, sql)
+        .map(|statements| statements.iter().map(columns::unverified_columns).collect())
+        .unwrap_or_default()
+}
+
 /// Why `sql` is not a provable read, in words, for the console's `SHOW
 /// ROUTE`: the statement kind, or what inside a query makes it a write.
 /// `None` for a read. Not on the data path (no cache).
