@@ -28,6 +28,15 @@ const REASONS: [Reason; 11] = [
     Reason::ParseFallback,
 ];
 
+/// Why a read ran a second time (`pgsplit_retries_total{reason}`).
+pub const RETRY_REASONS: [&str; 5] = [
+    "recovery_conflict",
+    "replica_failed",
+    "replica_refused",
+    "replica_settings",
+    "primary_failed",
+];
+
 /// How an optimistic transaction went (`pgsplit_transactions_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TxnOutcome {
@@ -316,6 +325,33 @@ impl Metrics {
             .increment(0);
         }
         m.counter("pgsplit_auth_failures_total", &[]).increment(0);
+        // Counters of events, at zero from the start: the first event of a
+        // fresh pod then shows in rate() and increase() too.
+        for reason in RETRY_REASONS {
+            m.counter("pgsplit_retries_total", &[("reason", reason.into())])
+                .increment(0);
+        }
+        for reason in [Reason::Lag, Reason::ReadYourWrites, Reason::ReplicaDown] {
+            m.counter(
+                "pgsplit_fallbacks_total",
+                &[("reason", reason.as_str().into())],
+            )
+            .increment(0);
+        }
+        for result in ["ok", "error"] {
+            m.counter(
+                "pgsplit_tls_handshakes_total",
+                &[("side", "client".into()), ("result", result.into())],
+            )
+            .increment(0);
+        }
+        for reason in crate::route::class::ConnState::REASONS {
+            m.counter(
+                "pgsplit_connection_pins_total",
+                &[("reason", reason.into())],
+            )
+            .increment(0);
+        }
         for outcome in TXN_OUTCOMES {
             m.counter(
                 "pgsplit_transactions_total",
@@ -414,6 +450,7 @@ impl Metrics {
     }
 
     pub fn retry(&self, reason: &'static str) {
+        debug_assert!(RETRY_REASONS.contains(&reason), "retry reason {reason}");
         self.counter("pgsplit_retries_total", &[("reason", reason.into())])
             .increment(1);
     }

@@ -69,7 +69,8 @@ impl ConnState {
     /// What `DISCARD ALL` releases: everything but a loaded library.
     pub const DISCARD_ALL: ConnState = ConnState(!(1 << 6));
 
-    const NAMES: [&'static str; 8] = [
+    /// The metric labels of the kinds, in bit order.
+    pub const REASONS: [&'static str; 8] = [
         "temp_object",
         "listen",
         "advisory_lock",
@@ -101,7 +102,7 @@ impl ConnState {
     /// The metric label of the first kind held, if any.
     pub fn reason(self) -> Option<&'static str> {
         let i = self.0.trailing_zeros() as usize;
-        Self::NAMES.get(i).copied()
+        Self::REASONS.get(i).copied()
     }
 
     /// The state behind a routing pin reason.
