@@ -238,14 +238,20 @@ impl Session {
         config: &Config,
         health: &HealthSnapshot,
     ) -> Step {
+        // Every unit of every session passes here: the facts that cost a
+        // walk over the unit are asked only where the policy reads them.
         let text = query_text(unit);
+        let on_replica = matches!(self.opt.txn, Txn::OnReplica { .. });
         let facts = UnitFacts {
             class: *class,
             complete: unit.complete,
             simple: text.is_some(),
-            single_extended: text.is_none() && single_extended(unit),
-            replica_txn_control: one_statement(unit, &self.st)
-                .is_some_and(|t| policy::replica_txn_control(&t)),
+            single_extended: text.is_none()
+                && class.deferrable_begin.is_some()
+                && single_extended(unit),
+            replica_txn_control: on_replica
+                && class.kind == crate::route::class::Kind::TxnControl
+                && one_statement(unit, &self.st).is_some_and(|t| policy::replica_txn_control(&t)),
             statement_free: unit.class.is_none(),
         };
         let phase = match &self.opt.txn {

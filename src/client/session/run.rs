@@ -121,11 +121,10 @@ impl Session {
             return Ok(());
         }
         let class = unit.class();
-        let mut step = {
-            let config = self.ctx.config();
-            let health = self.ctx.health.get();
-            self.optimistic_step(&unit, &class, &config, &health)
-        };
+        let (config, health) = (self.ctx.config(), self.ctx.health.get());
+        let mut step = self.optimistic_step(&unit, &class, &config, &health);
+        // The first attempt uses the snapshots the step was decided on.
+        let mut snapshots = Some((config, health));
         match step {
             Step::Defer => {
                 if self.defer_begin(&unit, &class).await? {
@@ -167,8 +166,9 @@ impl Session {
         loop {
             // One reading of each shared snapshot per attempt: the unit sees
             // one configuration and one picture of the servers.
-            let config = self.ctx.config();
-            let health = self.ctx.health.get();
+            let (config, health) = snapshots
+                .take()
+                .unwrap_or_else(|| (self.ctx.config(), self.ctx.health.get()));
             let placed = self
                 .place(&unit, class, retried, replica_failed, &config, &health)
                 .await;
