@@ -948,3 +948,33 @@ async fn a_replica_falling_behind_mid_transaction_moves_it() {
     blocking(&c, |c| c.resume_replay()).await.unwrap();
     proxy.stop().await;
 }
+
+/// A portal read part way on the replica (Execute with a row limit) goes on
+/// from the same row on the primary after the move: the replay binds it and
+/// reads the same rows again there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_portal_read_part_way_goes_on_after_the_move() {
+    let c = cluster();
+    setup_table(c, "opt_portal").await;
+    let proxy = Proxy::start(c, "").await;
+    let mut client = connect(&proxy.url(c)).await;
+    let (primary, replica) = (c.port(Node::Primary), c.port(Node::Replica));
+    let series = client
+        .prepare("SELECT n, inet_server_port() FROM generate_series(1, 5) AS n")
+        .await
+        .unwrap();
+    let txn = client.transaction().await.unwrap();
+    let portal = txn.bind(&series, &[]).await.unwrap();
+    let rows = txn.query_portal(&portal, 2).await.unwrap();
+    let got: Vec<(i32, i32)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(got, [(1, i32::from(replica)), (2, i32::from(replica))]);
+    txn.execute("UPDATE opt_portal SET v = 9 WHERE id = 1", &[])
+        .await
+        .unwrap();
+    let rows = txn.query_portal(&portal, 2).await.unwrap();
+    let got: Vec<(i32, i32)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(got, [(3, i32::from(primary)), (4, i32::from(primary))]);
+    txn.commit().await.unwrap();
+    assert_eq!(outcome(&proxy, "replayed_match"), 1.0);
+    proxy.stop().await;
+}
