@@ -61,6 +61,9 @@ pub enum ClientError {
         "could not serialize access: a read earlier in this transaction (run on a replica) answers differently on the primary now; nothing was written, roll back and retry"
     )]
     ReadChanged,
+    /// A statement in a transaction that already failed.
+    #[error("current transaction is aborted, commands ignored until end of transaction block")]
+    InFailedTransaction,
     /// A user not listed in `[admin] users` asked for the console.
     #[error("user {0:?} may not open the pgsplit console (see [admin] users)")]
     NotAdmin(String),
@@ -97,6 +100,7 @@ impl ClientError {
             ClientError::ShuttingDown => sqlstate::ADMIN_SHUTDOWN,
             ClientError::NoPrimary { .. } => sqlstate::CANNOT_CONNECT_NOW,
             ClientError::ReadChanged => sqlstate::SERIALIZATION_FAILURE,
+            ClientError::InFailedTransaction => sqlstate::IN_FAILED_TRANSACTION,
         }
     }
 
@@ -119,6 +123,7 @@ impl ClientError {
             ClientError::TransactionLost | ClientError::ServerRemoved => "server_lost",
             ClientError::NotAdmin(_) => "not_admin",
             ClientError::ReadChanged => "read_changed",
+            ClientError::InFailedTransaction => "in_failed_transaction",
         }
     }
 

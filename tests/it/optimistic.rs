@@ -978,3 +978,50 @@ async fn a_portal_read_part_way_goes_on_after_the_move() {
     assert_eq!(outcome(&proxy, "replayed_match"), 1.0);
     proxy.stop().await;
 }
+
+/// The first statement after a deferred BEGIN fails in pgsplit itself (here
+/// no primary connection comes free in time): the client's transaction is
+/// failed though no server has one, so what follows gets 25P02 until it
+/// ends, and its COMMIT answers ROLLBACK, as PostgreSQL's would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deferred_transaction_failed_in_pgsplit_stays_failed_until_it_ends() {
+    let c = cluster();
+    setup_table(c, "opt_failed").await;
+    let proxy = Proxy::start(
+        c,
+        "[pool]\nmode = \"transaction\"\nmax_size = 1\ncheckout_timeout = \"300ms\"\n",
+    )
+    .await;
+    let client = connect(&proxy.url(c)).await;
+    let holder = connect(&proxy.url(c)).await;
+    // The other session holds the one primary connection in a transaction.
+    holder
+        .batch_execute("BEGIN; UPDATE opt_failed SET v = v WHERE id = 1")
+        .await
+        .unwrap();
+    client.batch_execute("BEGIN").await.unwrap();
+    let err = client
+        .batch_execute("UPDATE opt_failed SET v = 1 WHERE id = 1")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.as_db_error().map(|d| d.code().code()),
+        Some("53300"),
+        "{err}"
+    );
+    let err = client.batch_execute("SELECT 1").await.unwrap_err();
+    assert_eq!(
+        err.as_db_error().map(|d| d.code().code()),
+        Some("25P02"),
+        "{err}"
+    );
+    // COMMIT ends it (PostgreSQL answers a failed transaction's COMMIT
+    // with ROLLBACK); then the session reads as before, not with 25P02.
+    client.batch_execute("COMMIT").await.unwrap();
+    holder.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(
+        first(&client, "SELECT v FROM opt_failed WHERE id = 1").await,
+        "100"
+    );
+    proxy.stop().await;
+}

@@ -219,6 +219,7 @@ impl Session {
                 }
             }
         }
+        self.opt.unit_failed();
         let status = if self.st.txn.is_some() || self.opt.deferred() {
             TxStatus::Failed
         } else {

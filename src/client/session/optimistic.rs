@@ -80,6 +80,10 @@ enum Txn {
     Off,
     /// The client's BEGIN was answered here and sent nowhere.
     Deferred { begin: Bytes, isolation: Isolation },
+    /// pgsplit failed the first statement after a deferred BEGIN (no
+    /// primary, say): the client's transaction is failed, with nothing on
+    /// any server, until it ends it.
+    DeferredFailed,
     /// Open on the replica `st.txn` names. `begin`: the client's BEGIN,
     /// `None` when the record's first unit holds it.
     OnReplica {
@@ -104,7 +108,15 @@ pub(super) struct Optimistic {
 impl Optimistic {
     /// pgsplit answered a BEGIN that no server has seen yet.
     pub(super) fn deferred(&self) -> bool {
-        matches!(self.txn, Txn::Deferred { .. })
+        matches!(self.txn, Txn::Deferred { .. } | Txn::DeferredFailed)
+    }
+
+    /// A unit pgsplit failed itself left the client's transaction failed:
+    /// one that no server has seen stays so here.
+    pub(super) fn unit_failed(&mut self) {
+        if matches!(self.txn, Txn::Deferred { .. }) {
+            self.txn = Txn::DeferredFailed;
+        }
     }
 }
 
@@ -256,7 +268,7 @@ impl Session {
         };
         let phase = match &self.opt.txn {
             Txn::Off => Phase::Off,
-            Txn::Deferred { .. } => Phase::Deferred,
+            Txn::Deferred { .. } | Txn::DeferredFailed => Phase::Deferred,
             Txn::OnReplica { record, bytes, .. } => {
                 let limits = &config.routing;
                 let failed = self
@@ -293,6 +305,42 @@ impl Session {
             self.opt.mismatched = false;
         }
         step
+    }
+
+    /// In a failed transaction no server has seen: a simple `COMMIT`,
+    /// `END`, `ROLLBACK` or `ABORT` ends it (as `ROLLBACK`, as PostgreSQL
+    /// answers a failed transaction's COMMIT); anything else fails with
+    /// 25P02. `Ok(false)`: the session is in no such transaction.
+    pub(super) async fn answer_failed_deferred(
+        &mut self,
+        unit: &Unit,
+    ) -> Result<bool, ClientError> {
+        if !matches!(self.opt.txn, Txn::DeferredFailed) {
+            return Ok(false);
+        }
+        let ends = query_text(unit).is_some_and(|t| {
+            let words: Vec<String> = t
+                .split(|c: &u8| c.is_ascii_whitespace() || *c == b';')
+                .filter(|w| !w.is_empty())
+                .take(2)
+                .map(|w| String::from_utf8_lossy(w).to_ascii_lowercase())
+                .collect();
+            let first = words.first().map(String::as_str);
+            let second = words.get(1).map(String::as_str);
+            matches!(first, Some("commit" | "end" | "rollback" | "abort"))
+                && !matches!(second, Some("to" | "prepared"))
+        });
+        if !ends {
+            self.fail_unit(unit, &ClientError::InFailedTransaction)
+                .await?;
+            return Ok(true);
+        }
+        self.opt.txn = Txn::Off;
+        let mut msg = BytesMut::new();
+        msg.extend_from_slice(&build::command_complete("ROLLBACK"));
+        msg.extend_from_slice(&build::ready_for_query(TxStatus::Idle));
+        self.io.write(&msg).await?;
+        Ok(true)
     }
 
     /// Answers a BEGIN as PostgreSQL would, and remembers it: a simple

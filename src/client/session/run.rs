@@ -114,7 +114,8 @@ impl Session {
         if unit.frames.iter().all(|f| f.tag == tag::FLUSH) {
             return Ok(());
         }
-        if self.set_route_locally(&unit).await?
+        if self.answer_failed_deferred(&unit).await?
+            || self.set_route_locally(&unit).await?
             || self.answer_closes_locally(&unit).await?
             || self.deallocate_locally(&unit).await?
         {
