@@ -563,6 +563,7 @@ impl Session {
             units = record.len(),
             "a read of an optimistic transaction answered differently on the primary: 40001"
         );
+
         self.ctx.metrics.transaction(TxnOutcome::ReplayedMismatch);
         self.opt.mismatched = true;
         if let Some(opening) = record.first() {
