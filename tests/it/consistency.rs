@@ -607,12 +607,10 @@ pub fn calls(c: &Cluster, node: Node, pattern: &str) -> u64 {
         .unwrap_or_else(|_| panic!("calls: {out:?}"))
 }
 
-/// Where the reads of a read-mostly workload with writes go (issue 13):
-/// share of the SELECTs the replica ran, by its own statistics, and TPS, at 8
-/// and 64 clients, for read_your_writes = pod (default), session and off.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "measurement: cargo test --release --test it -- --ignored --nocapture consistency::measure_replica_share"]
-async fn measure_replica_share_with_writes() {
+/// A primary + replica of its own with `pg_stat_statements` (each server's
+/// own count of what it ran), initialised by pgbench at scale 8: for the
+/// measurements of where reads go.
+pub async fn stat_statements_cluster() -> Arc<Cluster> {
     let c = tokio::task::spawn_blocking(|| {
         Cluster::start(pgsplit_cluster::ClusterOptions {
             extra_conf: vec!["shared_preload_libraries = 'pg_stat_statements'".to_owned()],
@@ -623,7 +621,6 @@ async fn measure_replica_share_with_writes() {
     .expect("cluster start")
     .unwrap_or_else(|e| panic!("{e}"));
     let c = Arc::new(c);
-    let primary = c.port(Node::Primary);
     blocking(&c, |c| {
         c.psql(
             Node::Primary,
@@ -633,7 +630,33 @@ async fn measure_replica_share_with_writes() {
     })
     .await
     .unwrap_or_else(|e| panic!("{e}"));
-    pgbench(&c, primary, &["-i", "-q", "-s", "8"]).await;
+    pgbench(&c, c.port(Node::Primary), &["-i", "-q", "-s", "8"]).await;
+    c
+}
+
+/// Zeroes both servers' `pg_stat_statements` before a run.
+pub async fn reset_stat_statements(c: &Arc<Cluster>) {
+    blocking(c, |c| {
+        for node in [Node::Primary, Node::Replica] {
+            c.psql(
+                node,
+                pgsplit_cluster::DATABASE,
+                "SELECT pg_stat_statements_reset()",
+            )?;
+        }
+        Ok::<_, pgsplit_cluster::ClusterError>(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// Where the reads of a read-mostly workload with writes go (issue 13):
+/// share of the SELECTs the replica ran, by its own statistics, and TPS, at 8
+/// and 64 clients, for read_your_writes = pod (default), session and off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement: cargo test --release --test it -- --ignored --nocapture consistency::measure_replica_share"]
+async fn measure_replica_share_with_writes() {
+    let c = stat_statements_cluster().await;
     let script =
         std::env::temp_dir().join(format!("pgsplit-read-mostly-{}.sql", std::process::id()));
     std::fs::write(&script, READ_MOSTLY).unwrap_or_else(|e| panic!("{e}"));
@@ -642,18 +665,7 @@ async fn measure_replica_share_with_writes() {
     for clients in ["8", "64"] {
         for scope in ["pod", "session", "off"] {
             settle(&c).await;
-            blocking(&c, |c| {
-                for node in [Node::Primary, Node::Replica] {
-                    c.psql(
-                        node,
-                        pgsplit_cluster::DATABASE,
-                        "SELECT pg_stat_statements_reset()",
-                    )?;
-                }
-                Ok::<_, pgsplit_cluster::ClusterError>(())
-            })
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+            reset_stat_statements(&c).await;
             let proxy = Proxy::start(
                 &c,
                 &format!("[routing]\nread_your_writes = \"{scope}\"\n[pool]\nmax_size = 80\n"),

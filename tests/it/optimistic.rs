@@ -675,28 +675,10 @@ fn exposition_value(text: &str, name: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "measurement: cargo test --release --test it -- --ignored --nocapture optimistic::measure_web_mix"]
 async fn measure_web_mix() {
-    use crate::consistency::{calls, own_cpu, parse_tps, pgbench, settle};
-    use std::sync::Arc;
-    let c = tokio::task::spawn_blocking(|| {
-        Cluster::start(pgsplit_cluster::ClusterOptions {
-            extra_conf: vec!["shared_preload_libraries = 'pg_stat_statements'".to_owned()],
-            ..Default::default()
-        })
-    })
-    .await
-    .expect("cluster start")
-    .unwrap_or_else(|e| panic!("{e}"));
-    let c = Arc::new(c);
-    blocking(&c, |c| {
-        c.psql(
-            Node::Primary,
-            pgsplit_cluster::DATABASE,
-            "CREATE EXTENSION pg_stat_statements",
-        )
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
-    pgbench(&c, c.port(Node::Primary), &["-i", "-q", "-s", "8"]).await;
+    use crate::consistency::{
+        calls, own_cpu, parse_tps, pgbench, reset_stat_statements, settle, stat_statements_cluster,
+    };
+    let c = stat_statements_cluster().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let reads = dir.path().join("reads.sql");
     let writes = dir.path().join("writes.sql");
@@ -712,18 +694,7 @@ async fn measure_web_mix() {
     for clients in ["8", "64"] {
         for optimistic in [true, false] {
             settle(&c).await;
-            blocking(&c, |c| {
-                for node in [Node::Primary, Node::Replica] {
-                    c.psql(
-                        node,
-                        pgsplit_cluster::DATABASE,
-                        "SELECT pg_stat_statements_reset()",
-                    )?;
-                }
-                Ok::<_, pgsplit_cluster::ClusterError>(())
-            })
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+            reset_stat_statements(&c).await;
             let proxy = Proxy::start(
                 &c,
                 &format!(
