@@ -132,6 +132,23 @@ impl Digest {
     pub(crate) fn finish(&self) -> u64 {
         self.hasher.finish()
     }
+
+    /// The digest's value with the masks it was taken under: a replay must
+    /// digest with the same.
+    pub(crate) fn seal(self) -> Sealed {
+        Sealed {
+            value: self.finish(),
+            masks: self.masks,
+        }
+    }
+}
+
+/// A finished digest (see [`Digest::seal`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Sealed {
+    pub value: u64,
+    /// Empty when no column was left out.
+    pub masks: Vec<u64>,
 }
 
 #[cfg(test)]

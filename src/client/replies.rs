@@ -40,7 +40,7 @@ pub(crate) struct Outcome {
     pub setup_failed: bool,
     /// The digest of the unit's answer, when one was asked for (see
     /// [`super::digest`]).
-    pub digest: Option<u64>,
+    pub digest: Option<super::digest::Sealed>,
     /// With `hold_ready`: the unit's last replies before its ReadyForQuery,
     /// not sent yet, so that the session sends them with the ReadyForQuery
     /// in one write once the floor is recorded.

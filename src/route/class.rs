@@ -269,11 +269,9 @@ pub fn merge(a: Class, b: Class) -> Class {
         parsed: a.parsed && b.parsed,
         statements: a.statements.saturating_add(b.statements),
         session_effect: a.session_effect || b.session_effect,
-        unverified_columns: if a.unverified_columns == b.unverified_columns {
-            a.unverified_columns
-        } else {
-            0
-        },
+        // Per statement only: an extended unit's results take their
+        // statements' own (see `session::optimistic::unit_masks`).
+        unverified_columns: 0,
         // A BEGIN (or a BEGIN already followed by reads), then a read.
         opens_with_reads: match (a.deferrable_begin.or(a.opens_with_reads), b.kind) {
             (Some(level), Kind::Read) if a.kind != Kind::Read => Some(level),

@@ -154,6 +154,21 @@ pub fn replica_txn_control(text: &[u8]) -> bool {
     )
 }
 
+/// Whether a statement ends the transaction: COMMIT, END, ROLLBACK, ABORT,
+/// not `ROLLBACK [WORK | TRANSACTION] TO [SAVEPOINT] ...` nor the two-phase
+/// `COMMIT PREPARED` / `ROLLBACK PREPARED`.
+pub fn ends_transaction(text: &[u8]) -> bool {
+    let mut words = text
+        .split(|c: &u8| c.is_ascii_whitespace() || *c == b';')
+        .filter(|w| !w.is_empty());
+    let ends = words.next().is_some_and(|w| {
+        [&b"commit"[..], b"end", b"rollback", b"abort"]
+            .iter()
+            .any(|e| w.eq_ignore_ascii_case(e))
+    });
+    ends && !words.any(|w| w.eq_ignore_ascii_case(b"to") || w.eq_ignore_ascii_case(b"prepared"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -392,6 +407,31 @@ mod tests {
         ];
         for (name, unit, phase, allowed, want) in cases {
             assert_eq!(step(unit, *phase, *allowed), *want, "{name}");
+        }
+    }
+
+    #[test]
+    fn statements_that_end_a_transaction() {
+        for text in [
+            "COMMIT",
+            "end work;",
+            "ROLLBACK",
+            "abort transaction",
+            "COMMIT AND NO CHAIN",
+        ] {
+            assert!(ends_transaction(text.as_bytes()), "{text}");
+        }
+        for text in [
+            "ROLLBACK TO SAVEPOINT a",
+            "rollback work to a",
+            "ROLLBACK TRANSACTION TO SAVEPOINT a",
+            "COMMIT PREPARED 'x'",
+            "ROLLBACK PREPARED 'x'",
+            "SAVEPOINT a",
+            "SELECT 1",
+            "",
+        ] {
+            assert!(!ends_transaction(text.as_bytes()), "{text}");
         }
     }
 

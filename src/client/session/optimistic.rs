@@ -15,7 +15,7 @@ use crate::client::ClientError;
 use crate::client::digest::Digest;
 use crate::client::relay::{self, Expect, Outcome};
 use crate::client::state::{SessionState, Statement};
-use crate::client::unit::Unit;
+use crate::client::unit::{Unit, is_unit_message};
 use crate::config::Config;
 use crate::metrics::TxnOutcome;
 use crate::protocol::{Frame, TxStatus, build, fields, tag};
@@ -142,18 +142,10 @@ fn query_text(unit: &Unit) -> Option<&[u8]> {
 /// prepares a BEGIN does not begin anything.
 fn single_extended(unit: &Unit) -> bool {
     let count = |t: u8| unit.frames.iter().filter(|f| f.tag == t).count();
-    unit.frames.iter().all(|f| {
-        matches!(
-            f.tag,
-            tag::PARSE
-                | tag::BIND
-                | tag::DESCRIBE
-                | tag::EXECUTE
-                | tag::CLOSE
-                | tag::SYNC
-                | tag::FLUSH
-        )
-    }) && count(tag::PARSE) <= 1
+    unit.frames
+        .iter()
+        .all(|f| is_unit_message(f.tag) && !matches!(f.tag, tag::QUERY | tag::FUNCTION_CALL))
+        && count(tag::PARSE) <= 1
         && count(tag::EXECUTE) == 1
 }
 
@@ -214,31 +206,6 @@ fn one_statement(unit: &Unit, st: &SessionState) -> Option<Bytes> {
         }
     }
     text
-}
-
-/// The text of the statement a BEGIN unit runs: its Query, its Parse, or
-/// the statement its Bind names.
-fn begin_text(unit: &Unit, st: &SessionState) -> Option<Bytes> {
-    for f in &unit.frames {
-        match f.tag {
-            tag::QUERY => {
-                return fields::query_text(f.body())
-                    .ok()
-                    .map(|t| f.bytes.slice_ref(t));
-            }
-            tag::PARSE => {
-                return fields::parse(f.body())
-                    .ok()
-                    .map(|(_, t)| f.bytes.slice_ref(t));
-            }
-            tag::BIND => {
-                let (_, name) = fields::bind(f.body()).ok()?;
-                return st.statement(name).map(|s| s.text.clone());
-            }
-            _ => {}
-        }
-    }
-    None
 }
 
 impl Session {
@@ -318,18 +285,7 @@ impl Session {
         if !matches!(self.opt.txn, Txn::DeferredFailed) {
             return Ok(false);
         }
-        let ends = query_text(unit).is_some_and(|t| {
-            let words: Vec<String> = t
-                .split(|c: &u8| c.is_ascii_whitespace() || *c == b';')
-                .filter(|w| !w.is_empty())
-                .take(2)
-                .map(|w| String::from_utf8_lossy(w).to_ascii_lowercase())
-                .collect();
-            let first = words.first().map(String::as_str);
-            let second = words.get(1).map(String::as_str);
-            matches!(first, Some("commit" | "end" | "rollback" | "abort"))
-                && !matches!(second, Some("to" | "prepared"))
-        });
+        let ends = query_text(unit).is_some_and(policy::ends_transaction);
         if !ends {
             self.fail_unit(unit, &ClientError::InFailedTransaction)
                 .await?;
@@ -352,7 +308,8 @@ impl Session {
         unit: &Unit,
         class: &Class,
     ) -> Result<bool, ClientError> {
-        let (Some(begin), Some(isolation)) = (begin_text(unit, &self.st), class.deferrable_begin)
+        let (Some(begin), Some(isolation)) =
+            (one_statement(unit, &self.st), class.deferrable_begin)
         else {
             return Ok(false);
         };
@@ -462,14 +419,14 @@ impl Session {
     }
 
     fn record(&mut self, unit: &Unit, outcome: &Outcome) {
-        if let (Txn::OnReplica { record, bytes, .. }, Some(digest)) =
-            (&mut self.opt.txn, outcome.digest)
+        if let (Txn::OnReplica { record, bytes, .. }, Some(sealed)) =
+            (&mut self.opt.txn, outcome.digest.clone())
         {
             *bytes = bytes.saturating_add(unit.bytes);
             record.push(Recorded {
                 frames: unit.frames.clone(),
-                digest,
-                masks: unit_masks(unit, &self.st, &unit.class()),
+                digest: sealed.value,
+                masks: sealed.masks,
                 statements: named_statements(&unit.frames, &self.st),
             });
         }

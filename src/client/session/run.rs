@@ -490,7 +490,7 @@ impl Session {
         // next run sends them again.
         relay::settle(&mut exp, st, conn, !runs_again(mode, &result));
         result.map(|mut outcome| {
-            outcome.digest = exp.digest.map(|d| d.finish());
+            outcome.digest = exp.digest.map(crate::client::digest::Digest::seal);
             outcome
         })
     }
