@@ -192,6 +192,32 @@ fn grew(before: &str, now: &str, name: &str, labels: &str) -> bool {
     sum(now, name, labels) > sum(before, name, labels)
 }
 
+/// Does `step` (then waits `pause`) until pgsplit's `/metrics` has more of
+/// `name` (with `labels`) than `before` had; `what` names the event for the
+/// failure message.
+async fn repeat_until_grew<F, Fut>(
+    proxy: &Proxy,
+    before: &str,
+    (name, labels): (&str, &str),
+    what: &str,
+    pause: Duration,
+    mut step: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        step().await;
+        let text = metrics_text(proxy).await;
+        if grew(before, &text, name, labels) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}:\n{text}");
+        tokio::time::sleep(pause).await;
+    }
+}
+
 /// Waits until pgsplit's `/metrics` has more of `name` (with `labels`) than
 /// `before` had.
 async fn wait_for_series(proxy: &Proxy, before: &str, name: &str, labels: &str) {
@@ -223,103 +249,84 @@ async fn provoke_every_series(proxy: &Proxy, ca: &TestCa) {
     app.batch_execute("INSERT INTO dashboard_t (v) VALUES ('write')")
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        for _ in 0..10 {
-            app.simple_query("SELECT count(*) FROM dashboard_t")
-                .await
-                .unwrap();
-        }
-        let text = metrics_text(proxy).await;
-        if grew(
-            &before,
-            &text,
+    repeat_until_grew(
+        proxy,
+        &before,
+        (
             "pgsplit_units_routed_total",
             "route=\"replica\",reason=\"read\"",
-        ) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no read ever ran on the replica:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        ),
+        "no read ever ran on the replica",
+        Duration::from_millis(100),
+        || async {
+            for _ in 0..10 {
+                app.simple_query("SELECT count(*) FROM dashboard_t")
+                    .await
+                    .unwrap();
+            }
+        },
+    )
+    .await;
 
     // A read right after a write: its read-your-writes floor is ahead of what
     // pgsplit knows of the replica, so it waits for the replica (or, after
     // read_your_writes_wait, runs on the primary).
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        app.batch_execute("INSERT INTO dashboard_t (v) VALUES ('floor')")
-            .await
-            .unwrap();
-        app.simple_query("SELECT max(id) FROM dashboard_t")
-            .await
-            .unwrap();
-        let text = metrics_text(proxy).await;
-        if grew(
-            &before,
-            &text,
-            "pgsplit_read_your_writes_wait_seconds_count",
-            "",
-        ) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no read ever waited for its read-your-writes floor:\n{text}"
-        );
-    }
+    repeat_until_grew(
+        proxy,
+        &before,
+        ("pgsplit_read_your_writes_wait_seconds_count", ""),
+        "no read ever waited for its read-your-writes floor",
+        Duration::ZERO,
+        || async {
+            app.batch_execute("INSERT INTO dashboard_t (v) VALUES ('floor')")
+                .await
+                .unwrap();
+            app.simple_query("SELECT max(id) FROM dashboard_t")
+                .await
+                .unwrap();
+        },
+    )
+    .await;
 
     // An optimistic transaction: it begins on the replica with a read, and
     // its write moves it to the primary (its read replayed there). Until the
     // replica has replayed the previous writes, it begins on the primary.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        app.batch_execute("BEGIN").await.unwrap();
-        app.simple_query("SELECT count(*) FROM dashboard_t")
-            .await
-            .unwrap();
-        app.batch_execute("INSERT INTO dashboard_t (v) VALUES ('moved'); COMMIT")
-            .await
-            .unwrap();
-        let text = metrics_text(proxy).await;
-        if grew(
-            &before,
-            &text,
-            "pgsplit_transaction_replay_seconds_count",
-            "",
-        ) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no transaction ever moved from the replica to the primary:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    repeat_until_grew(
+        proxy,
+        &before,
+        ("pgsplit_transaction_replay_seconds_count", ""),
+        "no transaction ever moved from the replica to the primary",
+        Duration::from_millis(200),
+        || async {
+            app.batch_execute("BEGIN").await.unwrap();
+            app.simple_query("SELECT count(*) FROM dashboard_t")
+                .await
+                .unwrap();
+            app.batch_execute("INSERT INTO dashboard_t (v) VALUES ('moved'); COMMIT")
+                .await
+                .unwrap();
+        },
+    )
+    .await;
 
     // Retry and fallback: the function is STABLE, so pgsplit sends the read to
     // the replica, where it raises 40001 (as a recovery conflict would);
     // pgsplit runs it again on the primary, where it answers.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let rows = app
-            .simple_query("SELECT dashboard_conflict()")
-            .await
-            .unwrap_or_else(|e| panic!("the retried read failed: {e}"));
-        assert!(!rows.is_empty());
-        let text = metrics_text(proxy).await;
-        if grew(&before, &text, "pgsplit_retries_total", "recovery_conflict") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the read raising 40001 on the replica was never retried:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    repeat_until_grew(
+        proxy,
+        &before,
+        ("pgsplit_retries_total", "recovery_conflict"),
+        "the read raising 40001 on the replica was never retried",
+        Duration::from_millis(100),
+        || async {
+            let rows = app
+                .simple_query("SELECT dashboard_conflict()")
+                .await
+                .unwrap_or_else(|e| panic!("the retried read failed: {e}"));
+            assert!(!rows.is_empty());
+        },
+    )
+    .await;
     wait_for_series(proxy, &before, "pgsplit_fallbacks_total", "").await;
 
     // A connection pin: a temporary table keeps the session on its server
